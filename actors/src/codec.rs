@@ -1,0 +1,90 @@
+//! The one place values are encoded for storage.
+//!
+//! Every stored value is a format version byte followed by bincode 2 (serde)
+//! bytes. Changing the encoding means a new version byte here and nothing
+//! anywhere else.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Format of every value written today.
+pub const FORMAT_V1: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("empty value")]
+    Empty,
+    #[error("unknown format version {0}")]
+    UnknownVersion(u8),
+    #[error("cannot encode: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+    #[error("cannot decode: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    #[error("{0} trailing bytes after the value")]
+    Trailing(usize),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(64);
+    out.push(FORMAT_V1);
+    bincode::serde::encode_into_std_write(value, &mut out, config())?;
+    Ok(out)
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (&version, rest) = bytes.split_first().ok_or(CodecError::Empty)?;
+    match version {
+        FORMAT_V1 => {
+            let (value, used) = bincode::serde::decode_from_slice(rest, config())?;
+            if used != rest.len() {
+                return Err(CodecError::Trailing(rest.len() - used));
+            }
+            Ok(value)
+        }
+        other => Err(CodecError::UnknownVersion(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Sample {
+        a: u64,
+        b: Option<String>,
+        c: Vec<String>,
+    }
+
+    #[test]
+    fn round_trips_with_a_version_byte() {
+        let value = Sample {
+            a: 42,
+            b: Some("x".into()),
+            c: vec!["y".into()],
+        };
+        let bytes = encode(&value).unwrap();
+        assert_eq!(bytes[0], FORMAT_V1);
+        assert_eq!(decode::<Sample>(&bytes).unwrap(), value);
+    }
+
+    #[test]
+    fn refuses_unknown_versions_empty_and_trailing_bytes() {
+        let mut bytes = encode(&7u64).unwrap();
+        assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
+        bytes.push(0);
+        assert!(matches!(
+            decode::<u64>(&bytes),
+            Err(CodecError::Trailing(1))
+        ));
+        bytes[0] = 9;
+        assert!(matches!(
+            decode::<u64>(&bytes),
+            Err(CodecError::UnknownVersion(9))
+        ));
+    }
+}

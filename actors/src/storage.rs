@@ -1,0 +1,264 @@
+//! Storage: one RocksDB per node, with named column families, and group
+//! commit.
+//!
+//! Writers hand a [`WriteSet`] for one shard to [`Storage::commit`]; a
+//! committer thread takes every write set that is waiting, writes them as one
+//! batch with one WAL sync, and only then answers each writer. Many entity
+//! actors' writes thus share one fsync, and a commit that returned `Ok` is on
+//! disk. `commit` is the per-shard log seam: replication replaces what
+//! happens behind it without touching the actors.
+
+mod committer;
+pub mod keys;
+pub mod records;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, DB};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::codec::{self, CodecError};
+use crate::shard::ShardId;
+
+pub use committer::CommitStats;
+
+/// The column families, each named at open and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cf {
+    /// conv → [`records::ConvMeta`]
+    ConvMeta,
+    /// conv, version → [`records::StoredEvent`]
+    ConvLog,
+    /// conv, target version → [`records::MessageState`]
+    ConvMessages,
+    /// conv, cmid → [`records::CmidRecord`]
+    ConvCmids,
+    /// user → [`records::UserMeta`]
+    UserMeta,
+    /// user, version → [`records::StoredNotification`]
+    UserLog,
+    /// user, conv → () : the conversations a user belongs to
+    UserConvs,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 7] = [
+        Cf::ConvMeta,
+        Cf::ConvLog,
+        Cf::ConvMessages,
+        Cf::ConvCmids,
+        Cf::UserMeta,
+        Cf::UserLog,
+        Cf::UserConvs,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::ConvMeta => "conv_meta",
+            Cf::ConvLog => "conv_log",
+            Cf::ConvMessages => "conv_messages",
+            Cf::ConvCmids => "conv_cmids",
+            Cf::UserMeta => "user_meta",
+            Cf::UserLog => "user_log",
+            Cf::UserConvs => "user_convs",
+        }
+    }
+}
+
+/// Key in the default column family that records the storage layout.
+const LAYOUT_KEY: &[u8] = b"tidings.layout";
+/// The layout written by this version of Tidings.
+const LAYOUT_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt record: {0}")]
+    Codec(#[from] CodecError),
+    #[error("unknown column family {0:?} in the data directory; is it from a newer Tidings?")]
+    UnknownColumnFamily(String),
+    #[error("data directory has storage layout {0}; this build reads layout {LAYOUT_VERSION}")]
+    Layout(u8),
+    #[error("storage is shut down")]
+    Closed,
+}
+
+/// One write of a [`WriteSet`].
+#[derive(Debug, Clone)]
+pub enum Write {
+    Put {
+        cf: Cf,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        cf: Cf,
+        key: Vec<u8>,
+    },
+}
+
+/// The writes of one entity's change, committed atomically.
+#[derive(Debug, Clone, Default)]
+pub struct WriteSet {
+    pub writes: Vec<Write>,
+}
+
+impl WriteSet {
+    pub fn put<T: Serialize>(&mut self, cf: Cf, key: Vec<u8>, value: &T) -> Result<(), CodecError> {
+        let value = codec::encode(value)?;
+        self.writes.push(Write::Put { cf, key, value });
+        Ok(())
+    }
+
+    pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
+        self.writes.push(Write::Delete { cf, key });
+    }
+}
+
+/// The node's storage: cheap to clone, shared by every actor.
+#[derive(Clone)]
+pub struct Storage {
+    db: Arc<DB>,
+    committer: committer::Committer,
+}
+
+impl Storage {
+    /// Opens (creating if needed) the database in `dir`, checking that every
+    /// column family in it is one this build knows.
+    pub fn open(dir: &Path) -> Result<Storage, StorageError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_max_background_jobs(2);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        if let Ok(existing) = DB::list_cf(&options, dir) {
+            for name in existing {
+                if name != "default" && !Cf::ALL.iter().any(|cf| cf.name() == name) {
+                    return Err(StorageError::UnknownColumnFamily(name));
+                }
+            }
+        }
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        let db = Arc::new(DB::open_cf_descriptors(&options, dir, cfs)?);
+        match db.get(LAYOUT_KEY)? {
+            Some(v) if v.as_slice() == [LAYOUT_VERSION] => {}
+            Some(v) => return Err(StorageError::Layout(v.first().copied().unwrap_or(0))),
+            None => db.put(LAYOUT_KEY, [LAYOUT_VERSION])?,
+        }
+        let committer = committer::Committer::start(db.clone());
+        Ok(Storage { db, committer })
+    }
+
+    /// Makes `writes` durable: returns once they are in the synced WAL.
+    pub async fn commit(&self, shard: ShardId, writes: WriteSet) -> Result<(), StorageError> {
+        let _ = shard; // one local log for every shard on a single node
+        self.committer.commit(writes).await
+    }
+
+    /// Group commit figures since start.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.committer.stats()
+    }
+
+    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(cf.name())
+            .expect("every column family is created at open")
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>, StorageError> {
+        match self.db.get_pinned_cf(self.cf(cf), key)? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` records of `entity`'s log with versions in
+    /// `(after, before)`, ascending. `from_end` takes the ones nearest
+    /// `before` instead of those nearest `after`.
+    pub fn log_range<T: DeserializeOwned>(
+        &self,
+        cf: Cf,
+        entity: &str,
+        after: u64,
+        before: u64,
+        limit: usize,
+        from_end: bool,
+    ) -> Result<Vec<(u64, T)>, StorageError> {
+        let mut out = Vec::new();
+        if before <= after.saturating_add(1) || limit == 0 {
+            return Ok(out);
+        }
+        let prefix = keys::entity(entity);
+        let (start, direction) = if from_end {
+            (keys::versioned(entity, before - 1), Direction::Reverse)
+        } else {
+            (keys::versioned(entity, after + 1), Direction::Forward)
+        };
+        let iter = self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(&start, direction));
+        for item in iter {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) || key.len() != prefix.len() + 8 {
+                break;
+            }
+            let version = keys::version_of(&key).expect("length checked");
+            if version <= after || version >= before {
+                break;
+            }
+            out.push((version, codec::decode(&value)?));
+            if out.len() == limit {
+                break;
+            }
+        }
+        if from_end {
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    /// The names under `entity` in `cf` (say, a user's conversations).
+    pub fn names(&self, cf: Cf, entity: &str) -> Result<Vec<String>, StorageError> {
+        let prefix = keys::entity(entity);
+        let iter = self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(&prefix, Direction::Forward));
+        let mut out = Vec::new();
+        for item in iter {
+            let (key, _) = item?;
+            match keys::name_of(&prefix, &key) {
+                Some(name) if key.starts_with(&prefix) => out.push(name.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits what is queued, stops the committer and flushes memtables:
+    /// the last step of shutdown. Commits after this fail with
+    /// [`StorageError::Closed`]; the database closes when the last clone of
+    /// this handle is dropped.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        self.committer.stop().await;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            db.flush_wal(true)?;
+            for cf in Cf::ALL {
+                let handle = db.cf_handle(cf.name()).expect("created at open");
+                db.flush_cf(handle)?;
+            }
+            Ok::<_, rocksdb::Error>(())
+        })
+        .await
+        .map_err(|_| StorageError::Closed)??;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

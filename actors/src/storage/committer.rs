@@ -1,0 +1,144 @@
+//! Group commit: one thread, one WAL sync per batch of waiting writers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+
+use rocksdb::{WriteBatch, WriteOptions, DB};
+use tokio::sync::oneshot;
+
+use super::{StorageError, Write, WriteSet};
+
+/// Most write sets folded into one batch.
+const MAX_BATCH: usize = 4096;
+
+type Reply = oneshot::Sender<Result<(), StorageError>>;
+
+enum Command {
+    Commit(WriteSet, Reply),
+    /// Finish what is queued, let go of the database, then answer.
+    Stop(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub(super) struct Committer {
+    queue: mpsc::Sender<Command>,
+    stats: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    write_sets: AtomicU64,
+}
+
+/// How well group commit is sharing syncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Synced batches written.
+    pub batches: u64,
+    /// Write sets committed in them.
+    pub write_sets: u64,
+}
+
+impl Committer {
+    pub(super) fn start(db: Arc<DB>) -> Committer {
+        let (queue, rx) = mpsc::channel::<Command>();
+        let stats = Arc::new(Counters::default());
+        let counters = stats.clone();
+        std::thread::Builder::new()
+            .name("tidings-commit".into())
+            .spawn(move || {
+                let stopped = run(&db, &rx, &counters);
+                drop(db);
+                if let Some(stopped) = stopped {
+                    let _ = stopped.send(());
+                }
+            })
+            .expect("spawn the commit thread");
+        Committer { queue, stats }
+    }
+
+    pub(super) async fn commit(&self, writes: WriteSet) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .send(Command::Commit(writes, tx))
+            .map_err(|_| StorageError::Closed)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Commits what is queued, then stops the thread; later commits fail
+    /// with [`StorageError::Closed`].
+    pub(super) async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.send(Command::Stop(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub(super) fn stats(&self) -> CommitStats {
+        CommitStats {
+            batches: self.stats.batches.load(Ordering::Relaxed),
+            write_sets: self.stats.write_sets.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Commits batches until told to stop (returning who to tell) or until
+/// every sender is gone.
+fn run(db: &DB, rx: &mpsc::Receiver<Command>, counters: &Counters) -> Option<oneshot::Sender<()>> {
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    let mut waiting: Vec<Reply> = Vec::new();
+    let mut stop = None;
+    while stop.is_none() {
+        let Ok(first) = rx.recv() else { break };
+        let mut batch = WriteBatch::default();
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Commit(writes, reply) => {
+                    add(db, &mut batch, writes);
+                    waiting.push(reply);
+                }
+                Command::Stop(reply) => {
+                    stop = Some(reply);
+                    break;
+                }
+            }
+            if waiting.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if waiting.is_empty() {
+            continue;
+        }
+        let result = db.write_opt(batch, &sync);
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters
+            .write_sets
+            .fetch_add(waiting.len() as u64, Ordering::Relaxed);
+        if let Err(err) = &result {
+            tracing::error!(error = %err, writers = waiting.len(), "group commit failed");
+        }
+        for reply in waiting.drain(..) {
+            let _ = reply.send(result.clone().map_err(StorageError::from));
+        }
+    }
+    stop
+}
+
+fn add(db: &DB, batch: &mut WriteBatch, writes: WriteSet) {
+    for write in writes.writes {
+        match write {
+            Write::Put { cf, key, value } => {
+                batch.put_cf(cf_handle(db, cf), key, value);
+            }
+            Write::Delete { cf, key } => batch.delete_cf(cf_handle(db, cf), key),
+        }
+    }
+}
+
+fn cf_handle(db: &DB, cf: super::Cf) -> &rocksdb::ColumnFamily {
+    db.cf_handle(cf.name())
+        .expect("every column family is created at open")
+}

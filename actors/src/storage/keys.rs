@@ -1,0 +1,72 @@
+//! Key layout: the one module that builds storage keys.
+//!
+//! An entity's keys start with its id prefixed by the id's length, so no id
+//! is a prefix of another's keys, and each entity's records are contiguous.
+//! Versions follow as big-endian `u64`, so byte order is version order and a
+//! log reads with one range scan.
+
+/// `[len][id]`: the prefix of every key of one entity.
+pub fn entity(id: &str) -> Vec<u8> {
+    let bytes = id.as_bytes();
+    debug_assert!(bytes.len() <= u8::MAX as usize, "ids are at most 255 bytes");
+    let mut key = Vec::with_capacity(1 + bytes.len() + 8);
+    key.push(bytes.len() as u8);
+    key.extend_from_slice(bytes);
+    key
+}
+
+/// `[len][id][version be]`: one record of an entity's log.
+pub fn versioned(id: &str, version: u64) -> Vec<u8> {
+    let mut key = entity(id);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+/// `[len][id][name]`: a named record of an entity (a cmid, a member).
+pub fn named(id: &str, name: &str) -> Vec<u8> {
+    let mut key = entity(id);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The version at the end of a `versioned` key.
+pub fn version_of(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+/// The name at the end of a `named` key with this entity prefix.
+pub fn name_of<'k>(prefix: &[u8], key: &'k [u8]) -> Option<&'k str> {
+    std::str::from_utf8(key.strip_prefix(prefix)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_sort_numerically_within_an_entity() {
+        let mut keys: Vec<_> = [1u64, 256, 2, 65_536, 255]
+            .iter()
+            .map(|&v| versioned("c", v))
+            .collect();
+        keys.sort();
+        let order: Vec<_> = keys.iter().map(|k| version_of(k).unwrap()).collect();
+        assert_eq!(order, [1, 2, 255, 256, 65_536]);
+    }
+
+    #[test]
+    fn no_entity_is_a_prefix_of_another() {
+        let short = entity("ab");
+        assert!(!versioned("abc", 1).starts_with(&short));
+        assert!(!named("abc", "x").starts_with(&short));
+        assert!(versioned("ab", u64::MAX).starts_with(&short));
+    }
+
+    #[test]
+    fn names_come_back_out() {
+        let prefix = entity("alice");
+        assert_eq!(name_of(&prefix, &named("alice", "g:1")), Some("g:1"));
+        assert_eq!(name_of(&prefix, &named("bob", "g:1")), None);
+    }
+}

@@ -1,0 +1,102 @@
+//! What is stored: the records of conversations and users.
+//!
+//! These are the storage format (bincode through [`crate::codec`]), kept apart
+//! from the wire format in `tidings-protocol` so either can change alone.
+
+use serde::{Deserialize, Serialize};
+use tidings_protocol::{Cmid, ConvId, Event, EventKind, UserId};
+
+/// A conversation's state as of its latest committed event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvMeta {
+    pub title: Option<String>,
+    pub members: Vec<UserId>,
+    pub creator: UserId,
+    pub version: u64,
+}
+
+/// One event of a conversation's log, without the conversation and version
+/// that its key carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub ts: u64,
+    pub from: UserId,
+    pub kind: StoredKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredKind {
+    Created {
+        title: Option<String>,
+        members: Vec<UserId>,
+    },
+    Message {
+        body: String,
+        cmid: Option<Cmid>,
+    },
+    Edit {
+        target: u64,
+        rev: u32,
+        body: String,
+    },
+    Delete {
+        target: u64,
+        rev: u32,
+    },
+    Join {
+        users: Vec<UserId>,
+    },
+    Leave {
+        users: Vec<UserId>,
+    },
+}
+
+impl StoredEvent {
+    pub fn into_event(self, conv: ConvId, version: u64) -> Event {
+        let kind = match self.kind {
+            StoredKind::Created { title, members } => EventKind::Created { title, members },
+            StoredKind::Message { body, cmid } => EventKind::Message { body, cmid },
+            StoredKind::Edit { target, rev, body } => EventKind::Edit { target, rev, body },
+            StoredKind::Delete { target, rev } => EventKind::Delete { target, rev },
+            StoredKind::Join { users } => EventKind::Join { users },
+            StoredKind::Leave { users } => EventKind::Leave { users },
+        };
+        Event {
+            conv,
+            version,
+            ts: self.ts,
+            from: self.from,
+            kind,
+        }
+    }
+}
+
+/// The current state of one message, for edit and delete conflicts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageState {
+    pub from: UserId,
+    pub rev: u32,
+    /// `None` once deleted.
+    pub body: Option<String>,
+}
+
+/// The ack of an accepted `cmid`, returned again to retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CmidRecord {
+    pub version: u64,
+    pub ts: u64,
+}
+
+/// A user's own state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserMeta {
+    pub notification_version: u64,
+}
+
+/// One notification of a user's log. The payload is kept as JSON text: it
+/// is arbitrary JSON, which bincode cannot describe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredNotification {
+    pub ts: u64,
+    pub payload: String,
+}

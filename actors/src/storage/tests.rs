@@ -1,0 +1,132 @@
+//! The storage suite: runs against a real RocksDB in a temporary directory.
+
+use super::*;
+use crate::shard::shard_of;
+
+fn put_log(storage: &Storage, entity: &str, versions: impl IntoIterator<Item = u64>) -> WriteSet {
+    let _ = storage;
+    let mut writes = WriteSet::default();
+    for v in versions {
+        writes
+            .put(
+                Cf::ConvLog,
+                keys::versioned(entity, v),
+                &format!("{entity}#{v}"),
+            )
+            .unwrap();
+    }
+    writes
+}
+
+fn versions(range: Vec<(u64, String)>) -> Vec<u64> {
+    range.into_iter().map(|(v, _)| v).collect()
+}
+
+#[tokio::test]
+async fn committed_writes_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let storage = Storage::open(dir.path()).unwrap();
+        let writes = put_log(&storage, "c", 1..=3);
+        storage.commit(shard_of("c"), writes).await.unwrap();
+        storage.close().await.unwrap();
+    }
+    let storage = Storage::open(dir.path()).unwrap();
+    let all: Vec<(u64, String)> = storage
+        .log_range(Cf::ConvLog, "c", 0, u64::MAX, 10, false)
+        .unwrap();
+    assert_eq!(
+        all,
+        vec![(1, "c#1".into()), (2, "c#2".into()), (3, "c#3".into())]
+    );
+}
+
+#[tokio::test]
+async fn log_ranges_page_both_ways_and_stay_inside_their_entity() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    for entity in ["b", "bb", "c"] {
+        let writes = put_log(&storage, entity, 1..=300);
+        storage.commit(shard_of(entity), writes).await.unwrap();
+    }
+    let range = |after, before, limit, from_end| {
+        versions(
+            storage
+                .log_range(Cf::ConvLog, "bb", after, before, limit, from_end)
+                .unwrap(),
+        )
+    };
+    assert_eq!(range(0, u64::MAX, 3, false), [1, 2, 3]);
+    assert_eq!(range(255, u64::MAX, 3, false), [256, 257, 258]);
+    assert_eq!(range(0, u64::MAX, 3, true), [298, 299, 300]);
+    assert_eq!(range(0, 257, 3, true), [254, 255, 256]);
+    assert_eq!(range(0, 3, 10, true), [1, 2]);
+    assert_eq!(range(298, u64::MAX, 10, false), [299, 300]);
+    assert_eq!(range(300, u64::MAX, 10, false), Vec::<u64>::new());
+    assert_eq!(range(5, 6, 10, false), Vec::<u64>::new());
+    let all: Vec<(u64, String)> = storage
+        .log_range(Cf::ConvLog, "bb", 0, u64::MAX, 1000, false)
+        .unwrap();
+    assert_eq!(all.len(), 300);
+    assert!(all.iter().all(|(v, s)| s == &format!("bb#{v}")));
+}
+
+#[tokio::test]
+async fn names_list_one_entity() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let mut writes = WriteSet::default();
+    for (user, conv) in [("al", "g:1"), ("al", "g:2"), ("alice", "g:3"), ("a", "g:4")] {
+        writes
+            .put(Cf::UserConvs, keys::named(user, conv), &())
+            .unwrap();
+    }
+    storage.commit(shard_of("al"), writes).await.unwrap();
+    assert_eq!(storage.names(Cf::UserConvs, "al").unwrap(), ["g:1", "g:2"]);
+    let mut writes = WriteSet::default();
+    writes.delete(Cf::UserConvs, keys::named("al", "g:1"));
+    storage.commit(shard_of("al"), writes).await.unwrap();
+    assert_eq!(storage.names(Cf::UserConvs, "al").unwrap(), ["g:2"]);
+}
+
+#[tokio::test]
+async fn concurrent_writers_share_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let tasks: Vec<_> = (0..200u64)
+        .map(|i| {
+            let storage = storage.clone();
+            tokio::spawn(async move {
+                let entity = format!("e{i}");
+                let writes = put_log(&storage, &entity, [1]);
+                storage.commit(shard_of(&entity), writes).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let stats = storage.commit_stats();
+    assert_eq!(stats.write_sets, 200);
+    assert!(
+        stats.batches < 200,
+        "200 concurrent commits took {} syncs",
+        stats.batches
+    );
+}
+
+#[test]
+fn an_unknown_column_family_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let _db = DB::open_cf(&options, dir.path(), ["mystery"]).unwrap();
+    }
+    match Storage::open(dir.path()) {
+        Err(StorageError::UnknownColumnFamily(name)) => assert_eq!(name, "mystery"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("opened a database with an unknown column family"),
+    }
+}
