@@ -1,0 +1,634 @@
+//! The conversation actor: owns one conversation's version counter and log.
+//!
+//! Its mailbox serializes every write to the conversation. A write is
+//! checked against the current state (membership, `expect`, `rev`), given
+//! the next version, committed durably, and only then acknowledged and
+//! handed to the router for fan-out to the members' devices. The in-memory
+//! state moves only after the commit succeeded, so a failed commit changes
+//! nothing.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tidings_protocol::error::CurrentMessage;
+use tidings_protocol::frames::{ConvSummary, SyncedConv};
+use tidings_protocol::{Cmid, ConvId, ErrorCode, ErrorFrame, Event, ServerFrame, UserId};
+use tokio::task::JoinHandle;
+
+use crate::entity::{now_ms, EntityArgs, IdleClock};
+use crate::messages::{Ack, ConvMsg, Created, EntityKey, HistoryPage, Page, RouterMsg};
+use crate::metrics::Metrics;
+use crate::shard::{shard_of, ShardId};
+use crate::storage::records::{CmidRecord, ConvMeta, MessageState, StoredEvent, StoredKind};
+use crate::storage::{keys, Cf, Storage, WriteSet};
+
+pub struct ConversationActor;
+
+pub struct Conversation {
+    id: ConvId,
+    shard: ShardId,
+    meta: Option<ConvMeta>,
+    /// The members, shared by every fan-out until membership changes.
+    audience: Arc<[UserId]>,
+    storage: Storage,
+    router: ActorRef<RouterMsg>,
+    metrics: Arc<Metrics>,
+    idle: IdleClock,
+    ticker: Option<JoinHandle<()>>,
+}
+
+type Result<T> = std::result::Result<T, ErrorFrame>;
+
+impl Actor for ConversationActor {
+    type Msg = ConvMsg;
+    type State = Conversation;
+    type Arguments = EntityArgs<ConvId>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ConvMsg>,
+        args: EntityArgs<ConvId>,
+    ) -> std::result::Result<Conversation, ActorProcessingErr> {
+        let meta: Option<ConvMeta> = args
+            .storage
+            .get(Cf::ConvMeta, &keys::entity(args.id.as_str()))?;
+        let audience = meta
+            .as_ref()
+            .map(|m| Arc::from(m.members.clone()))
+            .unwrap_or_else(|| Arc::from(Vec::new()));
+        let idle = IdleClock::new(EntityKey::Conv(args.id.clone()), args.config.idle_after);
+        let ticker = myself.send_interval(idle.tick_every(), || ConvMsg::Tick);
+        args.metrics.entity_gauge("conversation").inc();
+        Ok(Conversation {
+            shard: shard_of(args.id.as_str()),
+            id: args.id,
+            meta,
+            audience,
+            storage: args.storage,
+            router: args.router,
+            metrics: args.metrics,
+            idle,
+            ticker: Some(ticker),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ConvMsg>,
+        state: &mut Conversation,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        if let Some(ticker) = state.ticker.take() {
+            ticker.abort();
+        }
+        state.metrics.entity_gauge("conversation").dec();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ConvMsg>,
+        message: ConvMsg,
+        state: &mut Conversation,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match message {
+            ConvMsg::Tick => {
+                state.idle.tick(&state.router, false);
+                return Ok(());
+            }
+            ConvMsg::Shutdown => {
+                myself.stop(None);
+                return Ok(());
+            }
+            _ => state.idle.handled(),
+        }
+        match message {
+            ConvMsg::Create {
+                by,
+                members,
+                title,
+                reply,
+            } => {
+                let _ = reply.send(state.create(by, members, title).await);
+            }
+            ConvMsg::OpenDirect { by, reply } => {
+                let _ = reply.send(state.open_direct(by).await);
+            }
+            ConvMsg::Send {
+                by,
+                body,
+                cmid,
+                expect,
+                reply,
+            } => {
+                let _ = reply.send(state.send(by, body, cmid, expect).await);
+            }
+            ConvMsg::Edit {
+                by,
+                target,
+                rev,
+                body,
+                reply,
+            } => {
+                let _ = reply.send(state.revise(by, target, rev, Some(body)).await);
+            }
+            ConvMsg::Delete {
+                by,
+                target,
+                rev,
+                reply,
+            } => {
+                let _ = reply.send(state.revise(by, target, rev, None).await);
+            }
+            ConvMsg::Members {
+                by,
+                add,
+                remove,
+                reply,
+            } => {
+                let _ = reply.send(state.change_members(by, add, remove).await);
+            }
+            ConvMsg::History { by, page, reply } => {
+                let _ = reply.send(state.history(&by, page));
+            }
+            ConvMsg::Summary { by, reply } => {
+                let _ = reply.send(state.summary(&by));
+            }
+            ConvMsg::Catchup {
+                by,
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(state.catchup(&by, after, limit));
+            }
+            ConvMsg::Typing { by } => state.typing(by),
+            ConvMsg::Tick | ConvMsg::Shutdown => unreachable!("handled above"),
+        }
+        Ok(())
+    }
+}
+
+fn internal(err: impl std::fmt::Display) -> ErrorFrame {
+    tracing::error!(error = %err, "conversation storage failed");
+    ErrorFrame::new(ErrorCode::Internal, "storage failed; nothing was written")
+}
+
+fn dedup(users: impl IntoIterator<Item = UserId>) -> Vec<UserId> {
+    let mut out: Vec<UserId> = Vec::new();
+    for user in users {
+        if !out.contains(&user) {
+            out.push(user);
+        }
+    }
+    out
+}
+
+impl Conversation {
+    fn not_found(&self) -> ErrorFrame {
+        ErrorFrame::new(ErrorCode::NotFound, format!("no conversation {}", self.id))
+    }
+
+    /// The state, if the conversation exists and `by` is a member.
+    fn member_meta(&self, by: &UserId) -> Result<&ConvMeta> {
+        let meta = self.meta.as_ref().ok_or_else(|| self.not_found())?;
+        if !meta.members.contains(by) {
+            return Err(ErrorFrame::new(
+                ErrorCode::Forbidden,
+                format!("{by} is not a member of {}", self.id),
+            ));
+        }
+        Ok(meta)
+    }
+
+    /// Appends `events` (versions following the current one) with `extra`
+    /// writes, durably, then moves the state to `meta` and fans out.
+    async fn commit(
+        &mut self,
+        mut meta: ConvMeta,
+        events: Vec<(StoredEvent, Arc<[UserId]>)>,
+        mut writes: WriteSet,
+    ) -> Result<Vec<u64>> {
+        let first = self.meta.as_ref().map_or(0, |m| m.version) + 1;
+        let versions: Vec<u64> = (first..first + events.len() as u64).collect();
+        meta.version = first + events.len() as u64 - 1;
+        let conv = self.id.as_str();
+        for ((event, _), version) in events.iter().zip(&versions) {
+            writes
+                .put(Cf::ConvLog, keys::versioned(conv, *version), event)
+                .map_err(internal)?;
+        }
+        writes
+            .put(Cf::ConvMeta, keys::entity(conv), &meta)
+            .map_err(internal)?;
+        self.storage
+            .commit(self.shard, writes)
+            .await
+            .map_err(internal)?;
+        if self.meta.as_ref().map(|m| &m.members) != Some(&meta.members) {
+            self.audience = Arc::from(meta.members.clone());
+        }
+        self.meta = Some(meta);
+        self.metrics.events_committed.inc_by(events.len() as u64);
+        for ((event, audience), version) in events.into_iter().zip(&versions) {
+            self.publish(event.into_event(self.id.clone(), *version), audience);
+        }
+        Ok(versions)
+    }
+
+    fn publish(&self, event: Event, audience: Arc<[UserId]>) {
+        let frame = ServerFrame::Event(event).push().to_json();
+        let _ = self.router.cast(RouterMsg::Deliver {
+            users: audience,
+            except: None,
+            frame: frame.into(),
+        });
+    }
+
+    fn index_members(&self, writes: &mut WriteSet, users: &[UserId], member: bool) -> Result<()> {
+        for user in users {
+            let key = keys::named(user.as_str(), self.id.as_str());
+            if member {
+                writes.put(Cf::UserConvs, key, &()).map_err(internal)?;
+            } else {
+                writes.delete(Cf::UserConvs, key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn start(
+        &mut self,
+        by: UserId,
+        members: Vec<UserId>,
+        title: Option<String>,
+    ) -> Result<Created> {
+        let members = dedup(std::iter::once(by.clone()).chain(members));
+        tidings_protocol::frames::validate_members(&members)?;
+        let meta = ConvMeta {
+            title: title.clone(),
+            members: members.clone(),
+            creator: by.clone(),
+            version: 0,
+        };
+        let mut writes = WriteSet::default();
+        self.index_members(&mut writes, &members, true)?;
+        let event = StoredEvent {
+            ts: now_ms(),
+            from: by,
+            kind: StoredKind::Created {
+                title,
+                members: members.clone(),
+            },
+        };
+        let versions = self
+            .commit(meta, vec![(event, Arc::from(members))], writes)
+            .await?;
+        Ok(Created {
+            conv: self.id.clone(),
+            version: versions[0],
+        })
+    }
+
+    async fn create(
+        &mut self,
+        by: UserId,
+        members: Vec<UserId>,
+        title: Option<String>,
+    ) -> Result<Created> {
+        if self.meta.is_some() || self.id.is_direct() {
+            return Err(ErrorFrame::new(
+                ErrorCode::Conflict,
+                format!("conversation {} already exists", self.id),
+            ));
+        }
+        self.start(by, members, title).await
+    }
+
+    async fn open_direct(&mut self, by: UserId) -> Result<Created> {
+        let (a, b) = self.id.direct_members().ok_or_else(|| self.not_found())?;
+        if by != a && by != b {
+            return Err(ErrorFrame::new(
+                ErrorCode::Forbidden,
+                format!("{by} is not a member of {}", self.id),
+            ));
+        }
+        if let Some(meta) = &self.meta {
+            return Ok(Created {
+                conv: self.id.clone(),
+                version: meta.version,
+            });
+        }
+        let other = if by == a { b } else { a };
+        self.start(by, vec![other], None).await
+    }
+
+    async fn send(
+        &mut self,
+        by: UserId,
+        body: String,
+        cmid: Option<Cmid>,
+        expect: Option<u64>,
+    ) -> Result<Ack> {
+        let meta = self.member_meta(&by)?.clone();
+        if let Some(cmid) = &cmid {
+            let key = keys::named(self.id.as_str(), cmid.as_str());
+            if let Some(seen) = self
+                .storage
+                .get::<CmidRecord>(Cf::ConvCmids, &key)
+                .map_err(internal)?
+            {
+                return Ok(Ack {
+                    conv: self.id.clone(),
+                    version: seen.version,
+                    ts: seen.ts,
+                    dup: Some(true),
+                });
+            }
+        }
+        if let Some(expect) = expect {
+            if expect != meta.version {
+                let mut err = ErrorFrame::new(
+                    ErrorCode::Conflict,
+                    format!("conversation is at version {}, not {expect}", meta.version),
+                );
+                err.current_version = Some(meta.version);
+                return Err(err);
+            }
+        }
+        let ts = now_ms();
+        let mut writes = WriteSet::default();
+        if let Some(cmid) = &cmid {
+            let record = CmidRecord {
+                version: meta.version + 1,
+                ts,
+            };
+            writes
+                .put(
+                    Cf::ConvCmids,
+                    keys::named(self.id.as_str(), cmid.as_str()),
+                    &record,
+                )
+                .map_err(internal)?;
+        }
+        let event = StoredEvent {
+            ts,
+            from: by,
+            kind: StoredKind::Message { body, cmid },
+        };
+        let audience = self.audience.clone();
+        let versions = self.commit(meta, vec![(event, audience)], writes).await?;
+        Ok(Ack {
+            conv: self.id.clone(),
+            version: versions[0],
+            ts,
+            dup: Some(false),
+        })
+    }
+
+    /// The current state of the message at `target`.
+    fn message_state(&self, target: u64) -> Result<MessageState> {
+        let conv = self.id.as_str();
+        if let Some(state) = self
+            .storage
+            .get::<MessageState>(Cf::ConvMessages, &keys::versioned(conv, target))
+            .map_err(internal)?
+        {
+            return Ok(state);
+        }
+        match self
+            .storage
+            .get::<StoredEvent>(Cf::ConvLog, &keys::versioned(conv, target))
+            .map_err(internal)?
+        {
+            Some(StoredEvent {
+                from,
+                kind: StoredKind::Message { body, .. },
+                ..
+            }) => Ok(MessageState {
+                from,
+                rev: 1,
+                body: Some(body),
+            }),
+            _ => Err(ErrorFrame::new(
+                ErrorCode::NotFound,
+                format!("no message at version {target} of {}", self.id),
+            )),
+        }
+    }
+
+    /// An edit (`body` is `Some`) or a delete (`None`) of a message.
+    async fn revise(
+        &mut self,
+        by: UserId,
+        target: u64,
+        rev: u32,
+        body: Option<String>,
+    ) -> Result<Ack> {
+        let meta = self.member_meta(&by)?.clone();
+        let current = self.message_state(target)?;
+        if current.from != by {
+            return Err(ErrorFrame::new(
+                ErrorCode::Forbidden,
+                "only the author may edit or delete a message",
+            ));
+        }
+        if current.body.is_none() || current.rev != rev {
+            let mut err = ErrorFrame::new(
+                ErrorCode::Conflict,
+                match current.body {
+                    None => format!("message {target} is deleted"),
+                    Some(_) => {
+                        format!("message {target} is at revision {}, not {rev}", current.rev)
+                    }
+                },
+            );
+            err.current = Some(CurrentMessage {
+                target,
+                rev: current.rev,
+                body: current.body,
+                from: current.from,
+            });
+            return Err(err);
+        }
+        let rev = rev + 1;
+        let mut writes = WriteSet::default();
+        let state = MessageState {
+            from: by.clone(),
+            rev,
+            body: body.clone(),
+        };
+        writes
+            .put(
+                Cf::ConvMessages,
+                keys::versioned(self.id.as_str(), target),
+                &state,
+            )
+            .map_err(internal)?;
+        let ts = now_ms();
+        let kind = match body {
+            Some(body) => StoredKind::Edit { target, rev, body },
+            None => StoredKind::Delete { target, rev },
+        };
+        let event = StoredEvent { ts, from: by, kind };
+        let audience = self.audience.clone();
+        let versions = self.commit(meta, vec![(event, audience)], writes).await?;
+        Ok(Ack {
+            conv: self.id.clone(),
+            version: versions[0],
+            ts,
+            dup: None,
+        })
+    }
+
+    async fn change_members(
+        &mut self,
+        by: UserId,
+        add: Vec<UserId>,
+        remove: Vec<UserId>,
+    ) -> Result<Ack> {
+        let mut meta = self.member_meta(&by)?.clone();
+        if self.id.is_direct() {
+            return Err(ErrorFrame::new(
+                ErrorCode::Forbidden,
+                "a direct conversation's members cannot change",
+            ));
+        }
+        let joining: Vec<UserId> = dedup(add)
+            .into_iter()
+            .filter(|u| !meta.members.contains(u))
+            .collect();
+        let leaving: Vec<UserId> = dedup(remove)
+            .into_iter()
+            .filter(|u| meta.members.contains(u))
+            .collect();
+        if leaving.iter().any(|u| u != &by) && by != meta.creator {
+            return Err(ErrorFrame::new(
+                ErrorCode::Forbidden,
+                "only the creator may remove other members",
+            ));
+        }
+        let ts = now_ms();
+        let mut events = Vec::new();
+        let mut writes = WriteSet::default();
+        if !joining.is_empty() {
+            meta.members.extend(joining.iter().cloned());
+            tidings_protocol::frames::validate_members(&meta.members)?;
+            self.index_members(&mut writes, &joining, true)?;
+            let event = StoredEvent {
+                ts,
+                from: by.clone(),
+                kind: StoredKind::Join { users: joining },
+            };
+            events.push((event, Arc::from(meta.members.clone())));
+        }
+        if !leaving.is_empty() {
+            let before: Arc<[UserId]> = Arc::from(meta.members.clone());
+            meta.members.retain(|u| !leaving.contains(u));
+            self.index_members(&mut writes, &leaving, false)?;
+            let event = StoredEvent {
+                ts,
+                from: by.clone(),
+                kind: StoredKind::Leave { users: leaving },
+            };
+            events.push((event, before));
+        }
+        if events.is_empty() {
+            return Ok(Ack {
+                conv: self.id.clone(),
+                version: meta.version,
+                ts,
+                dup: None,
+            });
+        }
+        let versions = self.commit(meta, events, writes).await?;
+        Ok(Ack {
+            conv: self.id.clone(),
+            version: *versions.last().expect("at least one event"),
+            ts,
+            dup: None,
+        })
+    }
+
+    fn events(&self, after: u64, before: u64, limit: u32, from_end: bool) -> Result<Vec<Event>> {
+        let stored: Vec<(u64, StoredEvent)> = self
+            .storage
+            .log_range(
+                Cf::ConvLog,
+                self.id.as_str(),
+                after,
+                before,
+                limit as usize,
+                from_end,
+            )
+            .map_err(internal)?;
+        Ok(stored
+            .into_iter()
+            .map(|(version, event)| event.into_event(self.id.clone(), version))
+            .collect())
+    }
+
+    fn history(&self, by: &UserId, page: Page) -> Result<HistoryPage> {
+        let version = self.member_meta(by)?.version;
+        let before = page.before.unwrap_or(u64::MAX);
+        let events = match page.after {
+            Some(after) => self.events(after, before, page.limit, false)?,
+            None => self.events(0, before, page.limit, true)?,
+        };
+        Ok(HistoryPage {
+            conv: self.id.clone(),
+            version,
+            events,
+        })
+    }
+
+    fn summary(&self, by: &UserId) -> Result<ConvSummary> {
+        let meta = self.member_meta(by)?;
+        Ok(ConvSummary {
+            conv: self.id.clone(),
+            title: meta.title.clone(),
+            members: meta.members.clone(),
+            version: meta.version,
+        })
+    }
+
+    fn catchup(&self, by: &UserId, after: Option<u64>, limit: u32) -> Result<SyncedConv> {
+        let meta = self.member_meta(by)?;
+        let (events, more) = match after {
+            Some(after) => {
+                let events = self.events(after, u64::MAX, limit, false)?;
+                let last = events.last().map_or(after, |e| e.version);
+                (events, last < meta.version)
+            }
+            None => {
+                let events = self.events(0, u64::MAX, limit, true)?;
+                let more = events.first().is_some_and(|e| e.version > 1);
+                (events, more)
+            }
+        };
+        Ok(SyncedConv {
+            conv: self.id.clone(),
+            title: meta.title.clone(),
+            members: meta.members.clone(),
+            version: meta.version,
+            events,
+            more,
+        })
+    }
+
+    fn typing(&self, by: UserId) {
+        if self.member_meta(&by).is_err() {
+            return;
+        }
+        let frame = ServerFrame::Typing {
+            conv: self.id.clone(),
+            user: by.clone(),
+        }
+        .push()
+        .to_json();
+        let _ = self.router.cast(RouterMsg::Deliver {
+            users: self.audience.clone(),
+            except: Some(by),
+            frame: frame.into(),
+        });
+    }
+}

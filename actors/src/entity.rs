@@ -1,0 +1,93 @@
+//! What every entity actor shares: its start-up arguments, the idle clock
+//! that stops it when unused, and the time source.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ractor::ActorRef;
+
+use crate::messages::{EntityKey, RouterMsg};
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+
+/// Settings of entity actors and connections.
+#[derive(Debug, Clone)]
+pub struct EntityConfig {
+    /// An entity actor with nothing to do for this long stops; it starts
+    /// again from storage on the next request.
+    pub idle_after: Duration,
+    /// How long a caller waits for an entity's reply before `unavailable`.
+    pub call_timeout: Duration,
+}
+
+impl Default for EntityConfig {
+    fn default() -> Self {
+        EntityConfig {
+            idle_after: Duration::from_secs(60),
+            call_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Start-up arguments of an entity actor.
+pub struct EntityArgs<Id> {
+    pub id: Id,
+    pub storage: Storage,
+    pub router: ActorRef<RouterMsg>,
+    pub config: EntityConfig,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Counts the router's messages and tells the router when the entity has
+/// been idle, so the router can stop it without dropping anything in flight.
+pub struct IdleClock {
+    key: EntityKey,
+    handled: u64,
+    reported: u64,
+    last_active: Instant,
+    idle_after: Duration,
+}
+
+impl IdleClock {
+    pub fn new(key: EntityKey, idle_after: Duration) -> IdleClock {
+        IdleClock {
+            key,
+            handled: 0,
+            reported: u64::MAX,
+            last_active: Instant::now(),
+            idle_after,
+        }
+    }
+
+    /// How often to check; a fraction of the idle period.
+    pub fn tick_every(&self) -> Duration {
+        (self.idle_after / 4).max(Duration::from_millis(5))
+    }
+
+    /// A message from the router was handled.
+    pub fn handled(&mut self) {
+        self.handled += 1;
+        self.last_active = Instant::now();
+    }
+
+    /// On a tick: tells the router once per quiet spell. `busy` keeps the
+    /// actor alive regardless (a user with devices online).
+    pub fn tick(&mut self, router: &ActorRef<RouterMsg>, busy: bool) {
+        if busy || self.last_active.elapsed() < self.idle_after || self.reported == self.handled {
+            return;
+        }
+        self.reported = self.handled;
+        let _ = router.cast(RouterMsg::Idle {
+            key: self.key.clone(),
+            handled: self.handled,
+        });
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,65 @@
+//! Tidings' actors: users, conversations and connections, the router that
+//! finds them, and the storage they own.
+//!
+//! # Supervision tree
+//!
+//! ```text
+//! node (tidings-node: HTTP + WebSocket front end)
+//! ├── Router                      one per node; every entity request passes through it
+//! │   ├── ConversationActor × n   started on demand from storage, stopped when idle;
+//! │   │                           owns one conversation's version counter and log
+//! │   └── UserActor × n           started on demand, kept alive while a device is
+//! │                               connected; owns the user's notification log and
+//! │                               fans events out to the user's devices
+//! └── ConnectionActor × n         one per WebSocket; subscribes to its UserActor
+//!                                 through the router and serves the client's frames
+//! Storage                         one RocksDB, shared; a committer thread group-commits
+//! ```
+//!
+//! The router supervises the entity actors: an actor that fails is dropped
+//! from the router's table and restarts from storage on the next request.
+//! A write flows: connection → router → conversation actor (check, next
+//! version, durable commit, ack) → router → each member's user actor → each
+//! device's outbound queue. Reads go the same way, so a conversation's
+//! actor is the one place that knows its state.
+
+pub mod codec;
+pub mod connection;
+pub mod conversation;
+pub mod entity;
+pub mod messages;
+pub mod metrics;
+pub mod outbound;
+pub mod router;
+pub mod service;
+pub mod shard;
+pub mod storage;
+pub mod user;
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorRef};
+
+pub use entity::EntityConfig;
+pub use messages::RouterMsg;
+pub use metrics::Metrics;
+pub use service::Service;
+pub use storage::{Storage, StorageError};
+
+/// Starts the node's router over `storage`.
+pub async fn start_router(
+    storage: Storage,
+    config: EntityConfig,
+    metrics: Arc<Metrics>,
+) -> Result<(ActorRef<RouterMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
+    Actor::spawn(
+        None,
+        router::Router,
+        router::RouterArgs {
+            storage,
+            config,
+            metrics,
+        },
+    )
+    .await
+}

@@ -1,0 +1,174 @@
+//! The messages the actors exchange. Entity actors' messages are local-only:
+//! they never cross nodes (replies carry client-safe [`ErrorFrame`]s).
+
+use std::sync::Arc;
+
+use ractor::RpcReplyPort;
+use tidings_protocol::frames::{ConvSummary, PresenceInfo, SyncedConv, SyncedNotifications};
+use tidings_protocol::{Cmid, ConvId, ErrorFrame, Event, UserId};
+
+use crate::outbound::{Frame, Outbound};
+
+/// A reply that is either what was asked or a client-safe error.
+pub type Reply<T> = RpcReplyPort<Result<T, ErrorFrame>>;
+
+/// A conversation was created or opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    pub conv: ConvId,
+    pub version: u64,
+}
+
+/// A write was accepted and is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub conv: ConvId,
+    pub version: u64,
+    pub ts: u64,
+    /// `Some` on sends: whether the cmid had been accepted before.
+    pub dup: Option<bool>,
+}
+
+/// A page of a conversation's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub conv: ConvId,
+    pub version: u64,
+    pub events: Vec<Event>,
+}
+
+/// Which part of a log a history request wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub after: Option<u64>,
+    pub before: Option<u64>,
+    pub limit: u32,
+}
+
+/// What a conversation actor is asked. `by` is the authenticated user.
+pub enum ConvMsg {
+    Create {
+        by: UserId,
+        members: Vec<UserId>,
+        title: Option<String>,
+        reply: Reply<Created>,
+    },
+    OpenDirect {
+        by: UserId,
+        reply: Reply<Created>,
+    },
+    Send {
+        by: UserId,
+        body: String,
+        cmid: Option<Cmid>,
+        expect: Option<u64>,
+        reply: Reply<Ack>,
+    },
+    Edit {
+        by: UserId,
+        target: u64,
+        rev: u32,
+        body: String,
+        reply: Reply<Ack>,
+    },
+    Delete {
+        by: UserId,
+        target: u64,
+        rev: u32,
+        reply: Reply<Ack>,
+    },
+    Members {
+        by: UserId,
+        add: Vec<UserId>,
+        remove: Vec<UserId>,
+        reply: Reply<Ack>,
+    },
+    History {
+        by: UserId,
+        page: Page,
+        reply: Reply<HistoryPage>,
+    },
+    Summary {
+        by: UserId,
+        reply: Reply<ConvSummary>,
+    },
+    /// The events after `after` (or the latest), for `sync`.
+    Catchup {
+        by: UserId,
+        after: Option<u64>,
+        limit: u32,
+        reply: Reply<SyncedConv>,
+    },
+    Typing {
+        by: UserId,
+    },
+    /// Internal: check whether the actor has been idle long enough to stop.
+    Tick,
+    /// Internal, from the router: stop now.
+    Shutdown,
+}
+
+/// What a user actor is asked.
+pub enum UserMsg {
+    /// A device connected: fan the user's events out to it.
+    Subscribe {
+        outbound: Outbound,
+        reply: RpcReplyPort<()>,
+    },
+    Unsubscribe {
+        id: u64,
+    },
+    /// An event or typing frame for every device of the user.
+    Deliver(Frame),
+    /// A backend's notification: append it to the user's log, then push it.
+    Notify {
+        payload: serde_json::Value,
+        reply: Reply<u64>,
+    },
+    Notifications {
+        after: Option<u64>,
+        limit: u32,
+        reply: Reply<SyncedNotifications>,
+    },
+    Conversations {
+        reply: Reply<Vec<ConvId>>,
+    },
+    Presence {
+        reply: RpcReplyPort<PresenceInfo>,
+    },
+    Tick,
+    Shutdown,
+}
+
+/// Which entity an actor serves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EntityKey {
+    Conv(ConvId),
+    User(UserId),
+}
+
+/// What the router is asked. Every request for an entity goes through it.
+pub enum RouterMsg {
+    Conv(ConvId, ConvMsg),
+    User(UserId, UserMsg),
+    /// Fan a frame out to these users' devices (those online), except one.
+    Deliver {
+        users: Arc<[UserId]>,
+        except: Option<UserId>,
+        frame: Frame,
+    },
+    /// Presence of one user; answered without waking an offline user.
+    Presence {
+        user: UserId,
+        reply: RpcReplyPort<PresenceInfo>,
+    },
+    /// An entity actor has been idle after handling `handled` messages.
+    Idle {
+        key: EntityKey,
+        handled: u64,
+    },
+    /// How many entity actors are alive: (conversations, users).
+    Census {
+        reply: RpcReplyPort<(usize, usize)>,
+    },
+}

@@ -1,0 +1,241 @@
+//! The user actor: owns one user's notification log and version counter,
+//! and fans every event of the user's conversations out to each of the
+//! user's connected devices.
+//!
+//! While a device is connected the actor stays alive; with none, it stops
+//! after the idle period like every entity actor.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tidings_protocol::frames::{PresenceInfo, SyncedNotifications};
+use tidings_protocol::{ConvId, ErrorCode, ErrorFrame, Notification, ServerFrame, UserId};
+use tokio::task::JoinHandle;
+
+use crate::entity::{now_ms, EntityArgs, IdleClock};
+use crate::messages::{EntityKey, RouterMsg, UserMsg};
+use crate::metrics::Metrics;
+use crate::outbound::{Frame, Outbound};
+use crate::shard::{shard_of, ShardId};
+use crate::storage::records::{StoredNotification, UserMeta};
+use crate::storage::{keys, Cf, Storage, WriteSet};
+
+pub struct UserActor;
+
+pub struct User {
+    id: UserId,
+    shard: ShardId,
+    meta: UserMeta,
+    devices: Vec<Outbound>,
+    storage: Storage,
+    router: ActorRef<RouterMsg>,
+    metrics: Arc<Metrics>,
+    idle: IdleClock,
+    ticker: Option<JoinHandle<()>>,
+}
+
+type Result<T> = std::result::Result<T, ErrorFrame>;
+
+fn internal(err: impl std::fmt::Display) -> ErrorFrame {
+    tracing::error!(error = %err, "user storage failed");
+    ErrorFrame::new(ErrorCode::Internal, "storage failed; nothing was written")
+}
+
+impl Actor for UserActor {
+    type Msg = UserMsg;
+    type State = User;
+    type Arguments = EntityArgs<UserId>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<UserMsg>,
+        args: EntityArgs<UserId>,
+    ) -> std::result::Result<User, ActorProcessingErr> {
+        let meta = args
+            .storage
+            .get(Cf::UserMeta, &keys::entity(args.id.as_str()))?
+            .unwrap_or_default();
+        let idle = IdleClock::new(EntityKey::User(args.id.clone()), args.config.idle_after);
+        let ticker = myself.send_interval(idle.tick_every(), || UserMsg::Tick);
+        args.metrics.entity_gauge("user").inc();
+        Ok(User {
+            shard: shard_of(args.id.as_str()),
+            id: args.id,
+            meta,
+            devices: Vec::new(),
+            storage: args.storage,
+            router: args.router,
+            metrics: args.metrics,
+            idle,
+            ticker: Some(ticker),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<UserMsg>,
+        state: &mut User,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        if let Some(ticker) = state.ticker.take() {
+            ticker.abort();
+        }
+        state.metrics.entity_gauge("user").dec();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<UserMsg>,
+        message: UserMsg,
+        state: &mut User,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match message {
+            UserMsg::Tick => {
+                state.devices.retain(Outbound::is_open);
+                let busy = !state.devices.is_empty();
+                state.idle.tick(&state.router, busy);
+                return Ok(());
+            }
+            UserMsg::Shutdown => {
+                myself.stop(None);
+                return Ok(());
+            }
+            _ => state.idle.handled(),
+        }
+        match message {
+            UserMsg::Subscribe { outbound, reply } => {
+                state.devices.push(outbound);
+                let _ = reply.send(());
+            }
+            UserMsg::Unsubscribe { id } => state.devices.retain(|d| d.id() != id),
+            UserMsg::Deliver(frame) => state.deliver(&frame),
+            UserMsg::Notify { payload, reply } => {
+                let _ = reply.send(state.notify(payload).await);
+            }
+            UserMsg::Notifications {
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(state.notifications(after, limit));
+            }
+            UserMsg::Conversations { reply } => {
+                let _ = reply.send(state.conversations());
+            }
+            UserMsg::Presence { reply } => {
+                state.devices.retain(Outbound::is_open);
+                let _ = reply.send(state.presence());
+            }
+            UserMsg::Tick | UserMsg::Shutdown => unreachable!("handled above"),
+        }
+        Ok(())
+    }
+}
+
+impl User {
+    fn deliver(&mut self, frame: &Frame) {
+        let before = self.devices.len();
+        let metrics = &self.metrics;
+        self.devices.retain(|device| {
+            let queued = device.push(frame.clone());
+            if queued {
+                metrics.deliveries.inc();
+            } else if device.is_closed_for_slowness() {
+                metrics.slow_consumer_closes.inc();
+            }
+            queued
+        });
+        if self.devices.len() != before {
+            tracing::debug!(user = %self.id, dropped = before - self.devices.len(), "devices left");
+        }
+    }
+
+    fn presence(&self) -> PresenceInfo {
+        PresenceInfo {
+            online: !self.devices.is_empty(),
+            devices: self.devices.len() as u32,
+        }
+    }
+
+    async fn notify(&mut self, payload: serde_json::Value) -> Result<u64> {
+        let version = self.meta.notification_version + 1;
+        let ts = now_ms();
+        let record = StoredNotification {
+            ts,
+            payload: payload.to_string(),
+        };
+        let meta = UserMeta {
+            notification_version: version,
+        };
+        let user = self.id.as_str();
+        let mut writes = WriteSet::default();
+        writes
+            .put(Cf::UserLog, keys::versioned(user, version), &record)
+            .map_err(internal)?;
+        writes
+            .put(Cf::UserMeta, keys::entity(user), &meta)
+            .map_err(internal)?;
+        self.storage
+            .commit(self.shard, writes)
+            .await
+            .map_err(internal)?;
+        self.meta = meta;
+        self.metrics.notifications_committed.inc();
+        let frame = ServerFrame::Notification(Notification {
+            version,
+            ts,
+            payload,
+        })
+        .push()
+        .to_json();
+        self.deliver(&frame.into());
+        Ok(version)
+    }
+
+    fn notifications(&self, after: Option<u64>, limit: u32) -> Result<SyncedNotifications> {
+        let user = self.id.as_str();
+        let version = self.meta.notification_version;
+        let (stored, more) = match after {
+            Some(after) => {
+                let stored: Vec<(u64, StoredNotification)> = self
+                    .storage
+                    .log_range(Cf::UserLog, user, after, u64::MAX, limit as usize, false)
+                    .map_err(internal)?;
+                let last = stored.last().map_or(after, |(v, _)| *v);
+                (stored, last < version)
+            }
+            None => {
+                let stored: Vec<(u64, StoredNotification)> = self
+                    .storage
+                    .log_range(Cf::UserLog, user, 0, u64::MAX, limit as usize, true)
+                    .map_err(internal)?;
+                let more = stored.first().is_some_and(|(v, _)| *v > 1);
+                (stored, more)
+            }
+        };
+        let events = stored
+            .into_iter()
+            .map(|(version, n)| Notification {
+                version,
+                ts: n.ts,
+                payload: serde_json::from_str(&n.payload).unwrap_or(serde_json::Value::Null),
+            })
+            .collect();
+        Ok(SyncedNotifications {
+            version,
+            events,
+            more,
+        })
+    }
+
+    fn conversations(&self) -> Result<Vec<ConvId>> {
+        let names = self
+            .storage
+            .names(Cf::UserConvs, self.id.as_str())
+            .map_err(internal)?;
+        Ok(names
+            .into_iter()
+            .filter_map(|name| ConvId::try_from(name).ok())
+            .collect())
+    }
+}
