@@ -1,0 +1,175 @@
+//! Configuration: command-line flags, each with a `TIDINGS_*` environment
+//! twin, parsed and validated before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A real-time messaging node.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tidings", version, about)]
+pub struct Config {
+    /// Address for HTTP and WebSocket clients. Port 0 picks a free port.
+    #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory of the node's RocksDB database.
+    #[arg(long, env = "TIDINGS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Secret that signs users' tokens (HS256). Required unless --dev.
+    #[arg(long, env = "TIDINGS_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
+    /// Key that backends present to push notifications. Without one the
+    /// server endpoints refuse every request (with --dev, a random key is
+    /// made and logged).
+    #[arg(long, env = "TIDINGS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Development mode: POST /v1/dev/token issues tokens, and a random
+    /// auth secret is used when none is given.
+    #[arg(long, env = "TIDINGS_DEV")]
+    pub dev: bool,
+
+    /// How often the server pings each WebSocket.
+    #[arg(long, env = "TIDINGS_PING_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A WebSocket silent for this long is closed as dead.
+    #[arg(long, env = "TIDINGS_HEARTBEAT_TIMEOUT", default_value = "45s", value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: Duration,
+
+    /// Frames per second one connection may send, sustained.
+    #[arg(long, env = "TIDINGS_RATE_LIMIT", default_value_t = 100.0)]
+    pub rate_limit: f64,
+
+    /// Frames one connection may send at once after a quiet spell.
+    #[arg(long, env = "TIDINGS_RATE_BURST", default_value_t = 200.0)]
+    pub rate_burst: f64,
+
+    /// Frames queued for one connection before it is closed as too slow
+    /// (close code 1013).
+    #[arg(long, env = "TIDINGS_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+
+    /// Largest WebSocket frame a client may send, in bytes (close 1009).
+    #[arg(long, env = "TIDINGS_MAX_FRAME", default_value_t = 64 * 1024)]
+    pub max_frame: usize,
+
+    /// An idle user or conversation actor stops after this long.
+    #[arg(long, env = "TIDINGS_ENTITY_IDLE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub entity_idle: Duration,
+
+    /// How long a request waits for its entity before `unavailable`.
+    #[arg(long, env = "TIDINGS_CALL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub call_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no auth secret: pass --auth-secret (or TIDINGS_AUTH_SECRET) to verify users' tokens, or --dev to run with a random one")]
+    NoAuthSecret,
+    #[error("{0} must be positive")]
+    NotPositive(&'static str),
+    #[error("--heartbeat-timeout ({timeout:?}) must be longer than --ping-interval ({ping:?})")]
+    HeartbeatTooShort { ping: Duration, timeout: Duration },
+    #[error("--max-frame must be at least 1024 bytes")]
+    FrameTooSmall,
+}
+
+impl Config {
+    /// Parses flags and environment, as the binary does.
+    pub fn from_args<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Config::try_parse_from(args)
+    }
+
+    /// A dev-mode configuration for tests: port 0, the given data directory,
+    /// and every default.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Config {
+        let mut config = Config::try_parse_from(["tidings", "--dev", "--listen", "127.0.0.1:0"])
+            .expect("the defaults parse");
+        config.data_dir = data_dir.into();
+        config
+    }
+
+    /// Checks what flags alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth_secret.is_none() && !self.dev {
+            return Err(ConfigError::NoAuthSecret);
+        }
+        if self.ping_interval.is_zero() {
+            return Err(ConfigError::NotPositive("--ping-interval"));
+        }
+        if self.heartbeat_timeout <= self.ping_interval {
+            return Err(ConfigError::HeartbeatTooShort {
+                ping: self.ping_interval,
+                timeout: self.heartbeat_timeout,
+            });
+        }
+        if !(self.rate_limit > 0.0) || !(self.rate_burst >= 1.0) {
+            return Err(ConfigError::NotPositive("--rate-limit and --rate-burst"));
+        }
+        if self.outbound_queue == 0 {
+            return Err(ConfigError::NotPositive("--outbound-queue"));
+        }
+        if self.entity_idle.is_zero() || self.call_timeout.is_zero() {
+            return Err(ConfigError::NotPositive("--entity-idle and --call-timeout"));
+        }
+        if self.max_frame < 1024 {
+            return Err(ConfigError::FrameTooSmall);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_to_start_without_a_secret_unless_dev() {
+        let config = Config::from_args(["tidings"]).unwrap();
+        assert!(matches!(config.validate(), Err(ConfigError::NoAuthSecret)));
+        let config = Config::from_args(["tidings", "--auth-secret", "s"]).unwrap();
+        config.validate().unwrap();
+        Config::from_args(["tidings", "--dev"])
+            .unwrap()
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn durations_read_as_humans_write_them() {
+        let config = Config::from_args([
+            "tidings",
+            "--dev",
+            "--ping-interval",
+            "200ms",
+            "--heartbeat-timeout",
+            "1s",
+        ])
+        .unwrap();
+        assert_eq!(config.ping_interval, Duration::from_millis(200));
+        config.validate().unwrap();
+        let config = Config::from_args([
+            "tidings",
+            "--dev",
+            "--ping-interval",
+            "2s",
+            "--heartbeat-timeout",
+            "1s",
+        ])
+        .unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::HeartbeatTooShort { .. })
+        ));
+    }
+}

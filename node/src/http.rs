@@ -1,0 +1,335 @@
+//! HTTP routes: `fn app(state) -> Router`, testable without a socket.
+
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tidings_protocol::{Cmid, ConvId, ErrorCode, UserId};
+
+use crate::auth::bearer;
+use crate::error::ApiError;
+use crate::{assets, ws, AppState};
+
+/// Largest HTTP request body.
+const MAX_BODY: usize = 64 * 1024;
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(assets::index))
+        .route("/app.js", get(assets::script))
+        .route("/app.css", get(assets::style))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/dev/token", post(dev_token))
+        .route(
+            "/v1/conversations",
+            post(create_conversation).get(list_conversations),
+        )
+        .route(
+            "/v1/conversations/{conv}/messages",
+            post(send_to_conversation).get(conversation_history),
+        )
+        .route(
+            "/v1/users/{user}/messages",
+            post(send_direct).get(direct_history),
+        )
+        .route("/v1/users/{user}/notifications", post(notify))
+        .route("/v1/presence", get(presence))
+        .route("/v1/notifications", get(notifications))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// A JSON body whose rejections are API errors.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct JsonBody<T>(pub T);
+
+/// A query string whose rejections are API errors.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct QueryArgs<T>(pub T);
+
+/// The user whose token is in `Authorization: Bearer`.
+pub struct AuthUser(pub UserId);
+
+impl<S> FromRequestParts<S> for AuthUser
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let state = AppState::from_ref(state);
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let token = bearer(header)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+        state.auth.verify(token).map(AuthUser)
+    }
+}
+
+/// A backend presenting the node's API key.
+pub struct Backend;
+
+impl<S> FromRequestParts<S> for Backend
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let state = AppState::from_ref(state);
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match bearer(header) {
+            Some(key) if state.auth.is_api_key(key) => Ok(Backend),
+            _ => Err(ApiError::unauthorized(
+                "this endpoint takes the node's API key",
+            )),
+        }
+    }
+}
+
+fn parse<T: TryFrom<String, Error = tidings_protocol::IdError>>(
+    value: String,
+) -> Result<T, ApiError> {
+    T::try_from(value).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "connections": state.metrics.connections.get(),
+    }))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render(state.storage.commit_stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    user: UserId,
+}
+
+async fn dev_token(
+    State(state): State<AppState>,
+    body: Result<JsonBody<TokenRequest>, ApiError>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !state.config.dev {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "no such endpoint (tokens are issued only with --dev)",
+        ));
+    }
+    let JsonBody(request) = body?;
+    let token = state.auth.issue(&request.user, 24 * 3600);
+    Ok(Json(json!({ "token": token, "user": request.user })))
+}
+
+#[derive(Deserialize)]
+struct CreateRequest {
+    #[serde(default)]
+    members: Vec<UserId>,
+    #[serde(default)]
+    title: Option<String>,
+}
+
+async fn create_conversation(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    JsonBody(request): JsonBody<CreateRequest>,
+) -> Result<Response, ApiError> {
+    let created = state
+        .service
+        .create(&user, request.members, request.title)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "conv": created.conv, "version": created.version })),
+    )
+        .into_response())
+}
+
+async fn list_conversations(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let conversations = state.service.conversations(&user).await?;
+    Ok(Json(json!({ "conversations": conversations })))
+}
+
+#[derive(Deserialize)]
+struct SendRequest {
+    body: String,
+    #[serde(default)]
+    cmid: Option<Cmid>,
+    #[serde(default)]
+    expect: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    after: Option<u64>,
+    before: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn send_to(
+    state: &AppState,
+    user: &UserId,
+    conv: &ConvId,
+    request: SendRequest,
+) -> Result<Response, ApiError> {
+    let ack = state
+        .service
+        .send(user, conv, request.body, request.cmid, request.expect)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "conv": ack.conv, "version": ack.version, "ts": ack.ts, "dup": ack.dup.unwrap_or(false),
+        })),
+    )
+        .into_response())
+}
+
+async fn history_of(
+    state: &AppState,
+    user: &UserId,
+    conv: &ConvId,
+    page: PageQuery,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let page = state
+        .service
+        .history(user, conv, page.after, page.before, page.limit)
+        .await?;
+    Ok(Json(
+        json!({ "conv": page.conv, "version": page.version, "events": page.events }),
+    ))
+}
+
+async fn send_to_conversation(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(conv): Path<String>,
+    JsonBody(request): JsonBody<SendRequest>,
+) -> Result<Response, ApiError> {
+    send_to(&state, &user, &parse(conv)?, request).await
+}
+
+async fn conversation_history(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(conv): Path<String>,
+    QueryArgs(page): QueryArgs<PageQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    history_of(&state, &user, &parse(conv)?, page).await
+}
+
+async fn send_direct(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(other): Path<String>,
+    JsonBody(request): JsonBody<SendRequest>,
+) -> Result<Response, ApiError> {
+    let other: UserId = parse(other)?;
+    let created = state.service.dm(&user, &other).await?;
+    send_to(&state, &user, &created.conv, request).await
+}
+
+async fn direct_history(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(other): Path<String>,
+    QueryArgs(page): QueryArgs<PageQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let other: UserId = parse(other)?;
+    history_of(&state, &user, &ConvId::direct(&user, &other), page).await
+}
+
+#[derive(Deserialize)]
+struct PresenceQuery {
+    users: String,
+}
+
+async fn presence(
+    State(state): State<AppState>,
+    AuthUser(_user): AuthUser,
+    QueryArgs(query): QueryArgs<PresenceQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let users = query
+        .users
+        .split(',')
+        .filter(|u| !u.is_empty())
+        .map(|u| parse::<UserId>(u.to_owned()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let users = state.service.presence(&users).await?;
+    Ok(Json(json!({ "users": users })))
+}
+
+#[derive(Deserialize)]
+struct NotificationsQuery {
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn notifications(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    QueryArgs(query): QueryArgs<NotificationsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let page = state
+        .service
+        .notifications(&user, Some(query.after.unwrap_or(0)), query.limit)
+        .await?;
+    Ok(Json(
+        json!({ "version": page.version, "events": page.events, "more": page.more }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct NotifyRequest {
+    payload: serde_json::Value,
+}
+
+async fn notify(
+    State(state): State<AppState>,
+    _backend: Backend,
+    Path(user): Path<String>,
+    JsonBody(request): JsonBody<NotifyRequest>,
+) -> Result<Response, ApiError> {
+    let user: UserId = parse(user)?;
+    let version = state.service.notify(&user, request.payload).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "user": user, "version": version })),
+    )
+        .into_response())
+}

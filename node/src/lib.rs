@@ -1,0 +1,165 @@
+//! The Tidings node: configuration, the HTTP and WebSocket front end, and
+//! the order things start and stop in.
+//!
+//! [`Node::start`] takes an already-bound listener, so tests bind port 0;
+//! [`run`] serves until a shutdown future resolves. Shutdown goes: stop
+//! accepting, close every socket with 1001, stop the entity actors, flush
+//! storage.
+
+pub mod assets;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ractor::ActorRef;
+use rand::distr::{Alphanumeric, SampleString};
+use rand::RngCore;
+use tidings_actors::{EntityConfig, Metrics, RouterMsg, Service, Storage};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Service,
+    pub auth: Arc<auth::Auth>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub storage: Storage,
+    /// Cancelled when the node starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Every open WebSocket, so shutdown can wait for them to close.
+    pub tracker: TaskTracker,
+}
+
+/// A running node.
+pub struct Node {
+    addr: SocketAddr,
+    state: AppState,
+    router: ActorRef<RouterMsg>,
+    router_task: JoinHandle<()>,
+    server: JoinHandle<std::io::Result<()>>,
+    stop_accepting: CancellationToken,
+}
+
+impl Node {
+    /// Opens storage, starts the actors and serves on `listener`.
+    pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Node> {
+        config.validate()?;
+        let addr = listener.local_addr()?;
+        let storage = Storage::open(&config.data_dir)
+            .with_context(|| format!("opening storage in {}", config.data_dir.display()))?;
+        let metrics = Arc::new(Metrics::new());
+        let entity = EntityConfig {
+            idle_after: config.entity_idle,
+            call_timeout: config.call_timeout,
+        };
+        let (router, router_task) =
+            tidings_actors::start_router(storage.clone(), entity, metrics.clone())
+                .await
+                .context("starting the router")?;
+        let secret = match &config.auth_secret {
+            Some(secret) => secret.clone().into_bytes(),
+            None => {
+                tracing::warn!(
+                    "dev mode: tokens are signed with a random secret and die with this process"
+                );
+                let mut secret = vec![0u8; 32];
+                rand::rng().fill_bytes(&mut secret);
+                secret
+            }
+        };
+        let api_key = config.api_key.clone().or_else(|| {
+            config.dev.then(|| {
+                let key = Alphanumeric.sample_string(&mut rand::rng(), 32);
+                tracing::warn!(api_key = %key, "dev mode: backends' API key for this run");
+                key
+            })
+        });
+        let state = AppState {
+            service: Service::new(router.clone(), config.call_timeout),
+            auth: Arc::new(auth::Auth::new(&secret, api_key)),
+            config: Arc::new(config),
+            metrics,
+            storage,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        let stop_accepting = CancellationToken::new();
+        let app = http::app(state.clone());
+        let stop = stop_accepting.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+        tracing::info!(%addr, data_dir = %state.config.data_dir.display(), dev = state.config.dev, "node started");
+        Ok(Node {
+            addr,
+            state,
+            router,
+            router_task,
+            server,
+            stop_accepting,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops in order: stop accepting, close sockets with 1001, stop the
+    /// entity actors, flush storage.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        tracing::info!("shutting down");
+        self.stop_accepting.cancel();
+        self.state.shutdown.cancel();
+        self.state.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sockets did not close in time");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+        self.router
+            .stop_children_and_wait(None, Some(Duration::from_secs(10)))
+            .await;
+        self.router.stop(None);
+        let _ = self.router_task.await;
+        self.state
+            .storage
+            .close()
+            .await
+            .context("closing storage")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops in order.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let node = Node::start(config, listener).await?;
+    shutdown.await;
+    node.shutdown().await
+}

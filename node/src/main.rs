@@ -1,0 +1,42 @@
+//! The `tidings` binary: parse flags, set up logging, serve until SIGINT or
+//! SIGTERM.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::Parser;
+use tidings_node::{Config, Node};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("TIDINGS_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Config::parse();
+    if let Err(err) = config.validate() {
+        eprintln!("tidings: {err}");
+        std::process::exit(2);
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let node = Node::start(config, listener).await?;
+    // Scripts and tests read the address from this line.
+    println!("listening on http://{}", node.local_addr());
+    std::io::stdout().flush()?;
+    shutdown_signal().await;
+    node.shutdown().await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

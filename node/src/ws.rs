@@ -1,0 +1,246 @@
+//! WebSocket: authenticate the upgrade, then one task reads and one writes;
+//! when one ends the other is stopped.
+//!
+//! The reader hands each text frame to the connection actor and reads the
+//! next only once it is served, so a client that sends faster than it is
+//! served is slowed by TCP rather than by memory. The writer drains the
+//! connection's bounded outbound queue, writing every queued frame before
+//! one flush, and pings on a timer. A socket silent for the heartbeat
+//! timeout is closed as dead.
+
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use ractor::Actor;
+use serde::Deserialize;
+use tidings_actors::connection::{ConnectionActor, ConnectionArgs, Inbound, RateLimit};
+use tidings_actors::outbound::{self, Frame, Outbound, OutboundReceiver, CLOSE_GOING_AWAY};
+use tidings_protocol::{ErrorCode, ErrorFrame, ServerFrame, UserId};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::bearer;
+use crate::error::ApiError;
+use crate::http::QueryArgs;
+use crate::AppState;
+
+/// Close code for a frame over the size limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code for a normal end.
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code the node uses when it cannot serve the connection.
+pub const CLOSE_INTERNAL: u16 = 1011;
+/// How long a close frame may take to leave before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    QueryArgs(query): QueryArgs<WsQuery>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(token) = query.token.as_deref().or_else(|| bearer(header)) else {
+        return ApiError::unauthorized("missing token: pass ?token= or Authorization: Bearer")
+            .into_response();
+    };
+    let user = match state.auth.verify(token) {
+        Ok(user) => user,
+        Err(err) => return err.into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
+    };
+    if state.shutdown.is_cancelled() {
+        return ApiError::new(ErrorCode::Unavailable, "the node is shutting down").into_response();
+    }
+    let max = state.config.max_frame;
+    let tracker = state.tracker.clone();
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| tracker.track_future(serve(state, user, socket)))
+}
+
+async fn serve(state: AppState, user: UserId, socket: WebSocket) {
+    let (outbound, receiver) = outbound::channel(state.config.outbound_queue);
+    let args = ConnectionArgs {
+        user: user.clone(),
+        service: state.service.clone(),
+        outbound: outbound.clone(),
+        rate: RateLimit {
+            per_second: state.config.rate_limit,
+            burst: state.config.rate_burst,
+        },
+        metrics: state.metrics.clone(),
+    };
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_frames(sink, receiver, state.config.ping_interval));
+    let (connection, handle) = match Actor::spawn(None, ConnectionActor, args).await {
+        Ok(started) => started,
+        Err(err) => {
+            tracing::error!(%user, error = %err, "connection could not start");
+            outbound.close(CLOSE_INTERNAL);
+            let _ = writer.await;
+            return;
+        }
+    };
+    tracing::debug!(%user, "connected");
+    let reason = read_frames(
+        stream,
+        &connection,
+        &outbound,
+        state.config.heartbeat_timeout,
+        &state.shutdown,
+    )
+    .await;
+    tracing::debug!(%user, ?reason, "disconnected");
+    outbound.close(reason.close_code());
+    connection.stop(None);
+    let _ = handle.await;
+    let _ = writer.await;
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    ClientClosed,
+    Shutdown,
+    HeartbeatTimeout,
+    TooBig,
+    Broken,
+}
+
+impl Ended {
+    fn close_code(self) -> u16 {
+        match self {
+            Ended::ClientClosed => CLOSE_NORMAL,
+            Ended::Shutdown | Ended::HeartbeatTimeout => CLOSE_GOING_AWAY,
+            Ended::TooBig => CLOSE_TOO_BIG,
+            Ended::Broken => CLOSE_INTERNAL,
+        }
+    }
+}
+
+fn is_too_big(err: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = err.source();
+    while let Some(err) = source {
+        if let Some(ws) = err.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+            return matches!(ws, tokio_tungstenite::tungstenite::Error::Capacity(_));
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Reads client frames until the socket ends, and says why it ended.
+pub async fn read_frames<S>(
+    mut stream: S,
+    connection: &ractor::ActorRef<Inbound>,
+    outbound: &Outbound,
+    heartbeat_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Ended
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return Ended::Shutdown,
+            next = tokio::time::timeout(heartbeat_timeout, stream.next()) => next,
+        };
+        let message = match next {
+            Err(_) => return Ended::HeartbeatTimeout,
+            Ok(None) => return Ended::ClientClosed,
+            Ok(Some(Err(err))) if is_too_big(&err) => return Ended::TooBig,
+            Ok(Some(Err(_))) => return Ended::Broken,
+            Ok(Some(Ok(message))) => message,
+        };
+        match message {
+            Message::Text(text) => {
+                let served = connection
+                    .call(
+                        |done| Inbound {
+                            text: text.as_str().to_owned(),
+                            done,
+                        },
+                        None,
+                    )
+                    .await;
+                if served.is_err() {
+                    return Ended::Broken;
+                }
+            }
+            Message::Binary(_) => {
+                let error = ServerFrame::Error(ErrorFrame::bad_request(
+                    "frames must be JSON in text frames, not binary",
+                ));
+                outbound.push(error.push().to_json().into());
+            }
+            Message::Close(_) => return Ended::ClientClosed,
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+    }
+}
+
+fn text(frame: Frame) -> Message {
+    Message::Text(Utf8Bytes::try_from(frame).expect("server frames are UTF-8 JSON"))
+}
+
+/// Writes queued frames (all that are waiting, then one flush) and pings,
+/// until a close is asked for; then sends the close frame.
+pub async fn write_frames<S>(mut sink: S, mut receiver: OutboundReceiver, ping_every: Duration)
+where
+    S: Sink<Message> + Unpin,
+{
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let signal = receiver.signal.clone();
+    let code = loop {
+        let work = async {
+            tokio::select! {
+                frame = receiver.frames.recv() => {
+                    let Some(frame) = frame else { return false };
+                    if sink.feed(text(frame)).await.is_err() {
+                        return false;
+                    }
+                    while let Ok(frame) = receiver.frames.try_recv() {
+                        if sink.feed(text(frame)).await.is_err() {
+                            return false;
+                        }
+                    }
+                    sink.flush().await.is_ok()
+                }
+                _ = ping.tick() => sink.send(Message::Ping(Default::default())).await.is_ok(),
+            }
+        };
+        tokio::select! {
+            biased;
+            code = signal.closed() => break Some(code),
+            open = work => if !open { break None },
+        }
+    };
+    if let Some(code) = code {
+        let close = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(match code {
+                outbound::CLOSE_TOO_SLOW => "reading too slowly; reconnect and sync",
+                CLOSE_GOING_AWAY => "going away",
+                CLOSE_TOO_BIG => "frame too large",
+                _ => "",
+            }),
+        }));
+        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close)).await;
+    }
+}
