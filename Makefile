@@ -1,0 +1,35 @@
+# Tidings: `make run` starts a dev node, `make test` runs every test.
+# One persistent target directory outside the clone: RocksDB's C++ takes
+# a quarter of an hour to build cold, so it is built once and kept.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/tidings-target
+CARGO ?= cargo
+BIN := $(CARGO_TARGET_DIR)/debug/tidings
+
+.PHONY: run test build deps test-deps browser-test bench fmt lint
+
+run: deps build
+	$(BIN) --dev --listen 127.0.0.1:8080 --data-dir ./data
+
+test: test-deps build
+	$(CARGO) test --workspace
+	$(MAKE) browser-test
+
+build:
+	$(CARGO) build -p tidings-node --bin tidings
+
+deps:
+	@scripts/install-deps.sh
+
+test-deps:
+	@scripts/install-deps.sh test
+
+browser-test:
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	cd tests/browser && TIDINGS_BIN=$(BIN) node --test
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets
