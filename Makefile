@@ -14,8 +14,10 @@ test: test-deps build
 	$(CARGO) test --workspace
 	$(MAKE) browser-test
 
+# --workspace keeps feature unification the same as `cargo test --workspace`,
+# so RocksDB is not built a second time.
 build:
-	$(CARGO) build -p tidings-node --bin tidings
+	$(CARGO) build --workspace --bins
 
 deps:
 	@scripts/install-deps.sh
