@@ -96,6 +96,7 @@ impl ClientEnvelope {
     /// Parses and validates one client text frame. On failure the error
     /// comes with the frame's `req`, when one could be read, so the reply
     /// still correlates.
+    #[allow(clippy::result_large_err)] // the error path is the rare one
     pub fn parse(text: &str) -> Result<ClientEnvelope, (Option<String>, ErrorFrame)> {
         match serde_json::from_str::<ClientEnvelope>(text) {
             Ok(envelope) => {

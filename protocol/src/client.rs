@@ -1,0 +1,725 @@
+//! A WebSocket client for Tidings (feature `client`).
+//!
+//! One background task owns the socket. [`Client`] is a cheap handle that
+//! sends requests to it and waits for the reply with the same `req`;
+//! [`Pushes`] yields events, notifications and typing in order.
+//!
+//! The resume contract:
+//! - When the socket drops (a close, an error, or no frame for
+//!   `idle_timeout`), the task reconnects with exponential backoff and full
+//!   jitter, trying the configured URLs in turn.
+//! - After every connect it sends `sync` with the last version delivered per
+//!   conversation and the last notification version, delivers what was
+//!   missed (paging with `history` while `more` is set), and only then the
+//!   live pushes that arrived meanwhile. Events are deduplicated by
+//!   conversation and version, so the application sees no gap and no
+//!   duplicate.
+//! - A `send` not acknowledged when the socket dropped is sent again with the
+//!   same `cmid`; the node deduplicates it, and the caller gets the ack
+//!   (with `dup: true` if the first attempt had been accepted). Other
+//!   requests in flight fail with [`ClientError::Disconnected`].
+//! - A token the node refuses (HTTP 401) ends the client with
+//!   [`ClientError::Unauthorized`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tidings_protocol::client::ClientError> {
+//! use tidings_protocol::client::{Client, ClientConfig, Push};
+//! let (client, mut pushes) = Client::connect(ClientConfig::new(["ws://127.0.0.1:8080"], "TOKEN"));
+//! let conv = client.dm("bob".try_into().unwrap()).await?;
+//! client.send(&conv, "hi").await?;
+//! while let Some(Push::Event(event)) = pushes.recv().await {
+//!     println!("{event:?}");
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rand::distr::{Alphanumeric, SampleString};
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::frames::{ServerEnvelope, ServerFrame};
+use crate::{ClientEnvelope, ClientFrame, Cmid, ConvId, ErrorFrame, Event, Notification, UserId};
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Base URLs such as `ws://127.0.0.1:8080`, tried in turn.
+    pub urls: Vec<String>,
+    pub token: String,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// How long a request waits for its reply.
+    pub request_timeout: Duration,
+    /// A socket with no frame for this long is taken as dead.
+    pub idle_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new<U: Into<String>>(
+        urls: impl IntoIterator<Item = U>,
+        token: impl Into<String>,
+    ) -> Self {
+        ClientConfig {
+            urls: urls.into_iter().map(Into::into).collect(),
+            token: token.into(),
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    #[error("server refused: {0}")]
+    Server(ErrorFrame),
+    #[error("the connection dropped before the reply came")]
+    Disconnected,
+    #[error("no reply in time")]
+    Timeout,
+    #[error("the node refused the token")]
+    Unauthorized,
+    #[error("the client is closed")]
+    Closed,
+    #[error("unexpected reply: {0}")]
+    Unexpected(String),
+}
+
+/// What the node pushes, deduplicated and in order per conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Push {
+    Event(Event),
+    Notification(Notification),
+    Typing { conv: ConvId, user: UserId },
+}
+
+/// The connection's state, for UIs, tests and the bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    Connecting,
+    Connected,
+    Reconnecting { attempt: u32 },
+    Closed,
+}
+
+/// An acknowledged write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub conv: ConvId,
+    pub version: u64,
+    pub ts: u64,
+    pub dup: bool,
+}
+
+/// The stream of pushes.
+pub type Pushes = mpsc::UnboundedReceiver<Push>;
+
+type ReplyTx = oneshot::Sender<Result<ServerFrame, ClientError>>;
+
+enum Command {
+    Request { frame: ClientFrame, reply: ReplyTx },
+    Close,
+}
+
+/// A handle on a connection; clone freely.
+#[derive(Clone)]
+pub struct Client {
+    commands: mpsc::UnboundedSender<Command>,
+    state: watch::Receiver<ConnState>,
+    timeout: Duration,
+    /// Why the client stopped for good, once it has.
+    fatal: Arc<OnceLock<ClientError>>,
+}
+
+/// Exponential backoff with full jitter: a random delay up to
+/// `min(cap, base · 2^attempt)`.
+pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let ceiling = base
+        .saturating_mul(2u32.saturating_pow(attempt.min(30)))
+        .min(cap);
+    let nanos = ceiling.as_nanos().min(u128::from(u64::MAX)) as u64;
+    Duration::from_nanos(rand::rng().random_range(0..=nanos))
+}
+
+impl Client {
+    /// Starts connecting in the background; returns at once.
+    pub fn connect(config: ClientConfig) -> (Client, Pushes) {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (pushes_tx, pushes) = mpsc::unbounded_channel();
+        let (state_tx, state) = watch::channel(ConnState::Connecting);
+        let timeout = config.request_timeout;
+        let fatal = Arc::new(OnceLock::new());
+        let mut driver = Driver::new(config, pushes_tx, state_tx);
+        driver.fatal = fatal.clone();
+        tokio::spawn(driver.run(rx));
+        (
+            Client {
+                commands,
+                state,
+                timeout,
+                fatal,
+            },
+            pushes,
+        )
+    }
+
+    pub fn state(&self) -> watch::Receiver<ConnState> {
+        self.state.clone()
+    }
+
+    /// Waits until the connection is up (or the client has closed).
+    pub async fn connected(&self) -> Result<(), ClientError> {
+        let mut state = self.state.clone();
+        let seen = state
+            .wait_for(|s| matches!(s, ConnState::Connected | ConnState::Closed))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        match *seen {
+            ConnState::Connected => Ok(()),
+            _ => Err(ClientError::Closed),
+        }
+    }
+
+    /// Sends a frame and waits for its reply; an `error` reply is
+    /// [`ClientError::Server`].
+    pub async fn request(&self, frame: ClientFrame) -> Result<ServerFrame, ClientError> {
+        let closed = || self.fatal.get().cloned().unwrap_or(ClientError::Closed);
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Request { frame, reply })
+            .map_err(|_| closed())?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Err(_) => Err(ClientError::Timeout),
+            Ok(Err(_)) => Err(closed()),
+            Ok(Ok(Err(ClientError::Closed))) => Err(closed()),
+            Ok(Ok(result)) => result,
+        }
+    }
+
+    /// Sends a message with a fresh cmid; resent after a reconnect until acked.
+    pub async fn send(&self, conv: &ConvId, body: impl Into<String>) -> Result<Ack, ClientError> {
+        let cmid = Cmid::try_from(Alphanumeric.sample_string(&mut rand::rng(), 20))
+            .expect("20 alphanumerics make a cmid");
+        self.send_with(conv, body, Some(cmid), None).await
+    }
+
+    pub async fn send_with(
+        &self,
+        conv: &ConvId,
+        body: impl Into<String>,
+        cmid: Option<Cmid>,
+        expect: Option<u64>,
+    ) -> Result<Ack, ClientError> {
+        let frame = ClientFrame::Send {
+            conv: conv.clone(),
+            body: body.into(),
+            cmid,
+            expect,
+        };
+        ack(self.request(frame).await?)
+    }
+
+    pub async fn create(
+        &self,
+        members: Vec<UserId>,
+        title: Option<String>,
+    ) -> Result<ConvId, ClientError> {
+        created(self.request(ClientFrame::Create { members, title }).await?)
+    }
+
+    pub async fn dm(&self, user: UserId) -> Result<ConvId, ClientError> {
+        created(self.request(ClientFrame::Dm { user }).await?)
+    }
+
+    pub async fn edit(
+        &self,
+        conv: &ConvId,
+        target: u64,
+        rev: u32,
+        body: impl Into<String>,
+    ) -> Result<Ack, ClientError> {
+        let frame = ClientFrame::Edit {
+            conv: conv.clone(),
+            target,
+            rev,
+            body: body.into(),
+        };
+        ack(self.request(frame).await?)
+    }
+
+    pub async fn delete(&self, conv: &ConvId, target: u64, rev: u32) -> Result<Ack, ClientError> {
+        let frame = ClientFrame::Delete {
+            conv: conv.clone(),
+            target,
+            rev,
+        };
+        ack(self.request(frame).await?)
+    }
+
+    /// A page of history: `(current version, events)`.
+    pub async fn history(
+        &self,
+        conv: &ConvId,
+        after: Option<u64>,
+        before: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<(u64, Vec<Event>), ClientError> {
+        let frame = ClientFrame::History {
+            conv: conv.clone(),
+            after,
+            before,
+            limit,
+        };
+        match self.request(frame).await? {
+            ServerFrame::History {
+                version, events, ..
+            } => Ok((version, events)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        match self.request(ClientFrame::Ping).await? {
+            ServerFrame::Pong => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn typing(&self, conv: &ConvId) -> Result<(), ClientError> {
+        // Typing has no reply: queue it without waiting.
+        let (reply, _) = oneshot::channel();
+        self.commands
+            .send(Command::Request {
+                frame: ClientFrame::Typing { conv: conv.clone() },
+                reply,
+            })
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Closes the connection; pending requests fail with `Closed`.
+    pub fn close(&self) {
+        let _ = self.commands.send(Command::Close);
+    }
+}
+
+fn unexpected(frame: ServerFrame) -> ClientError {
+    ClientError::Unexpected(format!("{frame:?}"))
+}
+
+fn ack(frame: ServerFrame) -> Result<Ack, ClientError> {
+    match frame {
+        ServerFrame::Ack {
+            conv,
+            version,
+            ts,
+            dup,
+        } => Ok(Ack {
+            conv,
+            version,
+            ts,
+            dup: dup.unwrap_or(false),
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn created(frame: ServerFrame) -> Result<ConvId, ClientError> {
+    match frame {
+        ServerFrame::Created { conv, .. } => Ok(conv),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// What the client has delivered, to resume from and to deduplicate by.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub convs: BTreeMap<ConvId, u64>,
+    pub notifications: u64,
+}
+
+impl Seen {
+    /// Whether `event` is new; records it if so.
+    pub fn admit_event(&mut self, event: &Event) -> bool {
+        let last = self.convs.entry(event.conv.clone()).or_insert(0);
+        if event.version <= *last {
+            return false;
+        }
+        *last = event.version;
+        true
+    }
+
+    pub fn admit_notification(&mut self, notification: &Notification) -> bool {
+        if notification.version <= self.notifications {
+            return false;
+        }
+        self.notifications = notification.version;
+        true
+    }
+
+    /// The `sync` frame that resumes from here.
+    pub fn sync_frame(&self) -> ClientFrame {
+        ClientFrame::Sync {
+            convs: Some(self.convs.clone()),
+            notifications: Some(self.notifications),
+            limit: None,
+        }
+    }
+}
+
+struct Pending {
+    frame: ClientFrame,
+    reply: ReplyTx,
+}
+
+struct Driver {
+    config: ClientConfig,
+    pushes: mpsc::UnboundedSender<Push>,
+    state: watch::Sender<ConnState>,
+    seen: Seen,
+    pending: HashMap<String, Pending>,
+    next_req: AtomicU64,
+    fatal: Arc<OnceLock<ClientError>>,
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Why a connected session ended.
+enum End {
+    Dropped,
+    Closed,
+}
+
+impl Driver {
+    fn new(
+        config: ClientConfig,
+        pushes: mpsc::UnboundedSender<Push>,
+        state: watch::Sender<ConnState>,
+    ) -> Self {
+        Driver {
+            config,
+            pushes,
+            state,
+            seen: Seen::default(),
+            pending: HashMap::new(),
+            next_req: AtomicU64::new(1),
+            fatal: Arc::new(OnceLock::new()),
+        }
+    }
+
+    fn req(&self) -> String {
+        format!("c{}", self.next_req.fetch_add(1, Ordering::Relaxed))
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut attempt: u32 = 0;
+        let mut queued: Vec<Pending> = Vec::new();
+        loop {
+            let url = &self.config.urls[attempt as usize % self.config.urls.len().max(1)];
+            let url = format!(
+                "{}/v1/ws?token={}",
+                url.trim_end_matches('/'),
+                self.config.token
+            );
+            match tokio_tungstenite::connect_async(url.as_str()).await {
+                Ok((socket, _)) => {
+                    attempt = 0;
+                    let _ = self.state.send(ConnState::Connected);
+                    match self.session(socket, &mut commands, &mut queued).await {
+                        End::Closed => break,
+                        End::Dropped => {}
+                    }
+                }
+                Err(tungstenite::Error::Http(response)) if response.status() == 401 => {
+                    let _ = self.fatal.set(ClientError::Unauthorized);
+                    for p in self.pending.drain().map(|(_, p)| p).chain(queued.drain(..)) {
+                        let _ = p.reply.send(Err(ClientError::Unauthorized));
+                    }
+                    break;
+                }
+                Err(err) => tracing::debug!(error = %err, "connect failed"),
+            }
+            // Requests other than sends fail; sends wait to be sent again.
+            for (_, p) in std::mem::take(&mut self.pending) {
+                if matches!(p.frame, ClientFrame::Send { .. }) {
+                    queued.push(p);
+                } else {
+                    let _ = p.reply.send(Err(ClientError::Disconnected));
+                }
+            }
+            attempt += 1;
+            let _ = self.state.send(ConnState::Reconnecting { attempt });
+            let delay = backoff(self.config.backoff_base, self.config.backoff_cap, attempt);
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    command = commands.recv() => match command {
+                        Some(Command::Request { frame, reply }) => queued.push(Pending { frame, reply }),
+                        Some(Command::Close) | None => {
+                            self.finish(queued);
+                            return;
+                        }
+                    },
+                }
+            }
+        }
+        self.finish(queued);
+    }
+
+    fn finish(&mut self, queued: Vec<Pending>) {
+        for p in self.pending.drain().map(|(_, p)| p).chain(queued) {
+            let _ = p.reply.send(Err(ClientError::Closed));
+        }
+        let _ = self.state.send(ConnState::Closed);
+    }
+
+    async fn write(socket: &mut Socket, req: Option<String>, frame: &ClientFrame) -> bool {
+        let text = serde_json::to_string(&ClientEnvelope {
+            req,
+            frame: frame.clone(),
+        })
+        .expect("client frames serialize");
+        socket.send(Message::Text(text.into())).await.is_ok()
+    }
+
+    async fn session(
+        &mut self,
+        mut socket: Socket,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        queued: &mut Vec<Pending>,
+    ) -> End {
+        // Resume: sync first, holding live pushes until it is applied.
+        let sync_req = self.req();
+        if !Self::write(&mut socket, Some(sync_req.clone()), &self.seen.sync_frame()).await {
+            return End::Dropped;
+        }
+        let mut held: Option<Vec<Push>> = Some(Vec::new());
+        let mut paging: HashMap<String, ConvId> = HashMap::new();
+        for p in queued.drain(..) {
+            let req = self.req();
+            if !Self::write(&mut socket, Some(req.clone()), &p.frame).await {
+                self.pending.insert(req, p);
+                return End::Dropped;
+            }
+            self.pending.insert(req, p);
+        }
+        loop {
+            let next = tokio::select! {
+                command = commands.recv() => {
+                    match command {
+                        Some(Command::Request { frame, reply }) => {
+                            if matches!(frame, ClientFrame::Typing { .. }) {
+                                if !Self::write(&mut socket, None, &frame).await {
+                                    return End::Dropped;
+                                }
+                                continue;
+                            }
+                            let req = self.req();
+                            let ok = Self::write(&mut socket, Some(req.clone()), &frame).await;
+                            self.pending.insert(req, Pending { frame, reply });
+                            if !ok {
+                                return End::Dropped;
+                            }
+                        }
+                        Some(Command::Close) | None => {
+                            let _ = socket.close(None).await;
+                            return End::Closed;
+                        }
+                    }
+                    continue;
+                }
+                next = tokio::time::timeout(self.config.idle_timeout, socket.next()) => next,
+            };
+            let text = match next {
+                Ok(Some(Ok(Message::Text(text)))) => text,
+                Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => {
+                    return End::Dropped
+                }
+                Ok(Some(Ok(_))) => continue,
+            };
+            let Ok(envelope) = serde_json::from_str::<ServerEnvelope>(&text) else {
+                tracing::warn!(frame = %text, "unreadable frame from the node");
+                continue;
+            };
+            match (envelope.req, envelope.frame) {
+                (
+                    Some(req),
+                    ServerFrame::Synced {
+                        convs,
+                        notifications,
+                    },
+                ) if req == sync_req => {
+                    for conv in convs {
+                        for event in conv.events {
+                            self.deliver(Push::Event(event));
+                        }
+                        if conv.more {
+                            let req = self.req();
+                            let after = self.seen.convs.get(&conv.conv).copied();
+                            let frame = ClientFrame::History {
+                                conv: conv.conv.clone(),
+                                after,
+                                before: None,
+                                limit: Some(crate::MAX_LIMIT),
+                            };
+                            if !Self::write(&mut socket, Some(req.clone()), &frame).await {
+                                return End::Dropped;
+                            }
+                            paging.insert(req, conv.conv);
+                        }
+                    }
+                    for n in notifications.events {
+                        self.deliver(Push::Notification(n));
+                    }
+                    if paging.is_empty() {
+                        self.release(&mut held);
+                    }
+                }
+                (
+                    Some(req),
+                    ServerFrame::History {
+                        conv,
+                        version,
+                        events,
+                    },
+                ) if paging.contains_key(&req) => {
+                    paging.remove(&req);
+                    for event in events {
+                        self.deliver(Push::Event(event));
+                    }
+                    let last = self.seen.convs.get(&conv).copied().unwrap_or(0);
+                    if last < version {
+                        let req = self.req();
+                        let frame = ClientFrame::History {
+                            conv: conv.clone(),
+                            after: Some(last),
+                            before: None,
+                            limit: Some(crate::MAX_LIMIT),
+                        };
+                        if !Self::write(&mut socket, Some(req.clone()), &frame).await {
+                            return End::Dropped;
+                        }
+                        paging.insert(req, conv);
+                    }
+                    if paging.is_empty() {
+                        self.release(&mut held);
+                    }
+                }
+                (Some(req), frame) => {
+                    if let Some(p) = self.pending.remove(&req) {
+                        let result = match frame {
+                            ServerFrame::Error(err) => Err(ClientError::Server(err)),
+                            other => Ok(other),
+                        };
+                        let _ = p.reply.send(result);
+                    }
+                }
+                (None, frame) => {
+                    let push = match frame {
+                        ServerFrame::Event(event) => Push::Event(event),
+                        ServerFrame::Notification(n) => Push::Notification(n),
+                        ServerFrame::Typing { conv, user } => Push::Typing { conv, user },
+                        other => {
+                            tracing::debug!(frame = ?other, "unsolicited frame");
+                            continue;
+                        }
+                    };
+                    match &mut held {
+                        Some(held) => held.push(push),
+                        None => self.deliver(push),
+                    }
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, held: &mut Option<Vec<Push>>) {
+        for push in held.take().unwrap_or_default() {
+            self.deliver(push);
+        }
+    }
+
+    fn deliver(&mut self, push: Push) {
+        let fresh = match &push {
+            Push::Event(event) => self.seen.admit_event(event),
+            Push::Notification(n) => self.seen.admit_notification(n),
+            Push::Typing { .. } => true,
+        };
+        if fresh {
+            let _ = self.pushes.send(push);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EventKind;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(2);
+        for attempt in 0..40 {
+            let ceiling = (base * 2u32.pow(attempt.min(20))).min(cap);
+            for _ in 0..20 {
+                assert!(backoff(base, cap, attempt) <= ceiling);
+            }
+        }
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| backoff(base, cap, 5)).collect();
+        assert!(spread.len() > 10, "full jitter spreads the delays");
+    }
+
+    fn event(conv: &str, version: u64) -> Event {
+        Event {
+            conv: ConvId::try_from(conv).unwrap(),
+            version,
+            ts: 0,
+            from: UserId::try_from("a").unwrap(),
+            kind: EventKind::Message {
+                body: String::new(),
+                cmid: None,
+            },
+        }
+    }
+
+    #[test]
+    fn seen_drops_duplicates_and_resumes_from_the_last_version() {
+        let mut seen = Seen::default();
+        assert!(seen.admit_event(&event("g:x", 1)));
+        assert!(seen.admit_event(&event("g:x", 2)));
+        assert!(!seen.admit_event(&event("g:x", 2)));
+        assert!(!seen.admit_event(&event("g:x", 1)));
+        assert!(seen.admit_event(&event("g:y", 7)));
+        let n = Notification {
+            version: 3,
+            ts: 0,
+            payload: serde_json::Value::Null,
+        };
+        assert!(seen.admit_notification(&n));
+        assert!(!seen.admit_notification(&n));
+        match seen.sync_frame() {
+            ClientFrame::Sync {
+                convs,
+                notifications,
+                ..
+            } => {
+                let convs = convs.unwrap();
+                assert_eq!(convs[&ConvId::try_from("g:x").unwrap()], 2);
+                assert_eq!(convs[&ConvId::try_from("g:y").unwrap()], 7);
+                assert_eq!(notifications, Some(3));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
