@@ -6,6 +6,7 @@ CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/debug/tidings
 
 .PHONY: run test build deps test-deps browser-test bench fmt lint
+RELEASE := $(CARGO_TARGET_DIR)/release
 
 run: deps build
 	$(BIN) --dev --listen 127.0.0.1:8080 --data-dir ./data
@@ -28,6 +29,12 @@ test-deps:
 browser-test:
 	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 	cd tests/browser && TIDINGS_BIN=$(BIN) node --test
+
+# Benchmarks need a release build (a second, cold RocksDB build the first time).
+bench: deps
+	$(CARGO) build --release --workspace --bins
+	$(RELEASE)/tidings-bench compare --server $(RELEASE)/tidings --runs 3 --rate 4000 --seconds 10
+	$(RELEASE)/tidings-bench appends --server $(RELEASE)/tidings --seconds 10
 
 fmt:
 	$(CARGO) fmt --all

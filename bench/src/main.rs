@@ -1,1 +1,85 @@
-fn main() {}
+//! `tidings-bench`: load generator for Tidings and the servers it is
+//! compared with. Every run is bounded in count and time and talks only to
+//! 127.0.0.1.
+//!
+//! Run with `make bench`, or e.g.
+//! `tidings-bench rooms --server target/release/tidings --rate 5000 --seconds 10`.
+
+mod appends;
+mod baseline;
+mod process;
+mod report;
+mod rooms;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tidings-bench", about = "Load generator for Tidings")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rooms: C connections in G groups; senders publish at a fixed total
+    /// rate; measures deliveries, losses, latency and server CPU per delivery.
+    Rooms(rooms::Args),
+    /// Appends: W senders over K conversations, each waiting for its ack.
+    Appends(appends::Args),
+    /// Rooms against every target, several runs interleaved, as medians and
+    /// ratios to Tidings.
+    Compare {
+        #[command(flatten)]
+        rooms: rooms::Args,
+        /// Runs per target.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// The ceiling of our own stack: a room broadcast server on
+    /// tokio-tungstenite with no actors and no storage.
+    BaselineServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+/// Which server a scenario runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub(crate) enum Target {
+    Tidings,
+    Baseline,
+}
+
+/// How to start the server under test.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ServerArgs {
+    /// The tidings binary (release build for figures worth quoting).
+    #[arg(long, default_value = "target/release/tidings")]
+    pub(crate) server: PathBuf,
+    /// Which server to measure.
+    #[arg(long, value_enum, default_value = "tidings")]
+    pub(crate) target: Target,
+}
+
+pub(crate) fn seconds(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Rooms(args) => rooms::run(args).await,
+            Command::Appends(args) => appends::run(args).await,
+            Command::Compare { rooms, runs } => rooms::compare(rooms, runs).await,
+            Command::BaselineServer { listen } => baseline::serve(listen).await,
+        }
+    })
+}

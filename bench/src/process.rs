@@ -1,0 +1,112 @@
+//! The server under test as a child process: started on 127.0.0.1:0 with a
+//! temporary data directory, its CPU time and peak RSS read from /proc.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::{ServerArgs, Target};
+
+pub(crate) struct Server {
+    child: Child,
+    pub(crate) addr: String,
+    pid: u32,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    pub(crate) async fn start(args: &ServerArgs, extra: &[&str]) -> anyhow::Result<Server> {
+        let data = tempfile::tempdir()?;
+        let mut command = match args.target {
+            Target::Tidings => {
+                let mut c = Command::new(&args.server);
+                c.args([
+                    "--dev",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--rate-limit",
+                    "1000000",
+                    "--rate-burst",
+                    "1000000",
+                    "--outbound-queue",
+                    "65536",
+                    "--data-dir",
+                ])
+                .arg(data.path())
+                .args(extra);
+                c
+            }
+            Target::Baseline => {
+                let mut c = Command::new(std::env::current_exe()?);
+                c.args(["baseline-server", "--listen", "127.0.0.1:0"]);
+                c
+            }
+        };
+        command
+            .env("TIDINGS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {:?}", args.target))?;
+        let pid = child.id().context("the server has a pid")?;
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let line = tokio::time::timeout(crate::seconds(30), lines.next_line())
+            .await
+            .context("the server did not say where it listens")??
+            .context("the server exited")?;
+        let Some(addr) = line.strip_prefix("listening on http://") else {
+            bail!("unexpected first line {line:?}");
+        };
+        Ok(Server {
+            addr: addr.to_owned(),
+            child,
+            pid,
+            _data: data,
+        })
+    }
+
+    /// User plus system CPU time so far, in seconds.
+    pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        // Fields after the command name, which is in parentheses.
+        let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields[11].parse()?;
+        let stime: f64 = fields[12].parse()?;
+        Ok((utime + stime) / clock_ticks())
+    }
+
+    /// Peak resident set size in KiB.
+    pub(crate) fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        peak_rss(Path::new(&format!("/proc/{}/status", self.pid)))
+    }
+
+    pub(crate) async fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let _ = tokio::time::timeout(crate::seconds(10), self.child.wait()).await;
+    }
+}
+
+fn peak_rss(status: &Path) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(status)?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("VmHWM in status")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmHWM value")?
+        .parse()?)
+}
+
+fn clock_ticks() -> f64 {
+    // Linux reports /proc times in USER_HZ, 100 on every supported target.
+    100.0
+}
