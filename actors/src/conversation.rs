@@ -375,13 +375,25 @@ impl Conversation {
             from: by,
             kind: StoredKind::Message { body, cmid },
         };
+        self.append(meta, event, writes, Some(false)).await
+    }
+
+    /// Appends one event for every member and acks it.
+    async fn append(
+        &mut self,
+        meta: ConvMeta,
+        event: StoredEvent,
+        writes: WriteSet,
+        dup: Option<bool>,
+    ) -> Result<Ack> {
+        let ts = event.ts;
         let audience = self.audience.clone();
         let versions = self.commit(meta, vec![(event, audience)], writes).await?;
         Ok(Ack {
             conv: self.id.clone(),
             version: versions[0],
             ts,
-            dup: Some(false),
+            dup,
         })
     }
 
@@ -464,20 +476,16 @@ impl Conversation {
                 &state,
             )
             .map_err(internal)?;
-        let ts = now_ms();
         let kind = match body {
             Some(body) => StoredKind::Edit { target, rev, body },
             None => StoredKind::Delete { target, rev },
         };
-        let event = StoredEvent { ts, from: by, kind };
-        let audience = self.audience.clone();
-        let versions = self.commit(meta, vec![(event, audience)], writes).await?;
-        Ok(Ack {
-            conv: self.id.clone(),
-            version: versions[0],
-            ts,
-            dup: None,
-        })
+        let event = StoredEvent {
+            ts: now_ms(),
+            from: by,
+            kind,
+        };
+        self.append(meta, event, writes, None).await
     }
 
     async fn change_members(

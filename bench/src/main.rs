@@ -31,7 +31,7 @@ enum Command {
     /// Appends: W senders over K conversations, each waiting for its ack.
     Appends(appends::Args),
     /// Rooms against every target, several runs interleaved, as medians and
-    /// ratios to Tidings.
+    /// the ratio of Tidings' figure to the baseline's.
     Compare {
         #[command(flatten)]
         rooms: rooms::Args,

@@ -308,7 +308,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// Runs rooms against each target in turn, `runs` times, and prints the
-/// median of each figure per target and its ratio to Tidings'.
+/// median of each figure per target and Tidings' figure over the baseline's.
 pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<()> {
     anyhow::ensure!(runs > 0, "--runs must be at least 1");
     let targets = [Target::Baseline, Target::Tidings];

@@ -56,6 +56,16 @@ pub struct JsonBody<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct QueryArgs<T>(pub T);
 
+/// The bearer token of a request's `Authorization` header.
+pub fn bearer_of(parts: &Parts) -> Option<&str> {
+    bearer(
+        parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
 /// The user whose token is in `Authorization: Bearer`.
 pub struct AuthUser(pub UserId);
 
@@ -68,11 +78,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let state = AppState::from_ref(state);
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let token = bearer(header)
+        let token = bearer_of(parts)
             .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
         state.auth.verify(token).map(AuthUser)
     }
@@ -90,11 +96,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let state = AppState::from_ref(state);
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        match bearer(header) {
+        match bearer_of(parts) {
             Some(key) if state.auth.is_api_key(key) => Ok(Backend),
             _ => Err(ApiError::unauthorized(
                 "this endpoint takes the node's API key",
