@@ -31,7 +31,9 @@ browser-test:
 	cd tests/browser && TIDINGS_BIN=$(BIN) node --test
 
 # Benchmarks need a release build (a second, cold RocksDB build the first time).
-bench: deps
+bench:
+	@scripts/install-deps.sh bench
+	cd bench/peers && npm ci --no-audit --no-fund --loglevel=error
 	$(CARGO) build --release --workspace --bins
 	$(RELEASE)/tidings-bench compare --server $(RELEASE)/tidings --runs 3 --rate 4000 --seconds 10
 	$(RELEASE)/tidings-bench appends --server $(RELEASE)/tidings --seconds 10

@@ -2,12 +2,14 @@
 # Installs what building and testing Tidings needs and the machine lacks.
 #   scripts/install-deps.sh          clang and libclang (RocksDB's build)
 #   scripts/install-deps.sh test     also Chromium and Node.js (browser test)
+#   scripts/install-deps.sh bench    also Node.js and nats-server (peers)
 set -euo pipefail
 
 want=(clang libclang-dev)
-if [ "${1:-}" = "test" ]; then
-  want+=(chromium nodejs npm)
-fi
+case "${1:-}" in
+  test) want+=(chromium nodejs npm) ;;
+  bench) want+=(nodejs npm nats-server) ;;
+esac
 
 missing=()
 for pkg in "${want[@]}"; do

@@ -50,8 +50,14 @@ enum Command {
 /// Which server a scenario runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub(crate) enum Target {
+    /// The tidings binary: durable, acknowledged, fanned out by actors.
     Tidings,
+    /// Our own stack's ceiling: tokio-tungstenite, no actors, no storage.
     Baseline,
+    /// A Node.js `ws` room server (bench/peers/ws-rooms.js).
+    NodeWs,
+    /// NATS with its WebSocket listener, one subject per room.
+    Nats,
 }
 
 /// How to start the server under test.

@@ -44,6 +44,12 @@ impl Server {
                 c.args(["baseline-server", "--listen", "127.0.0.1:0"]);
                 c
             }
+            Target::NodeWs => {
+                let mut c = Command::new("node");
+                c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/ws-rooms.js"));
+                c
+            }
+            Target::Nats => return Server::start_nats(data).await,
         };
         command
             .env("TIDINGS_LOG", "warn")
@@ -64,6 +70,48 @@ impl Server {
         Ok(Server {
             addr: addr.to_owned(),
             child,
+            pid,
+            _data: data,
+        })
+    }
+
+    /// nats-server with a WebSocket listener on a free loopback port.
+    async fn start_nats(data: tempfile::TempDir) -> anyhow::Result<Server> {
+        let free_port = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let (client_port, ws_port) = (free_port()?, free_port()?);
+        let config = data.path().join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:{client_port}\"\nmax_payload: 65536\n\
+                 websocket {{ listen: \"127.0.0.1:{ws_port}\", no_tls: true }}\n"
+            ),
+        )?;
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting nats-server (apt-get install nats-server)")?;
+        let pid = child.id().context("nats-server has a pid")?;
+        let addr = format!("127.0.0.1:{ws_port}");
+        let deadline = std::time::Instant::now() + crate::seconds(10);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(Server {
+            child,
+            addr,
             pid,
             _data: data,
         })

@@ -86,10 +86,60 @@ type Socket =
 async fn connect(addr: &str, user: &str, target: Target) -> anyhow::Result<Socket> {
     let url = match target {
         Target::Tidings => format!("ws://{addr}/v1/ws?token={}", token(user)),
-        Target::Baseline => format!("ws://{addr}/"),
+        Target::Baseline | Target::NodeWs | Target::Nats => format!("ws://{addr}/"),
     };
     let (socket, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
     Ok(socket)
+}
+
+/// The frame that joins `room`, for the servers that need one.
+fn join_frame(target: Target, room: &str) -> Option<String> {
+    match target {
+        Target::Tidings => None,
+        Target::Baseline | Target::NodeWs => {
+            Some(serde_json::json!({"type":"join","room":room}).to_string())
+        }
+        Target::Nats => Some(format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {room} 1\r\n"
+        )),
+    }
+}
+
+/// The frame that publishes `body` to `room`.
+fn publish_frame(target: Target, room: &str, body: &str) -> String {
+    match target {
+        Target::Tidings => serde_json::json!({"type":"send","conv":room,"body":body}).to_string(),
+        Target::Baseline | Target::NodeWs => {
+            serde_json::json!({"type":"pub","room":room,"body":body}).to_string()
+        }
+        Target::Nats => format!("PUB {room} {}\r\n{body}\r\n", body.len()),
+    }
+}
+
+/// The message bodies a received frame carries (NATS packs several).
+fn bodies(target: Target, text: &str, out: &mut Vec<String>) {
+    out.clear();
+    if target == Target::Nats {
+        let mut lines = text.split("\r\n");
+        while let Some(line) = lines.next() {
+            if line.starts_with("MSG ") {
+                if let Some(payload) = lines.next() {
+                    out.push(payload.to_owned());
+                }
+            }
+        }
+        return;
+    }
+    let Ok(frame) = serde_json::from_str::<Delivery>(text) else {
+        return;
+    };
+    let is_message = match target {
+        Target::Tidings => frame.frame == "event" && frame.kind.as_deref() == Some("message"),
+        _ => frame.frame == "pub",
+    };
+    if let Some(body) = frame.body.filter(|_| is_message) {
+        out.push(body.into_owned());
+    }
 }
 
 /// Creates the groups and returns each group's room or conversation id.
@@ -97,7 +147,7 @@ async fn setup(args: &Args, addr: &str) -> anyhow::Result<Vec<String>> {
     let mut rooms = Vec::with_capacity(args.groups);
     for g in 0..args.groups {
         match args.server.target {
-            Target::Baseline => rooms.push(format!("room{g}")),
+            Target::Baseline | Target::NodeWs | Target::Nats => rooms.push(format!("room{g}")),
             Target::Tidings => {
                 use tidings_protocol::client::{Client, ClientConfig};
                 let creator = format!("u{}", g * args.members);
@@ -147,8 +197,7 @@ pub(crate) async fn measure(args: &Args, server: &Server) -> anyhow::Result<Room
         for (i, socket) in opened {
             let mut socket = socket.with_context(|| format!("connecting u{i}"))?;
             let room = &rooms[i / args.members];
-            if target == Target::Baseline {
-                let join = serde_json::json!({"type":"join","room":room}).to_string();
+            if let Some(join) = join_frame(target, room) {
                 socket.send(Message::Text(join.into())).await?;
             }
             let (sink, mut stream) = socket.split();
@@ -162,43 +211,36 @@ pub(crate) async fn measure(args: &Args, server: &Server) -> anyhow::Result<Room
             readers.push(tokio::spawn(async move {
                 let mut local = histogram();
                 let mut seen_probe = false;
+                let mut found = Vec::new();
                 loop {
                     let message = tokio::select! {
                         _ = stopped.changed() => break,
                         message = stream.next() => message,
                     };
-                    let Some(Ok(Message::Text(text))) = message else {
-                        if message.is_none() {
-                            break;
-                        } else {
+                    let text = match message {
+                        None | Some(Err(_)) => break,
+                        Some(Ok(Message::Text(text))) => text.to_string(),
+                        Some(Ok(Message::Binary(data))) => {
+                            String::from_utf8_lossy(&data).into_owned()
+                        }
+                        Some(Ok(_)) => continue,
+                    };
+                    bodies(target, &text, &mut found);
+                    for body in &found {
+                        if body == PROBE {
+                            if !seen_probe {
+                                seen_probe = true;
+                                probed.fetch_add(1, Ordering::Relaxed);
+                            }
                             continue;
                         }
-                    };
-                    let Ok(frame) = serde_json::from_str::<Delivery>(&text) else {
-                        continue;
-                    };
-                    let is_message = match target {
-                        Target::Tidings => {
-                            frame.frame == "event" && frame.kind.as_deref() == Some("message")
-                        }
-                        Target::Baseline => frame.frame == "pub",
-                    };
-                    let Some(body) = frame.body.filter(|_| is_message) else {
-                        continue;
-                    };
-                    if body == PROBE {
-                        if !seen_probe {
-                            seen_probe = true;
-                            probed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        continue;
+                        let Ok(sent_us) = body.parse::<u64>() else {
+                            continue;
+                        };
+                        let now_us = start.elapsed().as_micros() as u64;
+                        let _ = local.record(now_us.saturating_sub(sent_us).max(1));
+                        delivered.fetch_add(1, Ordering::Relaxed);
                     }
-                    let Ok(sent_us) = body.parse::<u64>() else {
-                        continue;
-                    };
-                    let now_us = start.elapsed().as_micros() as u64;
-                    let _ = local.record(now_us.saturating_sub(sent_us).max(1));
-                    delivered.fetch_add(1, Ordering::Relaxed);
                 }
                 latencies.lock().await.add(&local).ok();
             }));
@@ -213,11 +255,8 @@ pub(crate) async fn measure(args: &Args, server: &Server) -> anyhow::Result<Room
             "not every connection was subscribed in time"
         );
         for (sink, room) in &mut senders {
-            let frame = match target {
-                Target::Tidings => serde_json::json!({"type":"send","conv":room,"body":PROBE}),
-                Target::Baseline => serde_json::json!({"type":"pub","room":room,"body":PROBE}),
-            };
-            sink.send(Message::Text(frame.to_string().into())).await?;
+            let frame = publish_frame(target, room, PROBE);
+            sink.send(Message::Text(frame.into())).await?;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -243,19 +282,8 @@ pub(crate) async fn measure(args: &Args, server: &Server) -> anyhow::Result<Room
                     }
                     tokio::time::sleep_until(due.into()).await;
                     let body = (start.elapsed().as_micros() as u64).to_string();
-                    let frame = match target {
-                        Target::Tidings => {
-                            serde_json::json!({"type":"send","conv":room,"body":body})
-                        }
-                        Target::Baseline => {
-                            serde_json::json!({"type":"pub","room":room,"body":body})
-                        }
-                    };
-                    if sink
-                        .send(Message::Text(frame.to_string().into()))
-                        .await
-                        .is_err()
-                    {
+                    let frame = publish_frame(target, &room, &body);
+                    if sink.send(Message::Text(frame.into())).await.is_err() {
                         break;
                     }
                     sent.fetch_add(1, Ordering::Relaxed);
@@ -308,10 +336,15 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// Runs rooms against each target in turn, `runs` times, and prints the
-/// median of each figure per target and Tidings' figure over the baseline's.
+/// median of each figure per target and Tidings' figure over each peer's.
 pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<()> {
     anyhow::ensure!(runs > 0, "--runs must be at least 1");
-    let targets = [Target::Baseline, Target::Tidings];
+    let targets = [
+        Target::Baseline,
+        Target::Tidings,
+        Target::NodeWs,
+        Target::Nats,
+    ];
     let mut results: Vec<Vec<RoomsResult>> = targets.iter().map(|_| Vec::new()).collect();
     for run in 0..runs {
         for (t, target) in targets.iter().enumerate() {
@@ -343,17 +376,31 @@ pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<()> {
         args.rate
     );
     println!(
-        "  {:<28} {:>12} {:>12} {:>18}",
-        "figure", "baseline", "tidings", "tidings/baseline"
+        "  {:<28} {:>10} {:>10} {:>10} {:>10}   tidings over baseline / node-ws / nats",
+        "figure", "baseline", "tidings", "node-ws", "nats"
     );
     let mut json = serde_json::Map::new();
     for (name, f) in figures {
-        let (base, ours) = (figure(0, f), figure(1, f));
-        let ratio = if base == 0.0 { f64::NAN } else { ours / base };
-        println!("  {name:<28} {base:>12.2} {ours:>12.2} {ratio:>18.2}");
+        let m: Vec<f64> = (0..targets.len()).map(|t| figure(t, f)).collect();
+        let over = |peer: f64| if peer == 0.0 { f64::NAN } else { m[1] / peer };
+        println!(
+            "  {name:<28} {:>10.2} {:>10.2} {:>10.2} {:>10.2}   {:.2} / {:.2} / {:.2}",
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            over(m[0]),
+            over(m[2]),
+            over(m[3])
+        );
         json.insert(
             name.into(),
-            serde_json::json!({"baseline": base, "tidings": ours, "ratio": ratio}),
+            serde_json::json!({
+                "baseline": m[0], "tidings": m[1], "node_ws": m[2], "nats": m[3],
+                "tidings_over_baseline": over(m[0]),
+                "tidings_over_node_ws": over(m[2]),
+                "tidings_over_nats": over(m[3]),
+            }),
         );
     }
     println!("JSON {}", serde_json::Value::Object(json));
