@@ -7,6 +7,8 @@
 
 mod appends;
 mod baseline;
+mod catchup;
+mod idle;
 mod process;
 mod report;
 mod rooms;
@@ -30,6 +32,10 @@ enum Command {
     Rooms(rooms::Args),
     /// Appends: W senders over K conversations, each waiting for its ack.
     Appends(appends::Args),
+    /// Idle: N authenticated connections doing nothing; RSS per connection.
+    Idle(idle::Args),
+    /// Catch-up: time for a device that missed X events to be synced.
+    Catchup(catchup::Args),
     /// Rooms against every target, several runs interleaved, as medians and
     /// the ratio of Tidings' figure to the baseline's.
     Compare {
@@ -84,6 +90,8 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Rooms(args) => rooms::run(args).await,
             Command::Appends(args) => appends::run(args).await,
+            Command::Idle(args) => idle::run(args).await,
+            Command::Catchup(args) => catchup::run(args).await,
             Command::Compare { rooms, runs } => rooms::compare(rooms, runs).await,
             Command::BaselineServer { listen } => baseline::serve(listen).await,
         }

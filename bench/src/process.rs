@@ -128,9 +128,14 @@ impl Server {
         Ok((utime + stime) / clock_ticks())
     }
 
+    /// Resident set size now, in KiB.
+    pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
+        status_field(Path::new(&format!("/proc/{}/status", self.pid)), "VmRSS:")
+    }
+
     /// Peak resident set size in KiB.
     pub(crate) fn peak_rss_kib(&self) -> anyhow::Result<u64> {
-        peak_rss(Path::new(&format!("/proc/{}/status", self.pid)))
+        status_field(Path::new(&format!("/proc/{}/status", self.pid)), "VmHWM:")
     }
 
     pub(crate) async fn stop(mut self) {
@@ -141,17 +146,14 @@ impl Server {
     }
 }
 
-fn peak_rss(status: &Path) -> anyhow::Result<u64> {
+/// A KiB figure such as `VmRSS:` from /proc/PID/status.
+fn status_field(status: &Path, field: &str) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string(status)?;
     let line = text
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("VmHWM in status")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmHWM value")?
-        .parse()?)
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("{field} in status"))?;
+    Ok(line.split_whitespace().nth(1).context("a value")?.parse()?)
 }
 
 fn clock_ticks() -> f64 {

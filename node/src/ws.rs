@@ -34,6 +34,8 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_NORMAL: u16 = 1000;
 /// Close code the node uses when it cannot serve the connection.
 pub const CLOSE_INTERNAL: u16 = 1011;
+/// Initial read and write buffer of each socket.
+const IO_BUFFER: usize = 8 * 1024;
 /// How long a close frame may take to leave before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -68,7 +70,11 @@ pub async fn upgrade(
     }
     let max = state.config.max_frame;
     let tracker = state.tracker.clone();
-    ws.max_message_size(max)
+    // tungstenite's default buffers are 128 KiB each way per connection;
+    // idle connections need little, and buffers grow for large frames.
+    ws.read_buffer_size(IO_BUFFER)
+        .write_buffer_size(IO_BUFFER)
+        .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| tracker.track_future(serve(state, user, socket)))
 }
