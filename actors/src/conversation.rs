@@ -15,6 +15,7 @@ use tidings_protocol::frames::{ConvSummary, SyncedConv};
 use tidings_protocol::{Cmid, ConvId, ErrorCode, ErrorFrame, Event, ServerFrame, UserId};
 use tokio::task::JoinHandle;
 
+use crate::directory::Directory;
 use crate::entity::{now_ms, EntityArgs, IdleClock};
 use crate::messages::{Ack, ConvMsg, Created, EntityKey, HistoryPage, Page, RouterMsg};
 use crate::metrics::Metrics;
@@ -32,6 +33,7 @@ pub struct Conversation {
     audience: Arc<[UserId]>,
     storage: Storage,
     router: ActorRef<RouterMsg>,
+    directory: Directory,
     metrics: Arc<Metrics>,
     idle: IdleClock,
     ticker: Option<JoinHandle<()>>,
@@ -66,6 +68,7 @@ impl Actor for ConversationActor {
             audience,
             storage: args.storage,
             router: args.router,
+            directory: args.directory,
             metrics: args.metrics,
             idle,
             ticker: Some(ticker),
@@ -236,12 +239,8 @@ impl Conversation {
     }
 
     fn publish(&self, event: Event, audience: Arc<[UserId]>) {
-        let frame = ServerFrame::Event(event).push().to_json();
-        let _ = self.router.cast(RouterMsg::Deliver {
-            users: audience,
-            except: None,
-            frame: frame.into(),
-        });
+        let frame = ServerFrame::Event(event).push().to_json().into();
+        self.directory.deliver(&audience, None, &frame);
     }
 
     fn index_members(&self, writes: &mut WriteSet, users: &[UserId], member: bool) -> Result<()> {
@@ -632,11 +631,8 @@ impl Conversation {
             user: by.clone(),
         }
         .push()
-        .to_json();
-        let _ = self.router.cast(RouterMsg::Deliver {
-            users: self.audience.clone(),
-            except: Some(by),
-            frame: frame.into(),
-        });
+        .to_json()
+        .into();
+        self.directory.deliver(&self.audience, Some(&by), &frame);
     }
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::ActorRef;
 
+use crate::directory::Directory;
 use crate::messages::{EntityKey, RouterMsg};
 use crate::metrics::Metrics;
 use crate::storage::Storage;
@@ -34,6 +35,8 @@ pub struct EntityArgs<Id> {
     pub id: Id,
     pub storage: Storage,
     pub router: ActorRef<RouterMsg>,
+    /// Live user actors, for fan-out.
+    pub directory: Directory,
     pub config: EntityConfig,
     pub metrics: Arc<Metrics>,
 }

@@ -19,13 +19,14 @@
 //! The router supervises the entity actors: an actor that fails is dropped
 //! from the router's table and restarts from storage on the next request.
 //! A write flows: connection → router → conversation actor (check, next
-//! version, durable commit, ack) → router → each member's user actor → each
-//! device's outbound queue. Reads go the same way, so a conversation's
+//! version, durable commit, ack) → each member's user actor (found in the
+//! [`directory`] of live user actors) → each device's outbound queue. Reads go the same way, so a conversation's
 //! actor is the one place that knows its state.
 
 pub mod codec;
 pub mod connection;
 pub mod conversation;
+pub mod directory;
 pub mod entity;
 pub mod messages;
 pub mod metrics;

@@ -1,8 +1,6 @@
 //! The messages the actors exchange. Entity actors' messages are local-only:
 //! they never cross nodes (replies carry client-safe [`ErrorFrame`]s).
 
-use std::sync::Arc;
-
 use ractor::RpcReplyPort;
 use tidings_protocol::frames::{ConvSummary, PresenceInfo, SyncedConv, SyncedNotifications};
 use tidings_protocol::{Cmid, ConvId, ErrorFrame, Event, UserId};
@@ -118,7 +116,8 @@ pub enum UserMsg {
     Unsubscribe {
         id: u64,
     },
-    /// An event or typing frame for every device of the user.
+    /// An event or typing frame for every device of the user. Sent through
+    /// the [`crate::directory::Directory`], not the router.
     Deliver(Frame),
     /// A backend's notification: append it to the user's log, then push it.
     Notify {
@@ -151,12 +150,6 @@ pub enum EntityKey {
 pub enum RouterMsg {
     Conv(ConvId, ConvMsg),
     User(UserId, UserMsg),
-    /// Fan a frame out to these users' devices (those online), except one.
-    Deliver {
-        users: Arc<[UserId]>,
-        except: Option<UserId>,
-        frame: Frame,
-    },
     /// Presence of one user; answered without waking an offline user.
     Presence {
         user: UserId,

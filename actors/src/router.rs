@@ -19,6 +19,7 @@ use tidings_protocol::frames::PresenceInfo;
 use tidings_protocol::{ConvId, UserId};
 
 use crate::conversation::ConversationActor;
+use crate::directory::Directory;
 use crate::entity::{EntityArgs, EntityConfig};
 use crate::messages::{ConvMsg, EntityKey, RouterMsg, UserMsg};
 use crate::metrics::Metrics;
@@ -98,6 +99,7 @@ pub struct RouterState {
     convs: Slots<ConvId, ConvMsg>,
     users: Slots<UserId, UserMsg>,
     by_actor: HashMap<ActorId, EntityKey>,
+    directory: Directory,
     storage: Storage,
     config: EntityConfig,
     metrics: Arc<Metrics>,
@@ -109,6 +111,7 @@ impl RouterState {
             id,
             storage: self.storage.clone(),
             router: myself.clone(),
+            directory: self.directory.clone(),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
         }
@@ -140,6 +143,7 @@ impl RouterState {
             Ok((actor, _)) => {
                 self.by_actor
                     .insert(actor.get_id(), EntityKey::User(id.clone()));
+                self.directory.insert(id.clone(), actor.clone());
                 self.users.insert(id, actor, message);
             }
             Err(err) => tracing::error!(user = %id, error = %err, "user failed to start"),
@@ -161,6 +165,7 @@ impl Actor for Router {
             convs: Slots::new(),
             users: Slots::new(),
             by_actor: HashMap::new(),
+            directory: Directory::default(),
             storage: args.storage,
             config: args.config,
             metrics: args.metrics,
@@ -176,19 +181,6 @@ impl Actor for Router {
         match message {
             RouterMsg::Conv(id, message) => state.to_conv(&myself, id, message).await,
             RouterMsg::User(id, message) => state.to_user(&myself, id, message).await,
-            RouterMsg::Deliver {
-                users,
-                except,
-                frame,
-            } => {
-                for user in users.iter() {
-                    if except.as_ref() == Some(user) {
-                        continue;
-                    }
-                    // A user with no live actor has no device online.
-                    let _ = state.users.forward(user, UserMsg::Deliver(frame.clone()));
-                }
-            }
             RouterMsg::Presence { user, reply } => {
                 if let Err(UserMsg::Presence { reply }) =
                     state.users.forward(&user, UserMsg::Presence { reply })
@@ -206,6 +198,9 @@ impl Actor for Router {
                 };
                 if let Some(actor) = retired {
                     state.by_actor.remove(&actor);
+                    if let EntityKey::User(user) = &key {
+                        state.directory.remove(user, actor);
+                    }
                     tracing::trace!(?key, "idle entity stopped");
                 }
             }
@@ -234,7 +229,10 @@ impl Actor for Router {
             }
             match key {
                 EntityKey::Conv(conv) => state.convs.remove_actor(&conv, id),
-                EntityKey::User(user) => state.users.remove_actor(&user, id),
+                EntityKey::User(user) => {
+                    state.directory.remove(&user, id);
+                    state.users.remove_actor(&user, id);
+                }
             }
         }
         Ok(())

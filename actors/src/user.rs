@@ -100,6 +100,12 @@ impl Actor for UserActor {
                 myself.stop(None);
                 return Ok(());
             }
+            // Deliveries come through the directory, not the router, so they
+            // are not counted against what the router forwarded.
+            UserMsg::Deliver(frame) => {
+                state.deliver(&frame);
+                return Ok(());
+            }
             _ => state.idle.handled(),
         }
         match message {
@@ -108,7 +114,6 @@ impl Actor for UserActor {
                 let _ = reply.send(());
             }
             UserMsg::Unsubscribe { id } => state.devices.retain(|d| d.id() != id),
-            UserMsg::Deliver(frame) => state.deliver(&frame),
             UserMsg::Notify { payload, reply } => {
                 let _ = reply.send(state.notify(payload).await);
             }
@@ -126,7 +131,9 @@ impl Actor for UserActor {
                 state.devices.retain(Outbound::is_open);
                 let _ = reply.send(state.presence());
             }
-            UserMsg::Tick | UserMsg::Shutdown => unreachable!("handled above"),
+            UserMsg::Tick | UserMsg::Shutdown | UserMsg::Deliver(_) => {
+                unreachable!("handled above")
+            }
         }
         Ok(())
     }
