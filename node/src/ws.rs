@@ -34,8 +34,8 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_NORMAL: u16 = 1000;
 /// Close code the node uses when it cannot serve the connection.
 pub const CLOSE_INTERNAL: u16 = 1011;
-/// Initial read and write buffer of each socket.
-const IO_BUFFER: usize = 8 * 1024;
+/// Initial read buffer of each socket.
+const READ_BUFFER: usize = 8 * 1024;
 /// How long a close frame may take to leave before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -70,10 +70,10 @@ pub async fn upgrade(
     }
     let max = state.config.max_frame;
     let tracker = state.tracker.clone();
-    // tungstenite's default buffers are 128 KiB each way per connection;
-    // idle connections need little, and buffers grow for large frames.
-    ws.read_buffer_size(IO_BUFFER)
-        .write_buffer_size(IO_BUFFER)
+    // tungstenite allocates a 128 KiB read buffer per connection by default;
+    // idle connections need little, and the buffer grows for large frames.
+    // (The write buffer is not allocated ahead, so it keeps its default.)
+    ws.read_buffer_size(READ_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| tracker.track_future(serve(state, user, socket)))
@@ -162,17 +162,23 @@ pub async fn read_frames<S>(
 where
     S: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
+    // One timer, pushed back by every frame (pongs included).
+    let silence = tokio::time::sleep(heartbeat_timeout);
+    tokio::pin!(silence);
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => return Ended::Shutdown,
-            next = tokio::time::timeout(heartbeat_timeout, stream.next()) => next,
+            () = &mut silence => return Ended::HeartbeatTimeout,
+            next = stream.next() => next,
         };
+        silence
+            .as_mut()
+            .reset(tokio::time::Instant::now() + heartbeat_timeout);
         let message = match next {
-            Err(_) => return Ended::HeartbeatTimeout,
-            Ok(None) => return Ended::ClientClosed,
-            Ok(Some(Err(err))) if is_too_big(&err) => return Ended::TooBig,
-            Ok(Some(Err(_))) => return Ended::Broken,
-            Ok(Some(Ok(message))) => message,
+            None => return Ended::ClientClosed,
+            Some(Err(err)) if is_too_big(&err) => return Ended::TooBig,
+            Some(Err(_)) => return Ended::Broken,
+            Some(Ok(message)) => message,
         };
         match message {
             Message::Text(text) => {

@@ -186,6 +186,7 @@ async fn a_client_that_reads_too_slowly_is_closed_with_1013_and_loses_nothing() 
         }
     }
     assert!(closed, "bob was never closed after {acked} events");
+    println!("the slow reader was closed after {acked} events of 16 KiB");
     assert_eq!(slow.closed().await, Closed::Code(1013));
     // Reconnecting and syncing gets everything.
     let mut bob = node.connect("bob").await;
