@@ -155,60 +155,10 @@ async fn conversations_and_messages_over_http() {
 
 #[tokio::test]
 async fn http_errors_map_to_their_statuses() {
-    let node = TestNode::start().await;
-    let alice = token("alice");
     use reqwest::Method;
-    let (status, err) = call(Method::GET, node.http("/v1/conversations"), None, None).await;
-    assert_error(status, &err, 401, "unauthorized");
-    let (status, err) = call(
-        Method::GET,
-        node.http("/v1/conversations"),
-        Some("forged"),
-        None,
-    )
-    .await;
-    assert_error(status, &err, 401, "unauthorized");
-    let (status, err) = call(
-        Method::POST,
-        node.http("/v1/conversations/g:nope/messages"),
-        Some(&alice),
-        Some(json!({"body":"x"})),
-    )
-    .await;
-    assert_error(status, &err, 404, "not_found");
-    let (status, err) = call(
-        Method::POST,
-        node.http("/v1/conversations/bad id/messages"),
-        Some(&alice),
-        Some(json!({"body":"x"})),
-    )
-    .await;
-    assert_error(status, &err, 400, "bad_request");
-    let (status, err) = call(
-        Method::POST,
-        node.http("/v1/users/bob/messages"),
-        Some(&alice),
-        Some(json!({"text":"wrong field"})),
-    )
-    .await;
-    assert_error(status, &err, 400, "bad_request");
-    let (status, err) = call(
-        Method::POST,
-        node.http("/v1/users/bob/messages"),
-        Some(&alice),
-        Some(json!({"body":"x".repeat(16 * 1024 + 1)})),
-    )
-    .await;
-    assert_error(status, &err, 413, "too_large");
-    let (status, err) = call(
-        Method::POST,
-        node.http("/v1/users/bob/messages"),
-        Some(&alice),
-        Some(json!({"body":"x".repeat(100 * 1024)})),
-    )
-    .await;
-    assert_error(status, &err, 413, "too_large");
-    // Carol is not in alice and bob's conversation.
+    let node = TestNode::start().await;
+    let (alice, carol) = (token("alice"), token("carol"));
+    // Alice and bob's direct conversation exists; carol is not in it.
     call(
         Method::POST,
         node.http("/v1/users/bob/messages"),
@@ -216,24 +166,95 @@ async fn http_errors_map_to_their_statuses() {
         Some(json!({"body":"x"})),
     )
     .await;
-    let (status, err) = call(
-        Method::GET,
-        node.http("/v1/conversations/dm:alice:bob/messages"),
-        Some(&token("carol")),
-        None,
-    )
-    .await;
-    assert_error(status, &err, 403, "forbidden");
-    let (status, err) = call(Method::GET, node.http("/v1/nothing-here"), None, None).await;
-    assert_error(status, &err, 404, "not_found");
-    let (status, err) = call(
-        Method::GET,
-        node.http("/v1/presence?users=ok,bad%20id"),
-        Some(&alice),
-        None,
-    )
-    .await;
-    assert_error(status, &err, 400, "bad_request");
+    let big = "x".repeat(16 * 1024 + 1);
+    let huge = "x".repeat(100 * 1024);
+    let cases: Vec<(Method, &str, Option<&str>, Option<Value>, u16, &str)> = vec![
+        (
+            Method::GET,
+            "/v1/conversations",
+            None,
+            None,
+            401,
+            "unauthorized",
+        ),
+        (
+            Method::GET,
+            "/v1/conversations",
+            Some("forged"),
+            None,
+            401,
+            "unauthorized",
+        ),
+        (
+            Method::POST,
+            "/v1/conversations/g:nope/messages",
+            Some(&alice),
+            Some(json!({"body":"x"})),
+            404,
+            "not_found",
+        ),
+        (
+            Method::POST,
+            "/v1/conversations/bad id/messages",
+            Some(&alice),
+            Some(json!({"body":"x"})),
+            400,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/v1/users/bob/messages",
+            Some(&alice),
+            Some(json!({"text":"wrong field"})),
+            400,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/v1/users/bob/messages",
+            Some(&alice),
+            Some(json!({"body": big})),
+            413,
+            "too_large",
+        ),
+        (
+            Method::POST,
+            "/v1/users/bob/messages",
+            Some(&alice),
+            Some(json!({"body": huge})),
+            413,
+            "too_large",
+        ),
+        (
+            Method::GET,
+            "/v1/conversations/dm:alice:bob/messages",
+            Some(&carol),
+            None,
+            403,
+            "forbidden",
+        ),
+        (
+            Method::GET,
+            "/v1/nothing-here",
+            None,
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/v1/presence?users=ok,bad%20id",
+            Some(&alice),
+            None,
+            400,
+            "bad_request",
+        ),
+    ];
+    for (method, path, bearer, body, status, code) in cases {
+        let (got, err) = call(method.clone(), node.http(path), bearer, body).await;
+        assert_eq!(got, status, "{method} {path}: {err}");
+        assert_error(got, &err, status, code);
+    }
 }
 
 #[tokio::test]
