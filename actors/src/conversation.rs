@@ -51,9 +51,15 @@ impl Actor for ConversationActor {
         myself: ActorRef<ConvMsg>,
         args: EntityArgs<ConvId>,
     ) -> std::result::Result<Conversation, ActorProcessingErr> {
-        let meta: Option<ConvMeta> = args
+        let mut meta: Option<ConvMeta> = args
             .storage
             .get(Cf::ConvMeta, &keys::entity(args.id.as_str()))?;
+        // The stored meta is rewritten only when members or title change;
+        // the version is the last one in the log.
+        if let Some(meta) = &mut meta {
+            let last = args.storage.last_version(Cf::ConvLog, args.id.as_str())?;
+            meta.version = meta.version.max(last.unwrap_or(0));
+        }
         let audience = meta
             .as_ref()
             .map(|m| Arc::from(m.members.clone()))
@@ -220,9 +226,17 @@ impl Conversation {
                 .put(Cf::ConvLog, keys::versioned(conv, *version), event)
                 .map_err(internal)?;
         }
-        writes
-            .put(Cf::ConvMeta, keys::entity(conv), &meta)
-            .map_err(internal)?;
+        // Sends leave the meta as it was but for the version, which the log
+        // already records: only a change of members or title rewrites it.
+        let changed = self
+            .meta
+            .as_ref()
+            .is_none_or(|old| old.members != meta.members || old.title != meta.title);
+        if changed {
+            writes
+                .put(Cf::ConvMeta, keys::entity(conv), &meta)
+                .map_err(internal)?;
+        }
         self.storage
             .commit(self.shard, writes)
             .await

@@ -66,6 +66,22 @@ impl Cf {
     }
 }
 
+impl Cf {
+    /// Every family is read by key (a meta, a cmid, a message's state) or by
+    /// a short range of one entity: Bloom filters, in the memtable too, let a
+    /// lookup of a key that is not there (every new `cmid`) skip the search.
+    fn options(self) -> Options {
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        let mut options = Options::default();
+        options.set_block_based_table_factory(&table);
+        options.set_memtable_whole_key_filtering(true);
+        options.set_memtable_prefix_bloom_ratio(0.05);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        options
+    }
+}
+
 /// Key in the default column family that records the storage layout.
 const LAYOUT_KEY: &[u8] = b"tidings.layout";
 /// The layout written by this version of Tidings.
@@ -142,7 +158,7 @@ impl Storage {
         }
         let cfs = Cf::ALL
             .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options()));
         let db = Arc::new(DB::open_cf_descriptors(&options, dir, cfs)?);
         match db.get(LAYOUT_KEY)? {
             Some(v) if v.as_slice() == [LAYOUT_VERSION] => {}
@@ -220,6 +236,21 @@ impl Storage {
             out.reverse();
         }
         Ok(out)
+    }
+
+    /// The highest version in `entity`'s log, if it has any.
+    pub fn last_version(&self, cf: Cf, entity: &str) -> Result<Option<u64>, StorageError> {
+        let prefix = keys::entity(entity);
+        let end = keys::versioned(entity, u64::MAX);
+        let mut iter = self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(&end, Direction::Reverse));
+        match iter.next().transpose()? {
+            Some((key, _)) if key.starts_with(&prefix) && key.len() == prefix.len() + 8 => {
+                Ok(keys::version_of(&key))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The names under `entity` in `cf` (say, a user's conversations).

@@ -72,6 +72,28 @@ async fn log_ranges_page_both_ways_and_stay_inside_their_entity() {
 }
 
 #[tokio::test]
+async fn last_version_is_the_end_of_that_entity_log_only() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let storage = Storage::open(dir.path()).unwrap();
+        for (entity, last) in [("b", 5), ("bb", 300), ("a", 1)] {
+            let writes = put_log(&storage, entity, 1..=last);
+            storage.commit(shard_of(entity), writes).await.unwrap();
+        }
+        assert_eq!(storage.last_version(Cf::ConvLog, "b").unwrap(), Some(5));
+        storage.close().await.unwrap();
+    }
+    // After reopening, the logs are in table files rather than the memtable.
+    let storage = Storage::open(dir.path()).unwrap();
+    let last = |entity| storage.last_version(Cf::ConvLog, entity).unwrap();
+    assert_eq!(last("a"), Some(1));
+    assert_eq!(last("b"), Some(5));
+    assert_eq!(last("bb"), Some(300));
+    assert_eq!(last("ba"), None);
+    assert_eq!(last("c"), None);
+}
+
+#[tokio::test]
 async fn names_list_one_entity() {
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open(dir.path()).unwrap();
