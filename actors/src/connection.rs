@@ -148,9 +148,11 @@ impl Connection {
                     ),
                 )),
             ),
+            // Boxed: the service's future is large, and unboxed it would be
+            // part of every idle connection actor's task.
             Ok(envelope) => (
                 envelope.req,
-                self.service.handle(&self.user, envelope.frame).await,
+                Box::pin(self.service.handle(&self.user, envelope.frame)).await,
             ),
         };
         let frame = match result {

@@ -115,7 +115,8 @@ impl Actor for UserActor {
             }
             UserMsg::Unsubscribe { id } => state.devices.retain(|d| d.id() != id),
             UserMsg::Notify { payload, reply } => {
-                let _ = reply.send(state.notify(payload).await);
+                // Boxed so that an idle user actor's task stays small.
+                let _ = reply.send(Box::pin(state.notify(payload)).await);
             }
             UserMsg::Notifications {
                 after,
