@@ -254,7 +254,8 @@ impl Conversation {
 
     fn publish(&self, event: Event, audience: Arc<[UserId]>) {
         let frame = ServerFrame::Event(event).push().to_json().into();
-        self.directory.deliver(&audience, None, &frame);
+        self.directory
+            .deliver(&audience, None, &frame, &self.metrics);
     }
 
     fn index_members(&self, writes: &mut WriteSet, users: &[UserId], member: bool) -> Result<()> {
@@ -647,6 +648,7 @@ impl Conversation {
         .push()
         .to_json()
         .into();
-        self.directory.deliver(&self.audience, Some(&by), &frame);
+        self.directory
+            .deliver(&self.audience, Some(&by), &frame, &self.metrics);
     }
 }

@@ -19,9 +19,10 @@
 //! The router supervises the entity actors: an actor that fails is dropped
 //! from the router's table and restarts from storage on the next request.
 //! A write flows: connection → router → conversation actor (check, next
-//! version, durable commit, ack) → each member's user actor (found in the
-//! [`directory`] of live user actors) → each device's outbound queue. Reads go the same way, so a conversation's
-//! actor is the one place that knows its state.
+//! version, durable commit, ack) → the outbound queue of each member's
+//! devices, found in the [`directory`] where each user actor keeps the list
+//! of its devices. Reads go the same way, so a conversation's actor is the
+//! one place that knows its state.
 
 pub mod codec;
 pub mod connection;

@@ -5,7 +5,7 @@ use ractor::RpcReplyPort;
 use tidings_protocol::frames::{ConvSummary, PresenceInfo, SyncedConv, SyncedNotifications};
 use tidings_protocol::{Cmid, ConvId, ErrorFrame, Event, UserId};
 
-use crate::outbound::{Frame, Outbound};
+use crate::outbound::Outbound;
 
 /// A reply that is either what was asked or a client-safe error.
 pub type Reply<T> = RpcReplyPort<Result<T, ErrorFrame>>;
@@ -116,9 +116,6 @@ pub enum UserMsg {
     Unsubscribe {
         id: u64,
     },
-    /// An event or typing frame for every device of the user. Sent through
-    /// the [`crate::directory::Directory`], not the router.
-    Deliver(Frame),
     /// A backend's notification: append it to the user's log, then push it.
     Notify {
         payload: serde_json::Value,

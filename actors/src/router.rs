@@ -143,7 +143,6 @@ impl RouterState {
             Ok((actor, _)) => {
                 self.by_actor
                     .insert(actor.get_id(), EntityKey::User(id.clone()));
-                self.directory.insert(id.clone(), actor.clone());
                 self.users.insert(id, actor, message);
             }
             Err(err) => tracing::error!(user = %id, error = %err, "user failed to start"),

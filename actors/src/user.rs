@@ -12,10 +12,10 @@ use tidings_protocol::frames::{PresenceInfo, SyncedNotifications};
 use tidings_protocol::{ConvId, ErrorCode, ErrorFrame, Notification, ServerFrame, UserId};
 use tokio::task::JoinHandle;
 
+use crate::directory::{Devices, Directory};
 use crate::entity::{now_ms, EntityArgs, IdleClock};
 use crate::messages::{EntityKey, RouterMsg, UserMsg};
 use crate::metrics::Metrics;
-use crate::outbound::{Frame, Outbound};
 use crate::shard::{shard_of, ShardId};
 use crate::storage::records::{StoredNotification, UserMeta};
 use crate::storage::{keys, Cf, Storage, WriteSet};
@@ -26,7 +26,8 @@ pub struct User {
     id: UserId,
     shard: ShardId,
     meta: UserMeta,
-    devices: Vec<Outbound>,
+    devices: Arc<Devices>,
+    directory: Directory,
     storage: Storage,
     router: ActorRef<RouterMsg>,
     metrics: Arc<Metrics>,
@@ -58,11 +59,15 @@ impl Actor for UserActor {
         let idle = IdleClock::new(EntityKey::User(args.id.clone()), args.config.idle_after);
         let ticker = myself.send_interval(idle.tick_every(), || UserMsg::Tick);
         args.metrics.entity_gauge("user").inc();
+        let devices = Arc::new(Devices::default());
+        args.directory
+            .insert(args.id.clone(), myself.get_id(), devices.clone());
         Ok(User {
             shard: shard_of(args.id.as_str()),
             id: args.id,
             meta,
-            devices: Vec::new(),
+            devices,
+            directory: args.directory,
             storage: args.storage,
             router: args.router,
             metrics: args.metrics,
@@ -73,9 +78,10 @@ impl Actor for UserActor {
 
     async fn post_stop(
         &self,
-        _myself: ActorRef<UserMsg>,
+        myself: ActorRef<UserMsg>,
         state: &mut User,
     ) -> std::result::Result<(), ActorProcessingErr> {
+        state.directory.remove(&state.id, myself.get_id());
         if let Some(ticker) = state.ticker.take() {
             ticker.abort();
         }
@@ -91,8 +97,7 @@ impl Actor for UserActor {
     ) -> std::result::Result<(), ActorProcessingErr> {
         match message {
             UserMsg::Tick => {
-                state.devices.retain(Outbound::is_open);
-                let busy = !state.devices.is_empty();
+                let busy = state.devices.prune() > 0;
                 state.idle.tick(&state.router, busy);
                 return Ok(());
             }
@@ -100,20 +105,14 @@ impl Actor for UserActor {
                 myself.stop(None);
                 return Ok(());
             }
-            // Deliveries come through the directory, not the router, so they
-            // are not counted against what the router forwarded.
-            UserMsg::Deliver(frame) => {
-                state.deliver(&frame);
-                return Ok(());
-            }
             _ => state.idle.handled(),
         }
         match message {
             UserMsg::Subscribe { outbound, reply } => {
-                state.devices.push(outbound);
+                state.devices.add(outbound);
                 let _ = reply.send(());
             }
-            UserMsg::Unsubscribe { id } => state.devices.retain(|d| d.id() != id),
+            UserMsg::Unsubscribe { id } => state.devices.remove(id),
             UserMsg::Notify { payload, reply } => {
                 // Boxed so that an idle user actor's task stays small.
                 let _ = reply.send(Box::pin(state.notify(payload)).await);
@@ -129,10 +128,9 @@ impl Actor for UserActor {
                 let _ = reply.send(state.conversations());
             }
             UserMsg::Presence { reply } => {
-                state.devices.retain(Outbound::is_open);
                 let _ = reply.send(state.presence());
             }
-            UserMsg::Tick | UserMsg::Shutdown | UserMsg::Deliver(_) => {
+            UserMsg::Tick | UserMsg::Shutdown => {
                 unreachable!("handled above")
             }
         }
@@ -141,27 +139,11 @@ impl Actor for UserActor {
 }
 
 impl User {
-    fn deliver(&mut self, frame: &Frame) {
-        let before = self.devices.len();
-        let metrics = &self.metrics;
-        self.devices.retain(|device| {
-            let queued = device.push(frame.clone());
-            if queued {
-                metrics.deliveries.inc();
-            } else if device.is_closed_for_slowness() {
-                metrics.slow_consumer_closes.inc();
-            }
-            queued
-        });
-        if self.devices.len() != before {
-            tracing::debug!(user = %self.id, dropped = before - self.devices.len(), "devices left");
-        }
-    }
-
     fn presence(&self) -> PresenceInfo {
+        let devices = self.devices.prune();
         PresenceInfo {
-            online: !self.devices.is_empty(),
-            devices: self.devices.len() as u32,
+            online: devices > 0,
+            devices: devices as u32,
         }
     }
 
@@ -196,7 +178,8 @@ impl User {
         })
         .push()
         .to_json();
-        self.deliver(&frame.into());
+        let queued = self.devices.push(&frame.into(), &self.metrics);
+        self.metrics.deliveries.inc_by(queued);
         Ok(version)
     }
 
