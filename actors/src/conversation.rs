@@ -13,7 +13,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tidings_protocol::error::CurrentMessage;
 use tidings_protocol::frames::{ConvSummary, SyncedConv};
 use tidings_protocol::{Cmid, ConvId, ErrorCode, ErrorFrame, Event, ServerFrame, UserId};
-use tokio::task::JoinHandle;
 
 use crate::directory::Directory;
 use crate::entity::{now_ms, EntityArgs, IdleClock};
@@ -36,7 +35,6 @@ pub struct Conversation {
     directory: Directory,
     metrics: Arc<Metrics>,
     idle: IdleClock,
-    ticker: Option<JoinHandle<()>>,
 }
 
 type Result<T> = std::result::Result<T, ErrorFrame>;
@@ -48,7 +46,7 @@ impl Actor for ConversationActor {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<ConvMsg>,
+        _myself: ActorRef<ConvMsg>,
         args: EntityArgs<ConvId>,
     ) -> std::result::Result<Conversation, ActorProcessingErr> {
         let mut meta: Option<ConvMeta> = args
@@ -65,7 +63,6 @@ impl Actor for ConversationActor {
             .map(|m| Arc::from(m.members.clone()))
             .unwrap_or_else(|| Arc::from(Vec::new()));
         let idle = IdleClock::new(EntityKey::Conv(args.id.clone()), args.config.idle_after);
-        let ticker = myself.send_interval(idle.tick_every(), || ConvMsg::Tick);
         args.metrics.entity_gauge("conversation").inc();
         Ok(Conversation {
             shard: shard_of(args.id.as_str()),
@@ -77,7 +74,6 @@ impl Actor for ConversationActor {
             directory: args.directory,
             metrics: args.metrics,
             idle,
-            ticker: Some(ticker),
         })
     }
 
@@ -86,9 +82,6 @@ impl Actor for ConversationActor {
         _myself: ActorRef<ConvMsg>,
         state: &mut Conversation,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        if let Some(ticker) = state.ticker.take() {
-            ticker.abort();
-        }
         state.metrics.entity_gauge("conversation").dec();
         Ok(())
     }

@@ -62,11 +62,6 @@ impl IdleClock {
         }
     }
 
-    /// How often to check; a fraction of the idle period.
-    pub fn tick_every(&self) -> Duration {
-        (self.idle_after / 4).max(Duration::from_millis(5))
-    }
-
     /// A message from the router was handled.
     pub fn handled(&mut self) {
         self.handled += 1;
@@ -85,6 +80,12 @@ impl IdleClock {
             handled: self.handled,
         });
     }
+}
+
+/// How often entity actors check whether they are idle: a fraction of the
+/// idle period. The router ticks them all on one timer.
+pub fn tick_every(idle_after: Duration) -> Duration {
+    (idle_after / 4).max(Duration::from_millis(5))
 }
 
 /// Milliseconds since the Unix epoch.

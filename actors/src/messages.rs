@@ -157,6 +157,9 @@ pub enum RouterMsg {
         key: EntityKey,
         handled: u64,
     },
+    /// Time for every live entity actor to check whether it is idle (one
+    /// timer per node rather than one task per actor).
+    Tick,
     /// How many entity actors are alive: (conversations, users).
     Census {
         reply: RpcReplyPort<(usize, usize)>,

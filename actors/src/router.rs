@@ -20,7 +20,7 @@ use tidings_protocol::{ConvId, UserId};
 
 use crate::conversation::ConversationActor;
 use crate::directory::Directory;
-use crate::entity::{EntityArgs, EntityConfig};
+use crate::entity::{tick_every, EntityArgs, EntityConfig};
 use crate::messages::{ConvMsg, EntityKey, RouterMsg, UserMsg};
 use crate::metrics::Metrics;
 use crate::storage::Storage;
@@ -157,9 +157,11 @@ impl Actor for Router {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<RouterMsg>,
+        myself: ActorRef<RouterMsg>,
         args: RouterArgs,
     ) -> Result<RouterState, ActorProcessingErr> {
+        // Stops by itself once the router has stopped.
+        myself.send_interval(tick_every(args.config.idle_after), || RouterMsg::Tick);
         Ok(RouterState {
             convs: Slots::new(),
             users: Slots::new(),
@@ -201,6 +203,16 @@ impl Actor for Router {
                         state.directory.remove(user, actor);
                     }
                     tracing::trace!(?key, "idle entity stopped");
+                }
+            }
+            RouterMsg::Tick => {
+                // Not counted as forwarded: ticks are not requests, and an
+                // actor does not count them as handled either.
+                for slot in state.convs.live.values() {
+                    let _ = slot.actor.send_message(ConvMsg::Tick);
+                }
+                for slot in state.users.live.values() {
+                    let _ = slot.actor.send_message(UserMsg::Tick);
                 }
             }
             RouterMsg::Census { reply } => {

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tidings_protocol::frames::{PresenceInfo, SyncedNotifications};
 use tidings_protocol::{ConvId, ErrorCode, ErrorFrame, Notification, ServerFrame, UserId};
-use tokio::task::JoinHandle;
 
 use crate::directory::{Devices, Directory};
 use crate::entity::{now_ms, EntityArgs, IdleClock};
@@ -32,7 +31,6 @@ pub struct User {
     router: ActorRef<RouterMsg>,
     metrics: Arc<Metrics>,
     idle: IdleClock,
-    ticker: Option<JoinHandle<()>>,
 }
 
 type Result<T> = std::result::Result<T, ErrorFrame>;
@@ -57,7 +55,6 @@ impl Actor for UserActor {
             .get(Cf::UserMeta, &keys::entity(args.id.as_str()))?
             .unwrap_or_default();
         let idle = IdleClock::new(EntityKey::User(args.id.clone()), args.config.idle_after);
-        let ticker = myself.send_interval(idle.tick_every(), || UserMsg::Tick);
         args.metrics.entity_gauge("user").inc();
         let devices = Arc::new(Devices::default());
         args.directory
@@ -72,7 +69,6 @@ impl Actor for UserActor {
             router: args.router,
             metrics: args.metrics,
             idle,
-            ticker: Some(ticker),
         })
     }
 
@@ -82,9 +78,6 @@ impl Actor for UserActor {
         state: &mut User,
     ) -> std::result::Result<(), ActorProcessingErr> {
         state.directory.remove(&state.id, myself.get_id());
-        if let Some(ticker) = state.ticker.take() {
-            ticker.abort();
-        }
         state.metrics.entity_gauge("user").dec();
         Ok(())
     }

@@ -35,7 +35,7 @@ pub const CLOSE_NORMAL: u16 = 1000;
 /// Close code the node uses when it cannot serve the connection.
 pub const CLOSE_INTERNAL: u16 = 1011;
 /// Initial read buffer of each socket.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 2 * 1024;
 /// How long a close frame may take to leave before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
