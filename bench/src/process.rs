@@ -119,13 +119,7 @@ impl Server {
 
     /// User plus system CPU time so far, in seconds.
     pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
-        // Fields after the command name, which is in parentheses.
-        let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = fields[11].parse()?;
-        let stime: f64 = fields[12].parse()?;
-        Ok((utime + stime) / clock_ticks())
+        cpu_seconds(Path::new(&format!("/proc/{}/stat", self.pid)))
     }
 
     /// Resident set size now, in KiB.
@@ -144,6 +138,23 @@ impl Server {
             .status();
         let _ = tokio::time::timeout(crate::seconds(10), self.child.wait()).await;
     }
+}
+
+/// The generator's own user plus system CPU time so far, in seconds: it
+/// shares the cores with the server, so its cost is part of every figure.
+pub(crate) fn own_cpu_seconds() -> anyhow::Result<f64> {
+    cpu_seconds(Path::new("/proc/self/stat"))
+}
+
+/// User plus system CPU time from a /proc/PID/stat file, in seconds.
+fn cpu_seconds(stat: &Path) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(stat)?;
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields[11].parse()?;
+    let stime: f64 = fields[12].parse()?;
+    Ok((utime + stime) / clock_ticks())
 }
 
 /// A KiB figure such as `VmRSS:` from /proc/PID/status.

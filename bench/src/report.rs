@@ -33,7 +33,7 @@ pub(crate) fn print<T: Serialize>(title: &str, result: &T) {
     println!("{title}");
     if let serde_json::Value::Object(map) = &value {
         for (key, v) in map {
-            println!("  {key:<28} {v}");
+            println!("  {key:<30} {v}");
         }
     }
     println!("JSON {value}");

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::process::Server;
+use crate::process::{own_cpu_seconds, Server};
 use crate::report::{histogram, print, Latency};
 use crate::{ServerArgs, Target};
 
@@ -52,6 +52,10 @@ pub(crate) struct RoomsResult {
     pub(crate) server_cpu_seconds: f64,
     pub(crate) server_cpu_us_per_delivery: f64,
     pub(crate) server_peak_rss_mib: f64,
+    /// The load generator's own CPU over the same window: it shares the
+    /// cores with the server, so a cheap generator leaves more to measure.
+    pub(crate) generator_cpu_seconds: f64,
+    pub(crate) generator_cpu_us_per_delivery: f64,
 }
 
 pub(crate) fn token(user: &str) -> String {
@@ -261,6 +265,7 @@ pub(crate) async fn measure(args: &Args, server: &Server) -> anyhow::Result<Room
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let cpu_before = server.cpu_seconds()?;
+    let own_cpu_before = own_cpu_seconds()?;
     let publish_start = Instant::now();
     let per_sender = args.rate as f64 / senders.len() as f64;
     let sent = Arc::new(AtomicU64::new(0));
@@ -306,6 +311,7 @@ pub(crate) async fn measure(args: &Args, server: &Server) -> anyhow::Result<Room
     }
     let elapsed = publish_start.elapsed().as_secs_f64();
     let cpu = server.cpu_seconds()? - cpu_before;
+    let own_cpu = own_cpu_seconds()? - own_cpu_before;
     let got = delivered.load(Ordering::Relaxed);
     let _ = stop.send(true);
     for reader in readers {
@@ -327,6 +333,8 @@ pub(crate) async fn measure(args: &Args, server: &Server) -> anyhow::Result<Room
         server_cpu_seconds: cpu,
         server_cpu_us_per_delivery: cpu * 1e6 / got.max(1) as f64,
         server_peak_rss_mib: server.peak_rss_kib()? as f64 / 1024.0,
+        generator_cpu_seconds: own_cpu,
+        generator_cpu_us_per_delivery: own_cpu * 1e6 / got.max(1) as f64,
     })
 }
 
@@ -360,7 +368,7 @@ pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<()> {
     }
     let figure =
         |t: usize, f: &dyn Fn(&RoomsResult) -> f64| median(results[t].iter().map(f).collect());
-    let figures: [(&str, &dyn Fn(&RoomsResult) -> f64); 6] = [
+    let figures: [(&str, &dyn Fn(&RoomsResult) -> f64); 7] = [
         ("delivered_per_sec", &|r| r.delivered_per_sec),
         ("lost", &|r| r.lost as f64),
         ("p50_ms", &|r| r.latency.p50_ms),
@@ -369,6 +377,9 @@ pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<()> {
             r.server_cpu_us_per_delivery
         }),
         ("server_peak_rss_mib", &|r| r.server_peak_rss_mib),
+        ("generator_cpu_us_per_delivery", &|r| {
+            r.generator_cpu_us_per_delivery
+        }),
     ];
     println!(
         "medians of {runs} runs, {} connections, {} msg/s offered",
@@ -376,7 +387,7 @@ pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<()> {
         args.rate
     );
     println!(
-        "  {:<28} {:>10} {:>10} {:>10} {:>10}   tidings over baseline / node-ws / nats",
+        "  {:<30} {:>10} {:>10} {:>10} {:>10}   tidings over baseline / node-ws / nats",
         "figure", "baseline", "tidings", "node-ws", "nats"
     );
     let mut json = serde_json::Map::new();
@@ -384,7 +395,7 @@ pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<()> {
         let m: Vec<f64> = (0..targets.len()).map(|t| figure(t, f)).collect();
         let over = |peer: f64| if peer == 0.0 { f64::NAN } else { m[1] / peer };
         println!(
-            "  {name:<28} {:>10.2} {:>10.2} {:>10.2} {:>10.2}   {:.2} / {:.2} / {:.2}",
+            "  {name:<30} {:>10.2} {:>10.2} {:>10.2} {:>10.2}   {:.2} / {:.2} / {:.2}",
             m[0],
             m[1],
             m[2],
