@@ -8,10 +8,12 @@
 mod appends;
 mod baseline;
 mod catchup;
+mod compare;
 mod idle;
 mod process;
 mod report;
 mod rooms;
+mod wire;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,7 +30,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Rooms: C connections in G groups; senders publish at a fixed total
-    /// rate; measures deliveries, losses, latency and server CPU per delivery.
+    /// rate; measures deliveries, losses, latency, and server and generator
+    /// CPU per delivery.
     Rooms(rooms::Args),
     /// Appends: W senders over K conversations, each waiting for its ack.
     Appends(appends::Args),
@@ -37,7 +40,7 @@ enum Command {
     /// Catch-up: time for a device that missed X events to be synced.
     Catchup(catchup::Args),
     /// Rooms against every target, several runs interleaved, as medians and
-    /// the ratio of Tidings' figure to the baseline's.
+    /// the ratio of Tidings' figure to each peer's.
     Compare {
         #[command(flatten)]
         rooms: rooms::Args,
@@ -88,11 +91,14 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Rooms(args) => rooms::run(args).await,
+            Command::Rooms(args) => {
+                report::print("rooms", &rooms::run(args).await?);
+                Ok(())
+            }
             Command::Appends(args) => appends::run(args).await,
             Command::Idle(args) => idle::run(args).await,
             Command::Catchup(args) => catchup::run(args).await,
-            Command::Compare { rooms, runs } => rooms::compare(rooms, runs).await,
+            Command::Compare { rooms, runs } => compare::compare(rooms, runs).await,
             Command::BaselineServer { listen } => baseline::serve(listen).await,
         }
     })

@@ -2,24 +2,42 @@
 //! publishes at a fixed rate (open loop: it does not wait for replies); each
 //! message carries its send time, and every member's connection records
 //! send-to-deliver latency. Bounded by `--seconds`.
+//!
+//! A [`Session`] connects everyone once and can then run several
+//! measurements ([`Session::step`]) at different rates, as a rate sweep would.
+//! The generator runs on the same cores as the server, so its receive path
+//! finds bodies in the frame bytes in place and allocates nothing, and
+//! each step reports the generator's own CPU per delivery.
 
-use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::Message;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, Stream, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message};
 
 use crate::process::{own_cpu_seconds, Server};
-use crate::report::{histogram, print, Latency};
+use crate::report::{histogram, Latency};
+use crate::wire::{self, Publish, PROBE};
 use crate::{ServerArgs, Target};
 
 /// The secret the bench starts Tidings with, to sign its users' tokens.
 pub(crate) const SECRET: &str = "tidings-bench-secret";
+
+/// How long in-flight messages may take to arrive after the last send.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Each connection's read buffer.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// Latency histograms are sharded so readers on different threads seldom
+/// wait for each other, without one histogram per connection.
+const SHARDS: usize = 16;
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Args {
@@ -45,10 +63,17 @@ pub(crate) struct RoomsResult {
     pub(crate) connections: usize,
     pub(crate) rate: u64,
     pub(crate) sent: u64,
+    /// Deliveries expected: every member, the sender included, gets each
+    /// message.
+    pub(crate) expected: u64,
     pub(crate) delivered: u64,
     pub(crate) lost: u64,
     pub(crate) delivered_per_sec: f64,
     pub(crate) latency: Latency,
+    /// How late the senders were against their schedule, at the 99th
+    /// percentile: above a millisecond or so the generator is falling
+    /// behind, and the offered rate is not what was asked.
+    pub(crate) send_lag_p99_ms: f64,
     pub(crate) server_cpu_seconds: f64,
     pub(crate) server_cpu_us_per_delivery: f64,
     pub(crate) server_peak_rss_mib: f64,
@@ -72,79 +97,8 @@ pub(crate) fn token(user: &str) -> String {
     .expect("HS256 signing")
 }
 
-#[derive(Deserialize)]
-struct Delivery<'a> {
-    #[serde(rename = "type", borrow)]
-    frame: Cow<'a, str>,
-    #[serde(default, borrow)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    body: Option<Cow<'a, str>>,
-}
-
-const PROBE: &str = "probe";
-
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(addr: &str, user: &str, target: Target) -> anyhow::Result<Socket> {
-    let url = match target {
-        Target::Tidings => format!("ws://{addr}/v1/ws?token={}", token(user)),
-        Target::Baseline | Target::NodeWs | Target::Nats => format!("ws://{addr}/"),
-    };
-    let (socket, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
-    Ok(socket)
-}
-
-/// The frame that joins `room`, for the servers that need one.
-fn join_frame(target: Target, room: &str) -> Option<String> {
-    match target {
-        Target::Tidings => None,
-        Target::Baseline | Target::NodeWs => {
-            Some(serde_json::json!({"type":"join","room":room}).to_string())
-        }
-        Target::Nats => Some(format!(
-            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {room} 1\r\n"
-        )),
-    }
-}
-
-/// The frame that publishes `body` to `room`.
-fn publish_frame(target: Target, room: &str, body: &str) -> String {
-    match target {
-        Target::Tidings => serde_json::json!({"type":"send","conv":room,"body":body}).to_string(),
-        Target::Baseline | Target::NodeWs => {
-            serde_json::json!({"type":"pub","room":room,"body":body}).to_string()
-        }
-        Target::Nats => format!("PUB {room} {}\r\n{body}\r\n", body.len()),
-    }
-}
-
-/// The message bodies a received frame carries (NATS packs several).
-fn bodies(target: Target, text: &str, out: &mut Vec<String>) {
-    out.clear();
-    if target == Target::Nats {
-        let mut lines = text.split("\r\n");
-        while let Some(line) = lines.next() {
-            if line.starts_with("MSG ") {
-                if let Some(payload) = lines.next() {
-                    out.push(payload.to_owned());
-                }
-            }
-        }
-        return;
-    }
-    let Ok(frame) = serde_json::from_str::<Delivery>(text) else {
-        return;
-    };
-    let is_message = match target {
-        Target::Tidings => frame.frame == "event" && frame.kind.as_deref() == Some("message"),
-        _ => frame.frame == "pub",
-    };
-    if let Some(body) = frame.body.filter(|_| is_message) {
-        out.push(body.into_owned());
-    }
-}
 
 /// Creates the groups and returns each group's room or conversation id.
 async fn setup(args: &Args, addr: &str) -> anyhow::Result<Vec<String>> {
@@ -169,251 +123,348 @@ async fn setup(args: &Args, addr: &str) -> anyhow::Result<Vec<String>> {
     Ok(rooms)
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+/// Starts the server, measures one step at `--rate`, stops the server.
+pub(crate) async fn run(args: Args) -> anyhow::Result<RoomsResult> {
     let server = Server::start(&args.server, &["--auth-secret", SECRET]).await?;
     let result = measure(&args, &server).await;
     server.stop().await;
-    print("rooms", &result?);
-    Ok(())
+    result
 }
 
+/// One rooms measurement at `--rate` on a running server.
 pub(crate) async fn measure(args: &Args, server: &Server) -> anyhow::Result<RoomsResult> {
-    let target = args.server.target;
-    let rooms = setup(args, &server.addr)
-        .await
-        .context("setting up groups")?;
-    let connections = args.groups * args.members;
-    let delivered = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(histogram()));
-    let probed = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut session = Session::open(args, server).await?;
+    let result = session.step(server, args.rate, args.seconds).await;
+    session.close().await;
+    result
+}
 
-    // Connect everyone in batches, so the accept backlog is never overrun.
-    let mut senders = Vec::new();
-    let mut readers = Vec::new();
-    for batch in (0..connections).collect::<Vec<_>>().chunks(200) {
-        let opened = futures_util::future::join_all(batch.iter().map(|&i| {
-            let addr = server.addr.clone();
-            async move { (i, connect(&addr, &format!("u{i}"), target).await) }
-        }))
-        .await;
-        for (i, socket) in opened {
-            let mut socket = socket.with_context(|| format!("connecting u{i}"))?;
-            let room = &rooms[i / args.members];
-            if let Some(join) = join_frame(target, room) {
-                socket.send(Message::Text(join.into())).await?;
+/// What the readers share with the run: counters and latencies.
+struct Shared {
+    start: Instant,
+    /// Send times (µs since `start`) before this belong to an earlier step.
+    step_start_us: AtomicU64,
+    /// This step's deliveries.
+    delivered: Arc<AtomicU64>,
+    /// Per group, the members that have received a probe.
+    probed: Vec<AtomicUsize>,
+    latencies: Vec<Mutex<Histogram<u64>>>,
+}
+
+impl Shared {
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    /// This step's latencies, merged, leaving the shards empty.
+    fn take_latencies(&self) -> Histogram<u64> {
+        let mut all = histogram();
+        for shard in &self.latencies {
+            let mut shard = shard.lock().expect("latency shard");
+            all.add(&*shard).expect("same bounds");
+            shard.reset();
+        }
+        all
+    }
+}
+
+/// One connection's receive side.
+struct Reader {
+    shared: Arc<Shared>,
+    target: Target,
+    group: usize,
+    shard: usize,
+    seen_probe: bool,
+    /// NATS only: the start of a message the next frame completes.
+    carry: Vec<u8>,
+}
+
+impl Reader {
+    async fn run<S>(mut self, mut stream: S)
+    where
+        S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    {
+        while let Some(Ok(message)) = stream.next().await {
+            match &message {
+                Message::Text(text) => self.frame(text.as_bytes()),
+                Message::Binary(data) => self.frame(data),
+                _ => {}
             }
-            let (sink, mut stream) = socket.split();
-            if i % args.members == 0 {
-                senders.push((sink, room.clone()));
-            }
-            let delivered = delivered.clone();
-            let latencies = latencies.clone();
-            let probed = probed.clone();
-            let mut stopped = stopped.clone();
-            readers.push(tokio::spawn(async move {
-                let mut local = histogram();
-                let mut seen_probe = false;
-                let mut found = Vec::new();
-                loop {
-                    let message = tokio::select! {
-                        _ = stopped.changed() => break,
-                        message = stream.next() => message,
-                    };
-                    let text = match message {
-                        None | Some(Err(_)) => break,
-                        Some(Ok(Message::Text(text))) => text.to_string(),
-                        Some(Ok(Message::Binary(data))) => {
-                            String::from_utf8_lossy(&data).into_owned()
-                        }
-                        Some(Ok(_)) => continue,
-                    };
-                    bodies(target, &text, &mut found);
-                    for body in &found {
-                        if body == PROBE {
-                            if !seen_probe {
-                                seen_probe = true;
-                                probed.fetch_add(1, Ordering::Relaxed);
-                            }
-                            continue;
-                        }
-                        let Ok(sent_us) = body.parse::<u64>() else {
-                            continue;
-                        };
-                        let now_us = start.elapsed().as_micros() as u64;
-                        let _ = local.record(now_us.saturating_sub(sent_us).max(1));
-                        delivered.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                latencies.lock().await.add(&local).ok();
-            }));
         }
     }
-    // Every connection is subscribed once it has received a probe from its
-    // group: probe until all have, for at most 30 seconds.
-    let probe_deadline = Instant::now() + Duration::from_secs(30);
-    while (probed.load(Ordering::Relaxed) as usize) < connections {
+
+    fn frame(&mut self, data: &[u8]) {
+        if self.target != Target::Nats {
+            if let Some(body) = wire::json_body(self.target, data) {
+                self.body(body);
+            }
+            return;
+        }
+        let mut carry = std::mem::take(&mut self.carry);
+        if carry.is_empty() {
+            let used = wire::nats_bodies(data, |body| self.body(body));
+            carry.extend_from_slice(&data[used..]);
+        } else {
+            carry.extend_from_slice(data);
+            let used = wire::nats_bodies(&carry, |body| self.body(body));
+            carry.drain(..used);
+        }
+        self.carry = carry;
+    }
+
+    fn body(&mut self, body: &[u8]) {
+        let shared = &*self.shared;
+        if body == PROBE {
+            if !self.seen_probe {
+                self.seen_probe = true;
+                shared.probed[self.group].fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let Some(sent_us) = wire::parse_decimal(body) else {
+            return;
+        };
+        if sent_us < shared.step_start_us.load(Ordering::Relaxed) {
+            return;
+        }
+        let latency = shared.now_us().saturating_sub(sent_us).max(1);
+        let _ = shared.latencies[self.shard]
+            .lock()
+            .expect("latency shard")
+            .record(latency);
+        shared.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One member of each group, publishing.
+struct Sender {
+    sink: SplitSink<Socket, Message>,
+    publish: Publish,
+}
+
+/// Every connection open, every member subscribed: ready for steps.
+pub(crate) struct Session {
+    target: Target,
+    members: usize,
+    connections: usize,
+    shared: Arc<Shared>,
+    senders: Vec<Sender>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Session {
+    /// Creates the groups, opens every connection and waits until every
+    /// member has received a probe from its group.
+    pub(crate) async fn open(args: &Args, server: &Server) -> anyhow::Result<Session> {
         anyhow::ensure!(
-            Instant::now() < probe_deadline,
-            "not every connection was subscribed in time"
+            args.groups > 0 && args.members > 0,
+            "need at least one group of one member"
         );
-        for (sink, room) in &mut senders {
-            let frame = publish_frame(target, room, PROBE);
-            sink.send(Message::Text(frame.into())).await?;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let cpu_before = server.cpu_seconds()?;
-    let own_cpu_before = own_cpu_seconds()?;
-    let publish_start = Instant::now();
-    let per_sender = args.rate as f64 / senders.len() as f64;
-    let sent = Arc::new(AtomicU64::new(0));
-    let duration = Duration::from_secs(args.seconds);
-    let publishers: Vec<_> = senders
-        .into_iter()
-        .enumerate()
-        .map(|(s, (mut sink, room))| {
-            let sent = sent.clone();
-            tokio::spawn(async move {
-                // Spread the senders' schedules across one interval.
-                let interval = Duration::from_secs_f64(1.0 / per_sender);
-                let offset = interval.mul_f64(s as f64 / 100.0 % 1.0);
-                let mut k: u32 = 0;
-                loop {
-                    let due = publish_start + offset + interval * k;
-                    if due.duration_since(publish_start) >= duration {
-                        break;
-                    }
-                    tokio::time::sleep_until(due.into()).await;
-                    let body = (start.elapsed().as_micros() as u64).to_string();
-                    let frame = publish_frame(target, &room, &body);
-                    if sink.send(Message::Text(frame.into())).await.is_err() {
-                        break;
-                    }
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    k += 1;
+        let target = args.server.target;
+        let rooms = setup(args, &server.addr)
+            .await
+            .context("setting up groups")?;
+        let connections = args.groups * args.members;
+        let shared = Arc::new(Shared {
+            start: Instant::now(),
+            step_start_us: AtomicU64::new(u64::MAX),
+            delivered: Arc::default(),
+            probed: (0..args.groups).map(|_| AtomicUsize::new(0)).collect(),
+            latencies: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
+        });
+        let mut session = Session {
+            target,
+            members: args.members,
+            connections,
+            shared,
+            senders: Vec::with_capacity(args.groups),
+            readers: Vec::with_capacity(connections),
+        };
+        // tungstenite zeroes its whole read buffer before every read: at the
+        // default 128 KiB that was most of the generator's CPU. Frames here
+        // are small. No Nagle: a send must not wait for the last one's ack.
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+        // Connect everyone in batches, so the accept backlog is never overrun.
+        for batch in (0..connections).collect::<Vec<_>>().chunks(200) {
+            let opened = futures_util::future::join_all(batch.iter().map(|&i| {
+                let url = wire::url(target, &server.addr, &format!("u{i}"));
+                async move {
+                    let opened = tokio_tungstenite::connect_async_with_config(
+                        url.as_str(),
+                        Some(config),
+                        true,
+                    );
+                    (i, opened.await)
                 }
-                sink
-            })
-        })
-        .collect();
-    let mut sinks = Vec::new();
-    for p in publishers {
-        sinks.push(p.await?);
+            }))
+            .await;
+            for (i, socket) in opened {
+                let (mut socket, _) = socket.with_context(|| format!("connecting u{i}"))?;
+                let group = i / args.members;
+                let room = &rooms[group];
+                if let Some(join) = wire::join_frame(target, room) {
+                    socket.send(Message::Text(join.into())).await?;
+                }
+                let reader = Reader {
+                    shared: session.shared.clone(),
+                    target,
+                    group,
+                    shard: i % SHARDS,
+                    seen_probe: false,
+                    carry: Vec::new(),
+                };
+                // Only senders split their socket: a split stream takes a
+                // lock on every poll.
+                let read = if i % args.members == 0 {
+                    let (sink, stream) = socket.split();
+                    session.senders.push(Sender {
+                        sink,
+                        publish: Publish::new(target, room),
+                    });
+                    tokio::spawn(reader.run(stream))
+                } else {
+                    tokio::spawn(reader.run(socket))
+                };
+                session.readers.push(read);
+            }
+        }
+        session.probe().await?;
+        Ok(session)
     }
-    let sent = sent.load(Ordering::Relaxed);
-    let expected = sent * args.members as u64;
-    // Let what is in flight arrive, for at most five seconds.
-    let drain_deadline = Instant::now() + Duration::from_secs(5);
-    while delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let elapsed = publish_start.elapsed().as_secs_f64();
-    let cpu = server.cpu_seconds()? - cpu_before;
-    let own_cpu = own_cpu_seconds()? - own_cpu_before;
-    let got = delivered.load(Ordering::Relaxed);
-    let _ = stop.send(true);
-    for reader in readers {
-        let _ = reader.await;
-    }
-    for mut sink in sinks {
-        let _ = sink.close().await;
-    }
-    let latencies = latencies.lock().await;
-    Ok(RoomsResult {
-        target,
-        connections,
-        rate: args.rate,
-        sent,
-        delivered: got,
-        lost: expected.saturating_sub(got),
-        delivered_per_sec: got as f64 / elapsed,
-        latency: Latency::of(&latencies),
-        server_cpu_seconds: cpu,
-        server_cpu_us_per_delivery: cpu * 1e6 / got.max(1) as f64,
-        server_peak_rss_mib: server.peak_rss_kib()? as f64 / 1024.0,
-        generator_cpu_seconds: own_cpu,
-        generator_cpu_us_per_delivery: own_cpu * 1e6 / got.max(1) as f64,
-    })
-}
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// Runs rooms against each target in turn, `runs` times, and prints the
-/// median of each figure per target and Tidings' figure over each peer's.
-pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<()> {
-    anyhow::ensure!(runs > 0, "--runs must be at least 1");
-    let targets = [
-        Target::Baseline,
-        Target::Tidings,
-        Target::NodeWs,
-        Target::Nats,
-    ];
-    let mut results: Vec<Vec<RoomsResult>> = targets.iter().map(|_| Vec::new()).collect();
-    for run in 0..runs {
-        for (t, target) in targets.iter().enumerate() {
-            let mut args = args.clone();
-            args.server.target = *target;
-            let server = Server::start(&args.server, &["--auth-secret", SECRET]).await?;
-            let result = measure(&args, &server).await;
-            server.stop().await;
-            let result = result?;
-            print(&format!("run {} of {runs}: {target:?}", run + 1), &result);
-            results[t].push(result);
+    /// Every connection is subscribed once it has received a probe from
+    /// its group: probe the groups that are not complete until all are,
+    /// for at most 30 seconds.
+    async fn probe(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut waiting = false;
+            for (group, sender) in self.senders.iter_mut().enumerate() {
+                if self.shared.probed[group].load(Ordering::Relaxed) < self.members {
+                    waiting = true;
+                    sender
+                        .sink
+                        .feed(Message::Text(sender.publish.frame(PROBE)))
+                        .await?;
+                }
+            }
+            if !waiting {
+                return Ok(());
+            }
+            for sender in &mut self.senders {
+                sender.sink.flush().await?;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "not every connection was subscribed in time"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let figure =
-        |t: usize, f: &dyn Fn(&RoomsResult) -> f64| median(results[t].iter().map(f).collect());
-    let figures: [(&str, &dyn Fn(&RoomsResult) -> f64); 7] = [
-        ("delivered_per_sec", &|r| r.delivered_per_sec),
-        ("lost", &|r| r.lost as f64),
-        ("p50_ms", &|r| r.latency.p50_ms),
-        ("p99_ms", &|r| r.latency.p99_ms),
-        ("server_cpu_us_per_delivery", &|r| {
-            r.server_cpu_us_per_delivery
-        }),
-        ("server_peak_rss_mib", &|r| r.server_peak_rss_mib),
-        ("generator_cpu_us_per_delivery", &|r| {
-            r.generator_cpu_us_per_delivery
-        }),
-    ];
-    println!(
-        "medians of {runs} runs, {} connections, {} msg/s offered",
-        args.groups * args.members,
-        args.rate
-    );
-    println!(
-        "  {:<30} {:>10} {:>10} {:>10} {:>10}   tidings over baseline / node-ws / nats",
-        "figure", "baseline", "tidings", "node-ws", "nats"
-    );
-    let mut json = serde_json::Map::new();
-    for (name, f) in figures {
-        let m: Vec<f64> = (0..targets.len()).map(|t| figure(t, f)).collect();
-        let over = |peer: f64| if peer == 0.0 { f64::NAN } else { m[1] / peer };
-        println!(
-            "  {name:<30} {:>10.2} {:>10.2} {:>10.2} {:>10.2}   {:.2} / {:.2} / {:.2}",
-            m[0],
-            m[1],
-            m[2],
-            m[3],
-            over(m[0]),
-            over(m[2]),
-            over(m[3])
-        );
-        json.insert(
-            name.into(),
-            serde_json::json!({
-                "baseline": m[0], "tidings": m[1], "node_ws": m[2], "nats": m[3],
-                "tidings_over_baseline": over(m[0]),
-                "tidings_over_node_ws": over(m[2]),
-                "tidings_over_nats": over(m[3]),
-            }),
-        );
+
+    /// Publishes at `rate` messages per second in total for `seconds`,
+    /// waits for what is in flight, and reports.
+    pub(crate) async fn step(
+        &mut self,
+        server: &Server,
+        rate: u64,
+        seconds: u64,
+    ) -> anyhow::Result<RoomsResult> {
+        anyhow::ensure!(rate > 0 && seconds > 0, "need a rate and a duration");
+        let shared = self.shared.clone();
+        shared
+            .step_start_us
+            .store(shared.now_us(), Ordering::Relaxed);
+        shared.delivered.store(0, Ordering::Relaxed);
+        drop(shared.take_latencies());
+        let cpu_before = server.cpu_seconds()?;
+        let own_cpu_before = own_cpu_seconds()?;
+        let publish_start = Instant::now();
+        let duration = Duration::from_secs(seconds);
+        let senders = std::mem::take(&mut self.senders);
+        let interval = Duration::from_secs_f64(senders.len() as f64 / rate as f64);
+        let count = senders.len() as u32;
+        let sent = Arc::new(AtomicU64::new(0));
+        let publishers: Vec<_> = senders
+            .into_iter()
+            .enumerate()
+            .map(|(s, mut sender)| {
+                let (sent, shared) = (sent.clone(), shared.clone());
+                // Spread the senders' schedules across one interval.
+                let offset = interval * s as u32 / count;
+                tokio::spawn(async move {
+                    let mut lag = histogram();
+                    let mut digits = [0; 20];
+                    let mut ok = true;
+                    for k in 0u32.. {
+                        let due = publish_start + offset + interval * k;
+                        if due.duration_since(publish_start) >= duration {
+                            break;
+                        }
+                        tokio::time::sleep_until(due.into()).await;
+                        let _ = lag.record(due.elapsed().as_micros().max(1) as u64);
+                        let body = wire::decimal(shared.now_us(), &mut digits);
+                        let frame = sender.publish.frame(body);
+                        if sender.sink.send(Message::Text(frame)).await.is_err() {
+                            ok = false;
+                            break;
+                        }
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (sender, lag, ok)
+                })
+            })
+            .collect();
+        let mut lags = histogram();
+        let mut senders_ok = true;
+        for publisher in publishers {
+            let (sender, lag, ok) = publisher.await?;
+            self.senders.push(sender);
+            lags.add(lag)?;
+            senders_ok &= ok;
+        }
+        anyhow::ensure!(senders_ok, "a sender's connection failed");
+        let sent = sent.load(Ordering::Relaxed);
+        let expected = sent * self.members as u64;
+        let drain_deadline = Instant::now() + DRAIN;
+        while shared.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let elapsed = publish_start.elapsed().as_secs_f64();
+        let cpu = server.cpu_seconds()? - cpu_before;
+        let own_cpu = own_cpu_seconds()? - own_cpu_before;
+        let got = shared.delivered.load(Ordering::Relaxed);
+        let latencies = shared.take_latencies();
+        Ok(RoomsResult {
+            target: self.target,
+            connections: self.connections,
+            rate,
+            sent,
+            expected,
+            delivered: got,
+            lost: expected.saturating_sub(got),
+            delivered_per_sec: got as f64 / elapsed,
+            latency: Latency::of(&latencies),
+            send_lag_p99_ms: lags.value_at_quantile(0.99) as f64 / 1000.0,
+            server_cpu_seconds: cpu,
+            server_cpu_us_per_delivery: cpu * 1e6 / got.max(1) as f64,
+            server_peak_rss_mib: server.peak_rss_kib()? as f64 / 1024.0,
+            generator_cpu_seconds: own_cpu,
+            generator_cpu_us_per_delivery: own_cpu * 1e6 / got.max(1) as f64,
+        })
     }
-    println!("JSON {}", serde_json::Value::Object(json));
-    Ok(())
+
+    /// Closes every connection.
+    pub(crate) async fn close(self) {
+        for reader in &self.readers {
+            reader.abort();
+        }
+        for mut sender in self.senders {
+            let _ = tokio::time::timeout(Duration::from_secs(1), sender.sink.close()).await;
+        }
+        for reader in self.readers {
+            let _ = reader.await;
+        }
+    }
 }

@@ -1,0 +1,86 @@
+//! `compare`: rooms against every target, several runs at one rate,
+//! interleaved, as medians and the ratio of Tidings' figure to each peer's.
+
+use crate::report::print;
+use crate::rooms::{self, Args, RoomsResult};
+use crate::Target;
+
+/// Baseline first: the ceiling the others are read against.
+const TARGETS: [Target; 4] = [
+    Target::Baseline,
+    Target::Tidings,
+    Target::NodeWs,
+    Target::Nats,
+];
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Runs rooms against each target in turn, `runs` times, and prints the
+/// median of each figure per target and Tidings' figure over each peer's.
+pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(runs > 0, "--runs must be at least 1");
+    let targets = TARGETS;
+    let mut results: Vec<Vec<RoomsResult>> = targets.iter().map(|_| Vec::new()).collect();
+    for run in 0..runs {
+        for (t, target) in targets.iter().enumerate() {
+            let mut args = args.clone();
+            args.server.target = *target;
+            let result = rooms::run(args).await?;
+            print(&format!("run {} of {runs}: {target:?}", run + 1), &result);
+            results[t].push(result);
+        }
+    }
+    let figure =
+        |t: usize, f: &dyn Fn(&RoomsResult) -> f64| median(results[t].iter().map(f).collect());
+    let figures: [(&str, &dyn Fn(&RoomsResult) -> f64); 7] = [
+        ("delivered_per_sec", &|r| r.delivered_per_sec),
+        ("lost", &|r| r.lost as f64),
+        ("p50_ms", &|r| r.latency.p50_ms),
+        ("p99_ms", &|r| r.latency.p99_ms),
+        ("server_cpu_us_per_delivery", &|r| {
+            r.server_cpu_us_per_delivery
+        }),
+        ("server_peak_rss_mib", &|r| r.server_peak_rss_mib),
+        ("generator_cpu_us_per_delivery", &|r| {
+            r.generator_cpu_us_per_delivery
+        }),
+    ];
+    println!(
+        "medians of {runs} runs, {} connections, {} msg/s offered",
+        args.groups * args.members,
+        args.rate
+    );
+    println!(
+        "  {:<30} {:>10} {:>10} {:>10} {:>10}   tidings over baseline / node-ws / nats",
+        "figure", "baseline", "tidings", "node-ws", "nats"
+    );
+    let mut json = serde_json::Map::new();
+    for (name, f) in figures {
+        let m: Vec<f64> = (0..targets.len()).map(|t| figure(t, f)).collect();
+        let over = |peer: f64| if peer == 0.0 { f64::NAN } else { m[1] / peer };
+        println!(
+            "  {name:<30} {:>10.2} {:>10.2} {:>10.2} {:>10.2}   {:.2} / {:.2} / {:.2}",
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            over(m[0]),
+            over(m[2]),
+            over(m[3])
+        );
+        json.insert(
+            name.into(),
+            serde_json::json!({
+                "baseline": m[0], "tidings": m[1], "node_ws": m[2], "nats": m[3],
+                "tidings_over_baseline": over(m[0]),
+                "tidings_over_node_ws": over(m[2]),
+                "tidings_over_nats": over(m[3]),
+            }),
+        );
+    }
+    println!("JSON {}", serde_json::Value::Object(json));
+    Ok(())
+}
