@@ -11,6 +11,7 @@ mod catchup;
 mod compare;
 mod idle;
 mod process;
+mod progress;
 mod report;
 mod rooms;
 mod wire;

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message};
 use crate::process::{own_cpu_seconds, Server};
 use crate::report::{histogram, Latency};
 use crate::wire::{self, Publish, PROBE};
-use crate::{ServerArgs, Target};
+use crate::{progress, ServerArgs, Target};
 
 /// The secret the bench starts Tidings with, to sign its users' tokens.
 pub(crate) const SECRET: &str = "tidings-bench-secret";
@@ -285,6 +285,7 @@ impl Session {
         // are small. No Nagle: a send must not wait for the last one's ack.
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
         // Connect everyone in batches, so the accept backlog is never overrun.
+        let bar = progress::connecting(connections);
         for batch in (0..connections).collect::<Vec<_>>().chunks(200) {
             let opened = futures_util::future::join_all(batch.iter().map(|&i| {
                 let url = wire::url(target, &server.addr, &format!("u{i}"));
@@ -326,8 +327,10 @@ impl Session {
                     tokio::spawn(reader.run(socket))
                 };
                 session.readers.push(read);
+                bar.inc(1);
             }
         }
+        bar.finish_and_clear();
         session.probe().await?;
         Ok(session)
     }
@@ -385,6 +388,8 @@ impl Session {
         let interval = Duration::from_secs_f64(senders.len() as f64 / rate as f64);
         let count = senders.len() as u32;
         let sent = Arc::new(AtomicU64::new(0));
+        let progress =
+            progress::Publishing::start(rate * seconds, sent.clone(), shared.delivered.clone());
         let publishers: Vec<_> = senders
             .into_iter()
             .enumerate()
@@ -431,6 +436,7 @@ impl Session {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        drop(progress);
         let elapsed = publish_start.elapsed().as_secs_f64();
         let cpu = server.cpu_seconds()? - cpu_before;
         let own_cpu = own_cpu_seconds()? - own_cpu_before;
