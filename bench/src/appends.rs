@@ -37,7 +37,7 @@ pub(crate) struct AppendsResult {
     pub(crate) server_cpu_seconds: f64,
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(
         args.senders > 0 && args.convs >= args.senders,
         "need convs >= senders > 0"
@@ -45,8 +45,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let server = Server::start(&args.server, &["--auth-secret", SECRET]).await?;
     let result = measure(&args, &server).await;
     server.stop().await;
-    print("appends", &result?);
-    Ok(())
+    let result = result?;
+    print("appends", &result);
+    Ok(serde_json::to_value(result)?)
 }
 
 async fn measure(args: &Args, server: &Server) -> anyhow::Result<AppendsResult> {

@@ -36,7 +36,7 @@ struct CatchupResult {
     events_per_second: f64,
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(args.convs > 0, "--convs must be at least 1");
     let server = Server::start(&args.server, &["--auth-secret", SECRET]).await?;
     let url = format!("ws://{}", server.addr);
@@ -85,15 +85,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let elapsed = start.elapsed().as_secs_f64();
     reader.close();
     server.stop().await;
-    print(
-        "catch-up",
-        &CatchupResult {
-            events: args.events,
-            convs: args.convs,
-            received,
-            sync_seconds: elapsed,
-            events_per_second: received as f64 / elapsed,
-        },
-    );
-    Ok(())
+    let result = CatchupResult {
+        events: args.events,
+        convs: args.convs,
+        received,
+        sync_seconds: elapsed,
+        events_per_second: received as f64 / elapsed,
+    };
+    print("catch-up", &result);
+    Ok(serde_json::to_value(result)?)
 }

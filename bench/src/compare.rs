@@ -20,7 +20,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Runs rooms against each target in turn, `runs` times, and prints the
 /// median of each figure per target and Tidings' figure over each peer's.
-pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<()> {
+pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(runs > 0, "--runs must be at least 1");
     let targets = TARGETS;
     let mut results: Vec<Vec<RoomsResult>> = targets.iter().map(|_| Vec::new()).collect();
@@ -81,6 +81,6 @@ pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<()> {
             }),
         );
     }
-    println!("JSON {}", serde_json::Value::Object(json));
-    Ok(())
+    json.insert("runs".into(), serde_json::to_value(&results)?);
+    Ok(serde_json::Value::Object(json))
 }

@@ -31,7 +31,7 @@ struct IdleResult {
     rss_per_connection_kib: f64,
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let server = Server::start(&args.server, &["--auth-secret", SECRET]).await?;
     let before = server.rss_kib()?;
     let start = Instant::now();
@@ -62,5 +62,5 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     drop(sockets);
     server.stop().await;
     print("idle", &result);
-    Ok(())
+    Ok(serde_json::to_value(result)?)
 }

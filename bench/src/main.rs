@@ -4,6 +4,8 @@
 //!
 //! Run with `make bench`, or e.g.
 //! `tidings-bench rooms --server target/release/tidings --rate 5000 --seconds 10`.
+//! Every command prints a table, then its result as a `JSON {...}` line,
+//! and with `--json PATH` writes that object to PATH too.
 
 mod appends;
 mod baseline;
@@ -26,6 +28,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Also write the result object (the `JSON` line) to this file.
+    #[arg(long, global = true, value_name = "PATH")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -90,17 +95,25 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        match cli.command {
+    let result = runtime.block_on(async {
+        Ok(Some(match cli.command {
             Command::Rooms(args) => {
-                report::print("rooms", &rooms::run(args).await?);
-                Ok(())
+                let result = rooms::run(args).await?;
+                report::print("rooms", &result);
+                serde_json::to_value(result)?
             }
-            Command::Appends(args) => appends::run(args).await,
-            Command::Idle(args) => idle::run(args).await,
-            Command::Catchup(args) => catchup::run(args).await,
-            Command::Compare { rooms, runs } => compare::compare(rooms, runs).await,
-            Command::BaselineServer { listen } => baseline::serve(listen).await,
-        }
-    })
+            Command::Appends(args) => appends::run(args).await?,
+            Command::Idle(args) => idle::run(args).await?,
+            Command::Catchup(args) => catchup::run(args).await?,
+            Command::Compare { rooms, runs } => compare::compare(rooms, runs).await?,
+            Command::BaselineServer { listen } => {
+                baseline::serve(listen).await?;
+                return anyhow::Ok(None);
+            }
+        }))
+    })?;
+    match result {
+        Some(result) => report::finish(&result, cli.json.as_deref()),
+        None => Ok(()),
+    }
 }

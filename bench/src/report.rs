@@ -1,5 +1,9 @@
-//! Results: one JSON object per run, and a table for people.
+//! Results: a table for people, and one JSON object per command, printed
+//! as a `JSON {...}` line and, with `--json PATH`, written to a file.
 
+use std::path::Path;
+
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -28,6 +32,7 @@ pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
+/// Prints `result` as a table of its fields under `title`.
 pub(crate) fn print<T: Serialize>(title: &str, result: &T) {
     let value = serde_json::to_value(result).expect("results serialize");
     println!("{title}");
@@ -36,5 +41,32 @@ pub(crate) fn print<T: Serialize>(title: &str, result: &T) {
             println!("  {key:<30} {v}");
         }
     }
-    println!("JSON {value}");
+}
+
+/// Prints the `JSON` line and, if asked, writes the same object to `path`
+/// (creating its directory).
+pub(crate) fn finish(result: &serde_json::Value, path: Option<&Path>) -> anyhow::Result<()> {
+    println!("JSON {result}");
+    if let Some(path) = path {
+        write_json(path, result)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Writes `value` as pretty JSON to `path`, creating its directory.
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    create_parent(path)?;
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// Creates the directory `path` goes in, if it has one.
+pub(crate) fn create_parent(path: &Path) -> anyhow::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
 }
