@@ -4,6 +4,7 @@
 //!
 //! Run with `make bench`, or e.g.
 //! `tidings-bench rooms --server target/release/tidings --rate 5000 --seconds 10`.
+//! `rooms --sweep` finds the highest rate within a p99 latency bound.
 //! Every command prints a table, then its result as a `JSON {...}` line,
 //! and with `--json PATH` writes that object to PATH too.
 
@@ -16,6 +17,7 @@ mod process;
 mod progress;
 mod report;
 mod rooms;
+mod sweep;
 mod wire;
 
 use std::path::PathBuf;
@@ -37,7 +39,8 @@ struct Cli {
 enum Command {
     /// Rooms: C connections in G groups; senders publish at a fixed total
     /// rate; measures deliveries, losses, latency, and server and generator
-    /// CPU per delivery.
+    /// CPU per delivery. With --sweep: the highest rate whose p99 latency
+    /// stays within --p99-bound-ms.
     Rooms(rooms::Args),
     /// Appends: W senders over K conversations, each waiting for its ack.
     Appends(appends::Args),
@@ -97,6 +100,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let result = runtime.block_on(async {
         Ok(Some(match cli.command {
+            Command::Rooms(args) if args.sweep.sweep => {
+                serde_json::to_value(sweep::sweep(&args).await?)?
+            }
             Command::Rooms(args) => {
                 let result = rooms::run(args).await?;
                 report::print("rooms", &result);

@@ -75,7 +75,9 @@ impl Server {
         })
     }
 
-    /// nats-server with a WebSocket listener on a free loopback port.
+    /// nats-server with a WebSocket listener on a free loopback port. The
+    /// bench's readers answer no PING, so the server's pings are spaced
+    /// beyond any run: a sweep keeps its connections for minutes.
     async fn start_nats(data: tempfile::TempDir) -> anyhow::Result<Server> {
         let free_port = || -> anyhow::Result<u16> {
             Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -88,6 +90,7 @@ impl Server {
             &config,
             format!(
                 "listen: \"127.0.0.1:{client_port}\"\nmax_payload: 65536\n\
+                 ping_interval: \"1h\"\n\
                  websocket {{ listen: \"127.0.0.1:{ws_port}\", no_tls: true }}\n"
             ),
         )?;

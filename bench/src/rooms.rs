@@ -4,7 +4,7 @@
 //! send-to-deliver latency. Bounded by `--seconds`.
 //!
 //! A [`Session`] connects everyone once and can then run several
-//! measurements ([`Session::step`]) at different rates, as a rate sweep would.
+//! measurements ([`Session::step`]) at different rates, as `--sweep` does.
 //! The generator runs on the same cores as the server, so its receive path
 //! finds bodies in the frame bytes in place and allocates nothing, and
 //! each step reports the generator's own CPU per delivery.
@@ -49,15 +49,18 @@ pub(crate) struct Args {
     /// Members per group; connections = groups × members.
     #[arg(long, default_value_t = 20)]
     pub(crate) members: usize,
-    /// Messages per second published in total.
+    /// Messages per second published in total (with --sweep: the first
+    /// rate tried).
     #[arg(long, default_value_t = 2000)]
     pub(crate) rate: u64,
-    /// How long to publish.
+    /// How long to publish (with --sweep: per step).
     #[arg(long, default_value_t = 10)]
     pub(crate) seconds: u64,
+    #[command(flatten)]
+    pub(crate) sweep: crate::sweep::SweepArgs,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct RoomsResult {
     pub(crate) target: Target,
     pub(crate) connections: usize,
@@ -146,6 +149,10 @@ struct Shared {
     step_start_us: AtomicU64,
     /// This step's deliveries.
     delivered: Arc<AtomicU64>,
+    /// Every body received, of any step: settled once this stops moving.
+    arrived: AtomicU64,
+    /// Readers whose connection is still open.
+    open: AtomicUsize,
     /// Per group, the members that have received a probe.
     probed: Vec<AtomicUsize>,
     latencies: Vec<Mutex<Histogram<u64>>>,
@@ -191,6 +198,7 @@ impl Reader {
                 _ => {}
             }
         }
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn frame(&mut self, data: &[u8]) {
@@ -214,6 +222,7 @@ impl Reader {
 
     fn body(&mut self, body: &[u8]) {
         let shared = &*self.shared;
+        shared.arrived.fetch_add(1, Ordering::Relaxed);
         if body == PROBE {
             if !self.seen_probe {
                 self.seen_probe = true;
@@ -269,6 +278,8 @@ impl Session {
             start: Instant::now(),
             step_start_us: AtomicU64::new(u64::MAX),
             delivered: Arc::default(),
+            arrived: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
             probed: (0..args.groups).map(|_| AtomicUsize::new(0)).collect(),
             latencies: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
         });
@@ -314,6 +325,7 @@ impl Session {
                     seen_probe: false,
                     carry: Vec::new(),
                 };
+                session.shared.open.fetch_add(1, Ordering::Relaxed);
                 // Only senders split their socket: a split stream takes a
                 // lock on every poll.
                 let read = if i % args.members == 0 {
@@ -459,6 +471,23 @@ impl Session {
             generator_cpu_seconds: own_cpu,
             generator_cpu_us_per_delivery: own_cpu * 1e6 / got.max(1) as f64,
         })
+    }
+
+    /// Waits until nothing has arrived for half a second, for at most ten:
+    /// false if messages still arrive then or a connection has closed,
+    /// and the next step would start behind.
+    pub(crate) async fn settle(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = self.shared.arrived.load(Ordering::Relaxed);
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = self.shared.arrived.load(Ordering::Relaxed);
+            if now == last {
+                return self.shared.open.load(Ordering::Relaxed) == self.connections;
+            }
+            last = now;
+        }
+        false
     }
 
     /// Closes every connection.
