@@ -1,9 +1,15 @@
-//! `compare`: rooms against every target, several runs at one rate,
-//! interleaved, as medians and the ratio of Tidings' figure to each peer's.
+//! `compare`: rooms against every target. Without `--sweep`, several runs
+//! at one rate, interleaved, as medians and the ratio of Tidings' figure to
+//! each peer's; with `--sweep`, each target's rate sweep in turn, a table of
+//! the highest rate each keeps within the bound, and the latency-versus-rate
+//! plot.
+
+use std::path::Path;
 
 use crate::report::print;
 use crate::rooms::{self, Args, RoomsResult};
-use crate::Target;
+use crate::sweep::{self, SweepResult};
+use crate::{plot, Target};
 
 /// Baseline first: the ceiling the others are read against.
 const TARGETS: [Target; 4] = [
@@ -83,4 +89,53 @@ pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<serde_jso
     }
     json.insert("runs".into(), serde_json::to_value(&results)?);
     Ok(serde_json::Value::Object(json))
+}
+
+/// Sweeps each target's rate in turn, prints the highest rate each keeps
+/// within the bound, and plots latency against rate to `plot_path`.
+pub(crate) async fn sweeps(args: Args, plot_path: &Path) -> anyhow::Result<serde_json::Value> {
+    let mut results: Vec<SweepResult> = Vec::new();
+    for target in TARGETS {
+        let mut args = args.clone();
+        args.server.target = target;
+        results.push(sweep::sweep(&args).await?);
+    }
+    let bound = args.sweep.p99_bound_ms;
+    println!(
+        "highest offered rate with p99 ≤ {bound} ms and ≥ 99% delivered, {} connections",
+        args.groups * args.members
+    );
+    println!(
+        "  {:<10} {:>10} {:>10} {:>10}",
+        "target", "msg/s", "p50_ms", "p99_ms"
+    );
+    for result in &results {
+        let best = result
+            .max_rate
+            .and_then(|rate| result.steps.iter().find(|s| s.result.rate == rate));
+        match best {
+            Some(step) => println!(
+                "  {:<10} {:>10} {:>10.2} {:>10.2}",
+                format!("{:?}", result.target),
+                format!(
+                    "{}{}",
+                    if result.bound_crossed { "" } else { "≥ " },
+                    step.result.rate
+                ),
+                step.result.latency.p50_ms,
+                step.result.latency.p99_ms
+            ),
+            None => println!("  {:<10} {:>10}", format!("{:?}", result.target), "none"),
+        }
+    }
+    plot::latency_vs_rate(plot_path, &results)?;
+    eprintln!("wrote {}", plot_path.display());
+    Ok(serde_json::json!({
+        "p99_bound_ms": bound,
+        "max_rate": results
+            .iter()
+            .map(|r| (format!("{:?}", r.target).to_lowercase(), r.max_rate.into()))
+            .collect::<serde_json::Map<_, _>>(),
+        "sweeps": results,
+    }))
 }

@@ -3,8 +3,9 @@
 //! 127.0.0.1.
 //!
 //! Run with `make bench`, or e.g.
-//! `tidings-bench rooms --server target/release/tidings --rate 5000 --seconds 10`.
-//! `rooms --sweep` finds the highest rate within a p99 latency bound.
+//! `tidings-bench rooms --server target/release/tidings --rate 5000 --seconds 10`;
+//! `rooms --sweep` finds the highest rate within a p99 latency bound, and
+//! `compare --sweep` plots latency against rate for every server.
 //! Every command prints a table, then its result as a `JSON {...}` line,
 //! and with `--json PATH` writes that object to PATH too.
 
@@ -13,6 +14,7 @@ mod baseline;
 mod catchup;
 mod compare;
 mod idle;
+mod plot;
 mod process;
 mod progress;
 mod report;
@@ -30,7 +32,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Also write the result object (the `JSON` line) to this file.
+    /// Also write the result object (the `JSON` line) to this file. For
+    /// `compare --sweep` it defaults to the plot's path with `.json`.
     #[arg(long, global = true, value_name = "PATH")]
     json: Option<PathBuf>,
 }
@@ -49,13 +52,18 @@ enum Command {
     /// Catch-up: time for a device that missed X events to be synced.
     Catchup(catchup::Args),
     /// Rooms against every target, several runs interleaved, as medians and
-    /// the ratio of Tidings' figure to each peer's.
+    /// the ratio of Tidings' figure to each peer's. With --sweep: each
+    /// target's rate sweep, and a plot of p99 and p50 latency against
+    /// offered rate, one line per server (--plot).
     Compare {
         #[command(flatten)]
         rooms: rooms::Args,
-        /// Runs per target.
-        #[arg(long, default_value_t = 3)]
+        /// Runs per target (not with --sweep: one sweep per target).
+        #[arg(long, default_value_t = 3, conflicts_with = "sweep")]
         runs: usize,
+        /// With --sweep: where to write the latency-versus-rate plot (SVG).
+        #[arg(long, default_value = "bench/results/rooms-latency.svg")]
+        plot: PathBuf,
     },
     /// The ceiling of our own stack: a room broadcast server on
     /// tokio-tungstenite with no actors and no storage.
@@ -98,6 +106,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let mut json_path = cli.json;
     let result = runtime.block_on(async {
         Ok(Some(match cli.command {
             Command::Rooms(args) if args.sweep.sweep => {
@@ -111,7 +120,11 @@ fn main() -> anyhow::Result<()> {
             Command::Appends(args) => appends::run(args).await?,
             Command::Idle(args) => idle::run(args).await?,
             Command::Catchup(args) => catchup::run(args).await?,
-            Command::Compare { rooms, runs } => compare::compare(rooms, runs).await?,
+            Command::Compare { rooms, plot, .. } if rooms.sweep.sweep => {
+                json_path.get_or_insert_with(|| plot.with_extension("json"));
+                compare::sweeps(rooms, &plot).await?
+            }
+            Command::Compare { rooms, runs, .. } => compare::compare(rooms, runs).await?,
             Command::BaselineServer { listen } => {
                 baseline::serve(listen).await?;
                 return anyhow::Ok(None);
@@ -119,7 +132,7 @@ fn main() -> anyhow::Result<()> {
         }))
     })?;
     match result {
-        Some(result) => report::finish(&result, cli.json.as_deref()),
+        Some(result) => report::finish(&result, json_path.as_deref()),
         None => Ok(()),
     }
 }

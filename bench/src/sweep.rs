@@ -18,8 +18,9 @@ use crate::Target;
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct SweepArgs {
-    /// Search for the highest rate, from --rate up, whose p99 latency
-    /// stays within --p99-bound-ms with ≥ 99% delivered.
+    /// Search for the highest rate whose p99 latency stays within
+    /// --p99-bound-ms with ≥ 99% delivered: from --rate, double (or halve)
+    /// until the bound is crossed, then bisect.
     #[arg(long)]
     pub(crate) sweep: bool,
     /// The p99 send-to-deliver latency a rate must stay within.
@@ -47,6 +48,9 @@ pub(crate) struct SweepResult {
     /// The highest offered rate that met the bound below every rate that
     /// did not, if any did.
     pub(crate) max_rate: Option<u64>,
+    /// Whether any step broke the bound: if none did, `max_rate` is only a
+    /// lower bound (start higher, or allow more steps).
+    pub(crate) bound_crossed: bool,
     /// In the order they ran.
     pub(crate) steps: Vec<Step>,
 }
@@ -159,6 +163,7 @@ pub(crate) async fn sweep(args: &Args) -> anyhow::Result<SweepResult> {
         seconds_per_step: args.seconds,
         p99_bound_ms: bound,
         max_rate: max_rate(&tried),
+        bound_crossed: tried.iter().any(|t| !t.1),
         steps,
     };
     print_table(&result);
@@ -191,8 +196,13 @@ fn print_table(result: &SweepResult) {
     }
     match result.max_rate {
         Some(rate) => println!(
-            "  highest rate within p99 ≤ {} ms: {rate} msg/s",
-            result.p99_bound_ms
+            "  highest rate within p99 ≤ {} ms: {}{rate} msg/s",
+            result.p99_bound_ms,
+            if result.bound_crossed {
+                ""
+            } else {
+                "at least "
+            }
         ),
         None => println!(
             "  no rate tried stayed within p99 ≤ {} ms",
