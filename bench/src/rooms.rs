@@ -440,7 +440,11 @@ impl Session {
             lags.add(lag)?;
             senders_ok &= ok;
         }
-        anyhow::ensure!(senders_ok, "a sender's connection failed");
+        if !senders_ok {
+            // Fewer sent than planned: a sweep counts the step as failed
+            // and restarts the server; a single run shows it in `sent`.
+            eprintln!("a sender's connection failed during the step");
+        }
         let sent = sent.load(Ordering::Relaxed);
         let expected = sent * self.members as u64;
         let drain_deadline = Instant::now() + DRAIN;
