@@ -203,41 +203,47 @@ impl Conversation {
     }
 
     /// Appends `events` (versions following the current one) with `extra`
-    /// writes, durably, then moves the state to `meta` and fans out.
+    /// writes, durably, then fans out. `changed` is the new meta when the
+    /// members or title change (it is written with the events); otherwise
+    /// only the version moves, and the log already records that.
     async fn commit(
         &mut self,
-        mut meta: ConvMeta,
+        mut changed: Option<ConvMeta>,
         events: Vec<(StoredEvent, Arc<[UserId]>)>,
         mut writes: WriteSet,
     ) -> Result<Vec<u64>> {
         let first = self.meta.as_ref().map_or(0, |m| m.version) + 1;
         let versions: Vec<u64> = (first..first + events.len() as u64).collect();
-        meta.version = first + events.len() as u64 - 1;
+        let last = first + events.len() as u64 - 1;
         let conv = self.id.as_str();
         for ((event, _), version) in events.iter().zip(&versions) {
             writes
                 .put(Cf::ConvLog, keys::versioned(conv, *version), event)
                 .map_err(internal)?;
         }
-        // Sends leave the meta as it was but for the version, which the log
-        // already records: only a change of members or title rewrites it.
-        let changed = self
-            .meta
-            .as_ref()
-            .is_none_or(|old| old.members != meta.members || old.title != meta.title);
-        if changed {
+        if let Some(meta) = &mut changed {
+            meta.version = last;
             writes
-                .put(Cf::ConvMeta, keys::entity(conv), &meta)
+                .put(Cf::ConvMeta, keys::entity(conv), meta)
                 .map_err(internal)?;
         }
         self.storage
             .commit(self.shard, writes)
             .await
             .map_err(internal)?;
-        if self.meta.as_ref().map(|m| &m.members) != Some(&meta.members) {
-            self.audience = Arc::from(meta.members.clone());
+        match changed {
+            Some(meta) => {
+                if self.meta.as_ref().map(|m| &m.members) != Some(&meta.members) {
+                    self.audience = Arc::from(meta.members.clone());
+                }
+                self.meta = Some(meta);
+            }
+            None => {
+                if let Some(meta) = &mut self.meta {
+                    meta.version = last;
+                }
+            }
         }
-        self.meta = Some(meta);
         self.metrics.events_committed.inc_by(events.len() as u64);
         for ((event, audience), version) in events.into_iter().zip(&versions) {
             self.publish(event.into_event(self.id.clone(), *version), audience);
@@ -288,7 +294,7 @@ impl Conversation {
             },
         };
         let versions = self
-            .commit(meta, vec![(event, Arc::from(members))], writes)
+            .commit(Some(meta), vec![(event, Arc::from(members))], writes)
             .await?;
         Ok(Created {
             conv: self.id.clone(),
@@ -336,7 +342,7 @@ impl Conversation {
         cmid: Option<Cmid>,
         expect: Option<u64>,
     ) -> Result<Ack> {
-        let meta = self.member_meta(&by)?.clone();
+        let version = self.member_meta(&by)?.version;
         if let Some(cmid) = &cmid {
             let key = keys::named(self.id.as_str(), cmid.as_str());
             if let Some(seen) = self
@@ -353,12 +359,12 @@ impl Conversation {
             }
         }
         if let Some(expect) = expect {
-            if expect != meta.version {
+            if expect != version {
                 let mut err = ErrorFrame::new(
                     ErrorCode::Conflict,
-                    format!("conversation is at version {}, not {expect}", meta.version),
+                    format!("conversation is at version {}, not {expect}", version),
                 );
-                err.current_version = Some(meta.version);
+                err.current_version = Some(version);
                 return Err(err);
             }
         }
@@ -366,7 +372,7 @@ impl Conversation {
         let mut writes = WriteSet::default();
         if let Some(cmid) = &cmid {
             let record = CmidRecord {
-                version: meta.version + 1,
+                version: version + 1,
                 ts,
             };
             writes
@@ -382,20 +388,19 @@ impl Conversation {
             from: by,
             kind: StoredKind::Message { body, cmid },
         };
-        self.append(meta, event, writes, Some(false)).await
+        self.append(event, writes, Some(false)).await
     }
 
     /// Appends one event for every member and acks it.
     async fn append(
         &mut self,
-        meta: ConvMeta,
         event: StoredEvent,
         writes: WriteSet,
         dup: Option<bool>,
     ) -> Result<Ack> {
         let ts = event.ts;
         let audience = self.audience.clone();
-        let versions = self.commit(meta, vec![(event, audience)], writes).await?;
+        let versions = self.commit(None, vec![(event, audience)], writes).await?;
         Ok(Ack {
             conv: self.id.clone(),
             version: versions[0],
@@ -443,7 +448,7 @@ impl Conversation {
         rev: u32,
         body: Option<String>,
     ) -> Result<Ack> {
-        let meta = self.member_meta(&by)?.clone();
+        self.member_meta(&by)?;
         let current = self.message_state(target)?;
         if current.from != by {
             return Err(ErrorFrame::new(
@@ -492,7 +497,7 @@ impl Conversation {
             from: by,
             kind,
         };
-        self.append(meta, event, writes, None).await
+        self.append(event, writes, None).await
     }
 
     async fn change_members(
@@ -555,7 +560,7 @@ impl Conversation {
                 dup: None,
             });
         }
-        let versions = self.commit(meta, events, writes).await?;
+        let versions = self.commit(Some(meta), events, writes).await?;
         Ok(Ack {
             conv: self.id.clone(),
             version: *versions.last().expect("at least one event"),
