@@ -120,7 +120,12 @@ pub(crate) async fn sweep(args: &Args) -> anyhow::Result<SweepResult> {
             };
             if live.is_none() {
                 let server = Server::start(&args.server, &["--auth-secret", SECRET]).await?;
-                match Session::open(args, &server).await {
+                let opened = async {
+                    let mut session = Session::open(args, &server).await?;
+                    session.warm_up(&server, rate).await?;
+                    anyhow::Ok(session)
+                };
+                match opened.await {
                     Ok(session) => live = Some((server, session)),
                     Err(e) => {
                         server.stop().await;
