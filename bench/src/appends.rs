@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tidings_protocol::client::{Client, ClientConfig};
 
-use crate::process::Server;
+use crate::process::{own_cpu_seconds, Server};
 use crate::report::{histogram, print, Latency};
 use crate::rooms::{token, SECRET};
 use crate::ServerArgs;
@@ -35,6 +35,12 @@ pub(crate) struct AppendsResult {
     pub(crate) acked_per_sec: f64,
     pub(crate) ack_latency: Latency,
     pub(crate) server_cpu_seconds: f64,
+    pub(crate) server_cpu_us_per_ack: f64,
+    pub(crate) generator_cpu_us_per_ack: f64,
+    /// The rate at which the server and this generator together would keep
+    /// every core of the machine busy: no server can be measured above it
+    /// here, however fast.
+    pub(crate) machine_ceiling_acks_per_sec: f64,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
@@ -64,6 +70,7 @@ async fn measure(args: &Args, server: &Server) -> anyhow::Result<AppendsResult> 
         clients.push((client, convs));
     }
     let cpu_before = server.cpu_seconds()?;
+    let own_before = own_cpu_seconds()?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.seconds);
     let tasks: Vec<_> = clients
@@ -88,12 +95,20 @@ async fn measure(args: &Args, server: &Server) -> anyhow::Result<AppendsResult> 
         all.add(task.await??)?;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let server_cpu = server.cpu_seconds()? - cpu_before;
+    let own_cpu = own_cpu_seconds()? - own_before;
+    let acked = all.len();
+    let per_ack = |cpu: f64| cpu * 1e6 / acked.max(1) as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     Ok(AppendsResult {
         senders: args.senders,
         convs: args.convs,
-        acked: all.len(),
-        acked_per_sec: all.len() as f64 / elapsed,
+        acked,
+        acked_per_sec: acked as f64 / elapsed,
         ack_latency: Latency::of(&all),
-        server_cpu_seconds: server.cpu_seconds()? - cpu_before,
+        server_cpu_seconds: server_cpu,
+        server_cpu_us_per_ack: per_ack(server_cpu),
+        generator_cpu_us_per_ack: per_ack(own_cpu),
+        machine_ceiling_acks_per_sec: cores * 1e6 / (per_ack(server_cpu) + per_ack(own_cpu)),
     })
 }
