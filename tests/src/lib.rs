@@ -4,6 +4,8 @@
 //!
 //! Every wait polls with a deadline; nothing sleeps for a condition.
 
+pub mod process;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;

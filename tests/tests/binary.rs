@@ -2,56 +2,20 @@
 //! shutting down cleanly on SIGTERM, and losing nothing acknowledged to
 //! SIGKILL.
 //!
-//! `make test` builds the binary first; `TIDINGS_BIN` may point elsewhere.
+//! `make test` builds the binary first; `TIDINGS_BIN` may point elsewhere
+//! (see `tidings_tests::process`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 
 use serde_json::{json, Value};
-use tidings_tests::{token, Closed, Ws, API_KEY, SECRET, WAIT};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tidings_tests::process::{self, binary};
+use tidings_tests::{token, Closed, Ws, WAIT};
 use tokio::process::{Child, Command};
-
-fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("TIDINGS_BIN") {
-        return path.into();
-    }
-    // target/debug/deps/binary-<hash> → target/debug/tidings
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("tidings");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first with `cargo build --workspace --bins` (make test does)",
-        path.display()
-    );
-    path
-}
 
 /// Starts the binary on port 0 over `data` and returns it with its address.
 async fn start(data: &Path) -> (Child, String) {
-    let mut child = Command::new(binary())
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .env("TIDINGS_AUTH_SECRET", SECRET)
-        .env("TIDINGS_API_KEY", API_KEY)
-        .env("TIDINGS_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .expect("the node says where it listens")
-        .unwrap()
-        .expect("a line on stdout");
-    let addr = line
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (child, addr)
+    process::spawn(data, std::iter::empty::<&str>()).await
 }
 
 #[tokio::test]
