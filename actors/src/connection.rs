@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
 use tidings_protocol::{ClientEnvelope, ErrorCode, ErrorFrame, ServerFrame, UserId};
 
 use crate::metrics::Metrics;
@@ -83,6 +84,7 @@ pub struct Connection {
 
 /// A text frame from the client; the reply port answers once it is served,
 /// so the socket reader reads the next frame only then.
+#[derive(RactorMessage)]
 pub struct Inbound {
     pub text: String,
     pub done: RpcReplyPort<()>,

@@ -10,9 +10,15 @@
 //! │   │                           owns one conversation's version counter and log
 //! │   └── UserActor × n           started on demand, kept alive while a device is
 //! │                               connected; owns the user's notification log and
-//! │                               fans events out to the user's devices
-//! └── ConnectionActor × n         one per WebSocket; subscribes to its UserActor
-//!                                 through the router and serves the client's frames
+//! │                               keeps the list of the user's devices
+//! ├── ConnectionActor × n         one per WebSocket; subscribes to its UserActor
+//! │                               through the router and serves the client's frames
+//! ├── NodeServer (ractor_cluster) in a cluster only: the links to the other
+//! │                               nodes, one NodeSession each
+//! ├── PeerActor                   in a cluster only: this node's face to the others,
+//! │                               in the process group `tidings.peers`
+//! └── Membership                  in a cluster only: dials, re-dials with backoff,
+//!                                 closes the link to a peer that stops answering
 //! Storage                         one RocksDB, shared; a committer thread group-commits
 //! ```
 //!
@@ -24,6 +30,7 @@
 //! of its devices. Reads go the same way, so a conversation's actor is the
 //! one place that knows its state.
 
+pub mod cluster;
 pub mod codec;
 pub mod connection;
 pub mod conversation;

@@ -2,6 +2,7 @@
 //! they never cross nodes (replies carry client-safe [`ErrorFrame`]s).
 
 use ractor::RpcReplyPort;
+use ractor_cluster::RactorMessage;
 use tidings_protocol::frames::{ConvSummary, PresenceInfo, SyncedConv, SyncedNotifications};
 use tidings_protocol::{Cmid, ConvId, ErrorFrame, Event, UserId};
 
@@ -44,6 +45,7 @@ pub struct Page {
 }
 
 /// What a conversation actor is asked. `by` is the authenticated user.
+#[derive(RactorMessage)]
 pub enum ConvMsg {
     Create {
         by: UserId,
@@ -107,6 +109,7 @@ pub enum ConvMsg {
 }
 
 /// What a user actor is asked.
+#[derive(RactorMessage)]
 pub enum UserMsg {
     /// A device connected: fan the user's events out to it.
     Subscribe {
@@ -144,6 +147,7 @@ pub enum EntityKey {
 }
 
 /// What the router is asked. Every request for an entity goes through it.
+#[derive(RactorMessage)]
 pub enum RouterMsg {
     Conv(ConvId, ConvMsg),
     User(UserId, UserMsg),

@@ -66,6 +66,35 @@ pub struct Config {
     /// How long a request waits for its entity before `unavailable`.
     #[arg(long, env = "TIDINGS_CALL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub call_timeout: Duration,
+
+    /// This node's name in a cluster: letters, digits and '-', unique among
+    /// the nodes.
+    #[arg(long, env = "TIDINGS_NODE_ID", default_value = "n1")]
+    pub node_id: String,
+
+    /// Address for the other nodes of a cluster. Without it the node runs
+    /// alone.
+    #[arg(long, env = "TIDINGS_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<SocketAddr>,
+
+    /// Cluster addresses of the other nodes, comma-separated. They are
+    /// dialled, and re-dialled with backoff whenever the link drops.
+    #[arg(long, env = "TIDINGS_JOIN", value_delimiter = ',')]
+    pub join: Vec<SocketAddr>,
+
+    /// Secret shared by the nodes of a cluster; a node that does not know it
+    /// cannot join. Required with --cluster-listen.
+    #[arg(long, env = "TIDINGS_CLUSTER_COOKIE", hide_env_values = true)]
+    pub cluster_cookie: Option<String>,
+
+    /// Nodes that keep a copy of each shard.
+    #[arg(long, env = "TIDINGS_REPLICAS", default_value_t = 3)]
+    pub replicas: usize,
+
+    /// A peer that has not answered a heartbeat for this long is taken as
+    /// down and its link is closed and dialled again.
+    #[arg(long, env = "TIDINGS_PEER_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub peer_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +107,14 @@ pub enum ConfigError {
     HeartbeatTooShort { ping: Duration, timeout: Duration },
     #[error("--max-frame must be at least 1024 bytes")]
     FrameTooSmall,
+    #[error("--node-id {0:?} must be 1 to 32 letters, digits or '-'")]
+    BadNodeId(String),
+    #[error("--cluster-listen needs --cluster-cookie (or TIDINGS_CLUSTER_COOKIE), the secret every node of the cluster shares")]
+    NoClusterCookie,
+    #[error("--join needs --cluster-listen: a node joins a cluster on its own cluster address")]
+    JoinWithoutListen,
+    #[error("--join lists this node's own --cluster-listen address {0}")]
+    JoinsItself(SocketAddr),
 }
 
 impl Config {
@@ -125,6 +162,25 @@ impl Config {
         if self.max_frame < 1024 {
             return Err(ConfigError::FrameTooSmall);
         }
+        let id_ok = (1..=32).contains(&self.node_id.len())
+            && self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !id_ok {
+            return Err(ConfigError::BadNodeId(self.node_id.clone()));
+        }
+        if self.replicas == 0 || self.peer_timeout.is_zero() {
+            return Err(ConfigError::NotPositive("--replicas and --peer-timeout"));
+        }
+        match self.cluster_listen {
+            None if !self.join.is_empty() => return Err(ConfigError::JoinWithoutListen),
+            Some(_) if self.cluster_cookie.as_deref().is_none_or(str::is_empty) => {
+                return Err(ConfigError::NoClusterCookie)
+            }
+            Some(own) if self.join.contains(&own) => return Err(ConfigError::JoinsItself(own)),
+            _ => {}
+        }
         Ok(())
     }
 }
@@ -143,6 +199,52 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn a_cluster_needs_a_cookie_a_listen_address_and_a_sane_id() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["tidings", "--dev"];
+            args.extend_from_slice(extra);
+            Config::from_args(args).unwrap().validate()
+        };
+        parse(&[]).unwrap();
+        parse(&[
+            "--cluster-listen",
+            "127.0.0.1:9081",
+            "--cluster-cookie",
+            "c",
+            "--join",
+            "127.0.0.1:9082,127.0.0.1:9083",
+        ])
+        .unwrap();
+        assert!(matches!(
+            parse(&["--cluster-listen", "127.0.0.1:9081"]),
+            Err(ConfigError::NoClusterCookie)
+        ));
+        assert!(matches!(
+            parse(&["--join", "127.0.0.1:9082"]),
+            Err(ConfigError::JoinWithoutListen)
+        ));
+        assert!(matches!(
+            parse(&[
+                "--cluster-listen",
+                "127.0.0.1:9081",
+                "--cluster-cookie",
+                "c",
+                "--join",
+                "127.0.0.1:9081"
+            ]),
+            Err(ConfigError::JoinsItself(_))
+        ));
+        assert!(matches!(
+            parse(&["--node-id", "n 1"]),
+            Err(ConfigError::BadNodeId(_))
+        ));
+        assert!(matches!(
+            parse(&["--replicas", "0"]),
+            Err(ConfigError::NotPositive(_))
+        ));
     }
 
     #[test]

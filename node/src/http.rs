@@ -24,6 +24,7 @@ pub fn app(state: AppState) -> Router {
         .route("/app.css", get(assets::style))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/v1/cluster", get(cluster))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/dev/token", post(dev_token))
         .route(
@@ -121,6 +122,31 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "connections": state.metrics.connections.get(),
     }))
+}
+
+/// The nodes of the cluster as this node sees them; a node running alone
+/// lists itself.
+async fn cluster(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(cluster) = &state.cluster else {
+        return Ok(Json(json!({
+            "node": state.config.node_id,
+            "nodes": [{
+                "id": state.config.node_id,
+                "addr": null,
+                "state": "up",
+                "self": true,
+            }],
+        })));
+    };
+    let view = cluster.view().await.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "the cluster view did not answer in time",
+        )
+    })?;
+    Ok(Json(serde_json::to_value(view).map_err(|e| {
+        ApiError::new(ErrorCode::Internal, e.to_string())
+    })?))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

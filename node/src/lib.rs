@@ -22,6 +22,7 @@ use anyhow::Context;
 use ractor::ActorRef;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::RngCore;
+use tidings_actors::cluster::{Cluster, ClusterConfig};
 use tidings_actors::{EntityConfig, Metrics, RouterMsg, Service, Storage};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every open WebSocket, so shutdown can wait for them to close.
     pub tracker: TaskTracker,
+    /// The links to the other nodes, when this node is in a cluster.
+    pub cluster: Option<Cluster>,
 }
 
 /// A running node.
@@ -88,7 +91,22 @@ impl Node {
                 key
             })
         });
+        let cluster = match (config.cluster_listen, &config.cluster_cookie) {
+            (Some(listen), Some(cookie)) => Some(
+                Cluster::start(ClusterConfig {
+                    node_id: config.node_id.clone(),
+                    listen,
+                    join: config.join.clone(),
+                    cookie: cookie.clone(),
+                    peer_timeout: config.peer_timeout,
+                })
+                .await
+                .context("starting the cluster links")?,
+            ),
+            _ => None,
+        };
         let state = AppState {
+            cluster,
             service: Service::new(router.clone(), config.call_timeout),
             auth: Arc::new(auth::Auth::new(&secret, api_key)),
             config: Arc::new(config),
@@ -138,6 +156,9 @@ impl Node {
             tracing::warn!("some sockets did not close in time");
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+        if let Some(cluster) = &self.state.cluster {
+            cluster.stop();
+        }
         self.router
             .stop_children_and_wait(None, Some(Duration::from_secs(10)))
             .await;

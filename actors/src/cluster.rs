@@ -1,0 +1,141 @@
+//! The cluster: the links between nodes.
+//!
+//! Each node runs a ractor_cluster `NodeServer` on its cluster address, with
+//! the shared cookie, and one [`peer::PeerActor`] in the process group
+//! [`peer::GROUP`]: the only actor of a node that the others see. Entity
+//! actors never cross nodes (their messages are local-only), so a peer link
+//! carries no per-entity mirrors.
+//!
+//! ractor_cluster neither re-dials a lost peer nor notices a hung one (a
+//! frozen process keeps its TCP connections open, and the kernel waits for
+//! minutes). [`membership::Membership`] does both: it dials every node it
+//! knows of, again with exponential backoff whenever the link drops, pings
+//! each connected peer's `PeerActor`, and closes the link to a peer that has
+//! not answered for `peer_timeout`, so that it is redialled and seen as down
+//! meanwhile. Nodes started in any order thus form one cluster, and a node
+//! restarted with the same address joins again.
+
+pub mod membership;
+pub mod peer;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use ractor_cluster::{NodeServer, NodeServerMessage};
+use serde::Serialize;
+
+use membership::{Membership, MembershipArgs, MembershipMsg};
+use peer::{PeerActor, PeerMsg};
+
+/// What a node needs to take part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the cluster.
+    pub node_id: String,
+    /// The address the other nodes dial.
+    pub listen: SocketAddr,
+    /// The other nodes' cluster addresses.
+    pub join: Vec<SocketAddr>,
+    /// The secret every node shares.
+    pub cookie: String,
+    /// How long a peer may go without answering before it counts as down.
+    pub peer_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("starting the cluster listener: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+}
+
+/// Whether a node is reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Up,
+    Down,
+}
+
+/// One node as this node sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    /// Its node id, once a link to it has told us.
+    pub id: Option<String>,
+    pub addr: SocketAddr,
+    pub state: NodeState,
+    /// When it last changed state (ms since the Unix epoch).
+    pub since: u64,
+    /// Whether this is the node answering.
+    #[serde(rename = "self")]
+    pub local: bool,
+}
+
+/// The cluster as this node sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterView {
+    pub node: String,
+    pub nodes: Vec<NodeView>,
+}
+
+/// This node's part of the cluster: cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    membership: ActorRef<MembershipMsg>,
+    server: ActorRef<NodeServerMessage>,
+    peer: ActorRef<PeerMsg>,
+}
+
+impl Cluster {
+    /// Listens on `config.listen` and starts dialling the other nodes.
+    pub async fn start(config: ClusterConfig) -> Result<Cluster, ClusterError> {
+        // Peers learn our address from this host and the port: bracket an
+        // IPv6 address so that "host:port" parses back.
+        let host = match config.listen.ip() {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        let server = NodeServer::new(
+            config.listen.port(),
+            config.cookie.clone(),
+            config.node_id.clone(),
+            host,
+            None,
+            Some(ractor_cluster::node::NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr(config.listen.ip());
+        let (server, _) = Actor::spawn(None, server, ()).await?;
+        let (peer, _) = Actor::spawn(None, PeerActor, config.node_id.clone()).await?;
+        let (membership, _) = Actor::spawn(
+            None,
+            Membership,
+            MembershipArgs {
+                config,
+                server: server.clone(),
+            },
+        )
+        .await?;
+        Ok(Cluster {
+            membership,
+            server,
+            peer,
+        })
+    }
+
+    /// Every node this one knows of, and whether each is up.
+    pub async fn view(&self) -> Option<ClusterView> {
+        self.membership
+            .call(MembershipMsg::View, Some(Duration::from_secs(2)))
+            .await
+            .ok()?
+            .success_or(())
+            .ok()
+    }
+
+    /// Closes every link and stops listening.
+    pub fn stop(&self) {
+        self.membership.stop(None);
+        self.peer.stop(None);
+        self.server.stop(None);
+    }
+}
