@@ -136,6 +136,8 @@ impl WriteSet {
 /// The node's storage: cheap to clone, shared by every actor.
 #[derive(Clone)]
 pub struct Storage {
+    // Dropped before `committer`, whose last clone waits for the commit
+    // thread to close the database.
     db: Arc<DB>,
     committer: committer::Committer,
 }

@@ -21,8 +21,25 @@ enum Command {
 
 #[derive(Clone)]
 pub(super) struct Committer {
+    // Declared before `_thread`: the last clone drops its sender first, which
+    // lets the thread finish, and then waits for it.
     queue: mpsc::Sender<Command>,
     stats: Arc<Counters>,
+    _thread: Arc<Thread>,
+}
+
+/// Joins the commit thread when the last handle goes. The thread closes the
+/// database as it ends, so a dropped [`super::Storage`] is closed on return:
+/// a process that exits right after (a test binary, say) never tears RocksDB's
+/// globals down under a close still running on another thread.
+struct Thread(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Thread {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            let _ = handle.join();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -45,7 +62,7 @@ impl Committer {
         let (queue, rx) = mpsc::channel::<Command>();
         let stats = Arc::new(Counters::default());
         let counters = stats.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("tidings-commit".into())
             .spawn(move || {
                 let stopped = run(&db, &rx, &counters);
@@ -55,7 +72,11 @@ impl Committer {
                 }
             })
             .expect("spawn the commit thread");
-        Committer { queue, stats }
+        Committer {
+            queue,
+            stats,
+            _thread: Arc::new(Thread(Some(thread))),
+        }
     }
 
     pub(super) async fn commit(&self, writes: WriteSet) -> Result<(), StorageError> {
