@@ -77,8 +77,9 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_CLUSTER_LISTEN")]
     pub cluster_listen: Option<SocketAddr>,
 
-    /// Cluster addresses of the other nodes, comma-separated. They are
-    /// dialled, and re-dialled with backoff whenever the link drops.
+    /// Cluster addresses of the other nodes, comma-separated (this node's
+    /// own address, if listed, is skipped). They are dialled, and
+    /// re-dialled with backoff whenever the link drops.
     #[arg(long, env = "TIDINGS_JOIN", value_delimiter = ',')]
     pub join: Vec<SocketAddr>,
 
@@ -113,8 +114,6 @@ pub enum ConfigError {
     NoClusterCookie,
     #[error("--join needs --cluster-listen: a node joins a cluster on its own cluster address")]
     JoinWithoutListen,
-    #[error("--join lists this node's own --cluster-listen address {0}")]
-    JoinsItself(SocketAddr),
 }
 
 impl Config {
@@ -178,7 +177,6 @@ impl Config {
             Some(_) if self.cluster_cookie.as_deref().is_none_or(str::is_empty) => {
                 return Err(ConfigError::NoClusterCookie)
             }
-            Some(own) if self.join.contains(&own) => return Err(ConfigError::JoinsItself(own)),
             _ => {}
         }
         Ok(())
@@ -226,17 +224,16 @@ mod tests {
             parse(&["--join", "127.0.0.1:9082"]),
             Err(ConfigError::JoinWithoutListen)
         ));
-        assert!(matches!(
-            parse(&[
-                "--cluster-listen",
-                "127.0.0.1:9081",
-                "--cluster-cookie",
-                "c",
-                "--join",
-                "127.0.0.1:9081"
-            ]),
-            Err(ConfigError::JoinsItself(_))
-        ));
+        // One --join list can serve every node: a node skips its own address.
+        parse(&[
+            "--cluster-listen",
+            "127.0.0.1:9081",
+            "--cluster-cookie",
+            "c",
+            "--join",
+            "127.0.0.1:9081,127.0.0.1:9082",
+        ])
+        .unwrap();
         assert!(matches!(
             parse(&["--node-id", "n 1"]),
             Err(ConfigError::BadNodeId(_))

@@ -96,7 +96,12 @@ impl Node {
                 Cluster::start(ClusterConfig {
                     node_id: config.node_id.clone(),
                     listen,
-                    join: config.join.clone(),
+                    join: config
+                        .join
+                        .iter()
+                        .copied()
+                        .filter(|a| *a != listen)
+                        .collect(),
                     cookie: cookie.clone(),
                     peer_timeout: config.peer_timeout,
                 })

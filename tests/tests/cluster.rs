@@ -39,11 +39,8 @@ impl Member {
     }
 
     async fn start(&mut self, all: &[SocketAddr]) {
-        let join: Vec<String> = all
-            .iter()
-            .filter(|a| **a != self.cluster)
-            .map(ToString::to_string)
-            .collect();
+        // Every node gets the same list, its own address included.
+        let join: Vec<String> = all.iter().map(ToString::to_string).collect();
         let (child, http) = process::spawn(
             self.data.path(),
             [
