@@ -13,10 +13,11 @@ pub mod keys;
 pub mod records;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use futures_util::future::BoxFuture;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, DB};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
 use crate::shard::ShardId;
@@ -24,7 +25,7 @@ use crate::shard::ShardId;
 pub use committer::CommitStats;
 
 /// The column families, each named at open and checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Cf {
     /// conv → [`records::ConvMeta`]
     ConvMeta,
@@ -40,10 +41,14 @@ pub enum Cf {
     UserLog,
     /// user, conv → () : the conversations a user belongs to
     UserConvs,
+    /// shard, index → a Raft log entry (in a cluster)
+    RaftLog,
+    /// shard, tag → a shard's Raft vote, applied position and membership
+    RaftState,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 7] = [
+    pub const ALL: [Cf; 9] = [
         Cf::ConvMeta,
         Cf::ConvLog,
         Cf::ConvMessages,
@@ -51,6 +56,8 @@ impl Cf {
         Cf::UserMeta,
         Cf::UserLog,
         Cf::UserConvs,
+        Cf::RaftLog,
+        Cf::RaftState,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +69,8 @@ impl Cf {
             Cf::UserMeta => "user_meta",
             Cf::UserLog => "user_log",
             Cf::UserConvs => "user_convs",
+            Cf::RaftLog => "raft_log",
+            Cf::RaftState => "raft_state",
         }
     }
 }
@@ -99,10 +108,30 @@ pub enum StorageError {
     Layout(u8),
     #[error("storage is shut down")]
     Closed,
+    /// In a cluster: this node does not lead the shard, and nothing was
+    /// proposed; the write may be retried on the leader.
+    #[error("this node does not lead shard {0}")]
+    NotLeader(u16),
+    /// In a cluster: the write was proposed but its fate is unknown (the
+    /// leader changed or the majority stopped answering). Retrying with the
+    /// same `cmid` is safe.
+    #[error("replication did not confirm the write: {0}")]
+    Unconfirmed(String),
+}
+
+impl StorageError {
+    /// Whether the entity's in-memory state may no longer match storage:
+    /// the actor must reload before it writes again.
+    pub fn leaves_state_unknown(&self) -> bool {
+        matches!(
+            self,
+            StorageError::NotLeader(_) | StorageError::Unconfirmed(_)
+        )
+    }
 }
 
 /// One write of a [`WriteSet`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Write {
     Put {
         cf: Cf,
@@ -113,10 +142,17 @@ pub enum Write {
         cf: Cf,
         key: Vec<u8>,
     },
+    /// Every key in `[from, to)`.
+    DeleteRange {
+        cf: Cf,
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
 }
 
-/// The writes of one entity's change, committed atomically.
-#[derive(Debug, Clone, Default)]
+/// The writes of one entity's change, committed atomically. In a cluster
+/// it is also what a shard's Raft log carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteSet {
     pub writes: Vec<Write>,
 }
@@ -131,6 +167,20 @@ impl WriteSet {
     pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
         self.writes.push(Write::Delete { cf, key });
     }
+
+    pub fn delete_range(&mut self, cf: Cf, from: Vec<u8>, to: Vec<u8>) {
+        self.writes.push(Write::DeleteRange { cf, from, to });
+    }
+}
+
+/// Where a shard's writes go in a cluster: through the shard's Raft log.
+pub trait ReplicatedLog: Send + Sync + 'static {
+    /// Returns once `writes` are committed on a majority and applied here.
+    fn append(
+        &self,
+        shard: ShardId,
+        writes: WriteSet,
+    ) -> BoxFuture<'static, Result<(), StorageError>>;
 }
 
 /// The node's storage: cheap to clone, shared by every actor.
@@ -140,6 +190,7 @@ pub struct Storage {
     // thread to close the database.
     db: Arc<DB>,
     committer: committer::Committer,
+    replicated: Arc<OnceLock<Arc<dyn ReplicatedLog>>>,
 }
 
 impl Storage {
@@ -168,13 +219,89 @@ impl Storage {
             None => db.put(LAYOUT_KEY, [LAYOUT_VERSION])?,
         }
         let committer = committer::Committer::start(db.clone());
-        Ok(Storage { db, committer })
+        Ok(Storage {
+            db,
+            committer,
+            replicated: Arc::default(),
+        })
     }
 
-    /// Makes `writes` durable: returns once they are in the synced WAL.
+    /// From now on, [`Storage::commit`] goes through `log` (a node joining a
+    /// cluster, before it serves anything). Only the first call counts.
+    pub fn replicate_through(&self, log: Arc<dyn ReplicatedLog>) {
+        let _ = self.replicated.set(log);
+    }
+
+    /// Makes an entity's `writes` durable. On a single node: once they are
+    /// in the synced WAL. In a cluster: once the shard's Raft group has
+    /// committed them on a majority and this node has applied them.
     pub async fn commit(&self, shard: ShardId, writes: WriteSet) -> Result<(), StorageError> {
-        let _ = shard; // one local log for every shard on a single node
+        match self.replicated.get() {
+            Some(log) => log.append(shard, writes).await,
+            None => self.committer.commit(writes).await,
+        }
+    }
+
+    /// Writes to this node's disk only, synced (group commit): Raft's own
+    /// log and vote.
+    pub async fn commit_local(&self, writes: WriteSet) -> Result<(), StorageError> {
         self.committer.commit(writes).await
+    }
+
+    /// Writes to this node's disk only, in the WAL but not synced: what can
+    /// be rebuilt from a synced log after a crash (Raft's applied state).
+    pub fn write_unsynced(&self, writes: WriteSet) -> Result<(), StorageError> {
+        let mut batch = rocksdb::WriteBatch::default();
+        committer::add(&self.db, &mut batch, writes);
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// A value as stored, undecoded.
+    pub fn get_raw(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    /// Up to `limit` records with keys in `[from, to)`, in key order.
+    pub fn scan_raw(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, StorageError> {
+        let mut out = Vec::new();
+        let iter = self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(from, Direction::Forward));
+        for item in iter {
+            let (key, value) = item?;
+            if &*key >= to || out.len() == limit {
+                break;
+            }
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// The last record with a key in `[from, to)`.
+    pub fn last_raw(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Option<(Box<[u8]>, Box<[u8]>)>, StorageError> {
+        let mut iter = self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(to, Direction::Reverse));
+        while let Some(item) = iter.next().transpose()? {
+            let (key, value) = item;
+            if &*key >= to {
+                continue;
+            }
+            return Ok((&*key >= from).then_some((key, value)));
+        }
+        Ok(None)
     }
 
     /// Group commit figures since start.

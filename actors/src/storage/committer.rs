@@ -148,13 +148,16 @@ fn run(db: &DB, rx: &mpsc::Receiver<Command>, counters: &Counters) -> Option<one
     stop
 }
 
-fn add(db: &DB, batch: &mut WriteBatch, writes: WriteSet) {
+pub(super) fn add(db: &DB, batch: &mut WriteBatch, writes: WriteSet) {
     for write in writes.writes {
         match write {
             Write::Put { cf, key, value } => {
                 batch.put_cf(cf_handle(db, cf), key, value);
             }
             Write::Delete { cf, key } => batch.delete_cf(cf_handle(db, cf), key),
+            Write::DeleteRange { cf, from, to } => {
+                batch.delete_range_cf(cf_handle(db, cf), from, to);
+            }
         }
     }
 }

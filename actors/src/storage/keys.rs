@@ -29,6 +29,21 @@ pub fn named(id: &str, name: &str) -> Vec<u8> {
     key
 }
 
+/// `[shard be][index be]`: one entry of a shard's Raft log.
+pub fn raft_entry(shard: u16, index: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(10);
+    key.extend_from_slice(&shard.to_be_bytes());
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// `[shard be][tag]`: one of a shard's Raft records (vote, applied, …).
+pub fn raft_state(shard: u16, tag: u8) -> Vec<u8> {
+    let mut key = shard.to_be_bytes().to_vec();
+    key.push(tag);
+    key
+}
+
 /// The version at the end of a `versioned` key.
 pub fn version_of(key: &[u8]) -> Option<u64> {
     let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
