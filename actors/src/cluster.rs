@@ -18,7 +18,9 @@
 pub mod membership;
 pub mod peer;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
@@ -26,7 +28,7 @@ use ractor_cluster::{NodeServer, NodeServerMessage};
 use serde::Serialize;
 
 use membership::{Membership, MembershipArgs, MembershipMsg};
-use peer::{PeerActor, PeerMsg};
+use peer::{Handlers, PeerActor, PeerMsg};
 
 /// What a node needs to take part in a cluster.
 #[derive(Debug, Clone)]
@@ -78,12 +80,45 @@ pub struct ClusterView {
     pub nodes: Vec<NodeView>,
 }
 
+/// The peer actors of the nodes linked now, by node id: kept by
+/// [`membership::Membership`], read by whoever sends to another node.
+#[derive(Clone, Default)]
+pub struct Peers(Arc<RwLock<HashMap<String, ActorRef<PeerMsg>>>>);
+
+impl Peers {
+    pub fn get(&self, node: &str) -> Option<ActorRef<PeerMsg>> {
+        self.0.read().expect("peers lock").get(node).cloned()
+    }
+
+    /// The ids of the linked nodes.
+    pub fn names(&self) -> Vec<String> {
+        self.0.read().expect("peers lock").keys().cloned().collect()
+    }
+
+    /// Every linked node's peer actor.
+    pub fn all(&self) -> Vec<ActorRef<PeerMsg>> {
+        self.0
+            .read()
+            .expect("peers lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn replace(&self, peers: HashMap<String, ActorRef<PeerMsg>>) {
+        *self.0.write().expect("peers lock") = peers;
+    }
+}
+
 /// This node's part of the cluster: cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
     membership: ActorRef<MembershipMsg>,
     server: ActorRef<NodeServerMessage>,
     peer: ActorRef<PeerMsg>,
+    peers: Peers,
+    handlers: Arc<OnceLock<Handlers>>,
+    expected: usize,
 }
 
 impl Cluster {
@@ -105,13 +140,18 @@ impl Cluster {
         )
         .with_listen_addr(config.listen.ip());
         let (server, _) = Actor::spawn(None, server, ()).await?;
-        let (peer, _) = Actor::spawn(None, PeerActor, config.node_id.clone()).await?;
+        let handlers = Arc::new(OnceLock::new());
+        let (peer, _) =
+            Actor::spawn(None, PeerActor, (config.node_id.clone(), handlers.clone())).await?;
+        let peers = Peers::default();
+        let expected = config.join.len();
         let (membership, _) = Actor::spawn(
             None,
             Membership,
             MembershipArgs {
                 config,
                 server: server.clone(),
+                peers: peers.clone(),
             },
         )
         .await?;
@@ -119,7 +159,25 @@ impl Cluster {
             membership,
             server,
             peer,
+            peers,
+            handlers,
+            expected,
         })
+    }
+
+    /// The linked nodes' peer actors.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// How many other nodes the cluster was started with.
+    pub fn expected_peers(&self) -> usize {
+        self.expected
+    }
+
+    /// Starts serving other nodes' Raft, forwarded and delivery requests.
+    pub fn serve(&self, handlers: Handlers) {
+        let _ = self.handlers.set(handlers);
     }
 
     /// Every node this one knows of, and whether each is up.

@@ -20,7 +20,7 @@ use crate::messages::{Ack, ConvMsg, Created, EntityKey, HistoryPage, Page, Route
 use crate::metrics::Metrics;
 use crate::shard::{shard_of, ShardId};
 use crate::storage::records::{CmidRecord, ConvMeta, MessageState, StoredEvent, StoredKind};
-use crate::storage::{keys, Cf, Storage, WriteSet};
+use crate::storage::{keys, Cf, Storage, StorageError, WriteSet};
 
 pub struct ConversationActor;
 
@@ -35,6 +35,10 @@ pub struct Conversation {
     directory: Directory,
     metrics: Arc<Metrics>,
     idle: IdleClock,
+    /// A replicated commit failed without saying whether it took: this
+    /// actor's counter may be behind storage, so it stops and the next
+    /// request loads the conversation afresh.
+    stale: bool,
 }
 
 type Result<T> = std::result::Result<T, ErrorFrame>;
@@ -74,6 +78,7 @@ impl Actor for ConversationActor {
             directory: args.directory,
             metrics: args.metrics,
             idle,
+            stale: false,
         })
     }
 
@@ -166,6 +171,9 @@ impl Actor for ConversationActor {
             ConvMsg::Typing { by } => state.typing(by),
             ConvMsg::Tick | ConvMsg::Shutdown => unreachable!("handled above"),
         }
+        if state.stale {
+            myself.stop(Some("a write was not confirmed".into()));
+        }
         Ok(())
     }
 }
@@ -173,6 +181,21 @@ impl Actor for ConversationActor {
 fn internal(err: impl std::fmt::Display) -> ErrorFrame {
     tracing::error!(error = %err, "conversation storage failed");
     ErrorFrame::new(ErrorCode::Internal, "storage failed; nothing was written")
+}
+
+/// The client's error for a failed commit. A local write that failed wrote
+/// nothing; a replicated one may yet be committed, so the client is told to
+/// retry with the same `cmid`, which cannot apply it twice.
+pub(crate) fn commit_failed(err: StorageError) -> ErrorFrame {
+    if err.leaves_state_unknown() {
+        tracing::warn!(error = %err, "write not confirmed");
+        ErrorFrame::new(
+            ErrorCode::Unavailable,
+            "the write was not confirmed; retry it (with the same cmid)",
+        )
+    } else {
+        internal(err)
+    }
 }
 
 fn dedup(users: impl IntoIterator<Item = UserId>) -> Vec<UserId> {
@@ -227,10 +250,12 @@ impl Conversation {
                 .put(Cf::ConvMeta, keys::entity(conv), meta)
                 .map_err(internal)?;
         }
-        self.storage
-            .commit(self.shard, writes)
-            .await
-            .map_err(internal)?;
+        if let Err(err) = self.storage.commit(self.shard, writes).await {
+            // The write may still commit: what this actor holds can no
+            // longer be trusted, and it stops once the reply is out.
+            self.stale |= err.leaves_state_unknown();
+            return Err(commit_failed(err));
+        }
         match changed {
             Some(meta) => {
                 if self.meta.as_ref().map(|m| &m.members) != Some(&meta.members) {

@@ -21,6 +21,11 @@ use std::sync::{Arc, RwLock};
 use ractor::ActorId;
 use tidings_protocol::UserId;
 
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::peer::PeerMsg;
+use crate::cluster::Peers;
+use crate::codec;
 use crate::metrics::Metrics;
 use crate::outbound::{Frame, Outbound};
 
@@ -65,12 +70,31 @@ impl Devices {
     }
 }
 
+/// An event for the devices on another node: one message per node, naming
+/// the recipients, whoever and however many they are.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Delivery {
+    pub users: Vec<UserId>,
+    pub except: Option<UserId>,
+    pub frame: Vec<u8>,
+}
+
 #[derive(Clone, Default)]
 pub struct Directory {
     users: Arc<RwLock<HashMap<UserId, (ActorId, Arc<Devices>)>>>,
+    /// In a cluster, the other nodes, whose devices get every event too.
+    peers: Option<Peers>,
 }
 
 impl Directory {
+    /// A directory that also hands every event to the nodes in `peers`.
+    pub fn with_peers(peers: Peers) -> Directory {
+        Directory {
+            users: Arc::default(),
+            peers: Some(peers),
+        }
+    }
+
     /// Registers the devices of `user`, served by `actor`.
     pub(crate) fn insert(&self, user: UserId, actor: ActorId, devices: Arc<Devices>) {
         self.users
@@ -88,8 +112,44 @@ impl Directory {
     }
 
     /// Queues `frame` on every device of the online ones among `users`,
-    /// except `except`'s.
+    /// except `except`'s, here and, in a cluster, on every other node.
     pub fn deliver(
+        &self,
+        users: &[UserId],
+        except: Option<&UserId>,
+        frame: &Frame,
+        metrics: &Metrics,
+    ) {
+        self.deliver_here(users, except, frame, metrics);
+        let Some(peers) = &self.peers else { return };
+        let nodes = peers.all();
+        if nodes.is_empty() {
+            return;
+        }
+        let delivery = Delivery {
+            users: users.to_vec(),
+            except: except.cloned(),
+            frame: frame.to_vec(),
+        };
+        match codec::encode(&delivery) {
+            Ok(bytes) => {
+                for node in nodes {
+                    let _ = node.cast(PeerMsg::Deliver(bytes.clone()));
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "cannot encode a delivery"),
+        }
+    }
+
+    /// Queues a [`Delivery`] from another node on the devices here.
+    pub fn deliver_from_peer(&self, bytes: &[u8], metrics: &Metrics) {
+        match codec::decode::<Delivery>(bytes) {
+            Ok(d) => self.deliver_here(&d.users, d.except.as_ref(), &d.frame.into(), metrics),
+            Err(err) => tracing::warn!(error = %err, "undecodable delivery dropped"),
+        }
+    }
+
+    fn deliver_here(
         &self,
         users: &[UserId],
         except: Option<&UserId>,

@@ -39,6 +39,7 @@ pub mod entity;
 pub mod messages;
 pub mod metrics;
 pub mod outbound;
+pub mod replication;
 pub mod router;
 pub mod service;
 pub mod shard;
@@ -56,10 +57,12 @@ pub use service::Service;
 pub use storage::{Storage, StorageError};
 
 /// Starts the node's router over `storage`.
+/// Starts the node's router over `storage`; fan-out reaches `peers` too.
 pub async fn start_router(
     storage: Storage,
     config: EntityConfig,
     metrics: Arc<Metrics>,
+    peers: Option<cluster::Peers>,
 ) -> Result<(ActorRef<RouterMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
     Actor::spawn(
         None,
@@ -68,6 +71,9 @@ pub async fn start_router(
             storage,
             config,
             metrics,
+            directory: peers
+                .map(directory::Directory::with_peers)
+                .unwrap_or_default(),
         },
     )
     .await

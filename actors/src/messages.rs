@@ -6,20 +6,23 @@ use ractor_cluster::RactorMessage;
 use tidings_protocol::frames::{ConvSummary, PresenceInfo, SyncedConv, SyncedNotifications};
 use tidings_protocol::{Cmid, ConvId, ErrorFrame, Event, UserId};
 
+use serde::{Deserialize, Serialize};
+
 use crate::outbound::Outbound;
+use crate::shard::ShardId;
 
 /// A reply that is either what was asked or a client-safe error.
 pub type Reply<T> = RpcReplyPort<Result<T, ErrorFrame>>;
 
 /// A conversation was created or opened.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Created {
     pub conv: ConvId,
     pub version: u64,
 }
 
 /// A write was accepted and is durable.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     pub conv: ConvId,
     pub version: u64,
@@ -29,7 +32,7 @@ pub struct Ack {
 }
 
 /// A page of a conversation's log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryPage {
     pub conv: ConvId,
     pub version: u64,
@@ -37,7 +40,7 @@ pub struct HistoryPage {
 }
 
 /// Which part of a log a history request wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page {
     pub after: Option<u64>,
     pub before: Option<u64>,
@@ -168,4 +171,10 @@ pub enum RouterMsg {
     Census {
         reply: RpcReplyPort<(usize, usize)>,
     },
+    /// In a cluster: this node no longer leads the shard; stop its
+    /// conversation actors before their counters go stale.
+    ShardLost(ShardId),
+    /// In a cluster: an encoded [`crate::directory::Delivery`] from
+    /// another node, for the devices here.
+    Deliver(Vec<u8>),
 }

@@ -6,9 +6,10 @@
 //! stop request then queues behind everything already sent, and no request
 //! is ever dropped with a stopping actor.
 //!
-//! Entities map to shards ([`crate::shard`]); on a single node every shard
-//! is local. This is where requests for shards led by another node will be
-//! forwarded to that node's router.
+//! Entities map to shards ([`crate::shard`]). On a single node every shard
+//! is local; in a cluster, [`crate::service`] sends here only requests for
+//! shards this node leads, and the router stops a shard's conversation
+//! actors when the node stops leading it.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -23,6 +24,7 @@ use crate::directory::Directory;
 use crate::entity::{tick_every, EntityArgs, EntityConfig};
 use crate::messages::{ConvMsg, EntityKey, RouterMsg, UserMsg};
 use crate::metrics::Metrics;
+use crate::shard::shard_of;
 use crate::storage::Storage;
 use crate::user::UserActor;
 
@@ -32,6 +34,9 @@ pub struct RouterArgs {
     pub storage: Storage,
     pub config: EntityConfig,
     pub metrics: Arc<Metrics>,
+    /// Where fan-out finds devices: in a cluster, one that reaches the
+    /// other nodes too.
+    pub directory: Directory,
 }
 
 struct Slot<M> {
@@ -166,7 +171,7 @@ impl Actor for Router {
             convs: Slots::new(),
             users: Slots::new(),
             by_actor: HashMap::new(),
-            directory: Directory::default(),
+            directory: args.directory,
             storage: args.storage,
             config: args.config,
             metrics: args.metrics,
@@ -217,6 +222,18 @@ impl Actor for Router {
             }
             RouterMsg::Census { reply } => {
                 let _ = reply.send((state.convs.live.len(), state.users.live.len()));
+            }
+            RouterMsg::ShardLost(shard) => {
+                // Stopped at once: requests already queued to them fail and
+                // are retried by their clients on the new leader.
+                for (conv, slot) in &state.convs.live {
+                    if shard_of(conv.as_str()) == shard {
+                        slot.actor.stop(Some("shard leadership lost".into()));
+                    }
+                }
+            }
+            RouterMsg::Deliver(bytes) => {
+                state.directory.deliver_from_peer(&bytes, &state.metrics);
             }
         }
         Ok(())

@@ -5,7 +5,7 @@
 //! [`ErrorFrame`].
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use ractor::rpc::CallResult;
@@ -22,23 +22,57 @@ use tidings_protocol::{
 
 use crate::messages::{Ack, ConvMsg, Created, HistoryPage, Page, Reply, RouterMsg, UserMsg};
 use crate::outbound::Outbound;
+use crate::replication::{Replicator, Route};
+use forward::{forward, Answer, ConvOp, Forwarded, Op, Outcome, UserOp};
+
+pub mod forward;
 
 type Result<T> = std::result::Result<T, ErrorFrame>;
 
-/// A handle on the node's router; cheap to clone.
+/// A handle on the node's router and, in a cluster, on where each shard is
+/// led; cheap to clone.
 #[derive(Clone)]
 pub struct Service {
     router: ActorRef<RouterMsg>,
     timeout: Duration,
+    replicator: Option<Replicator>,
 }
 
 fn unavailable(message: &str) -> ErrorFrame {
     ErrorFrame::new(ErrorCode::Unavailable, message)
 }
 
+fn unexpected() -> ErrorFrame {
+    ErrorFrame::new(
+        ErrorCode::Internal,
+        "an entity gave an answer of the wrong kind",
+    )
+}
+
+/// How long to wait before asking again where a shard's leader is.
+const LEADER_POLL: Duration = Duration::from_millis(50);
+
 impl Service {
     pub fn new(router: ActorRef<RouterMsg>, timeout: Duration) -> Service {
-        Service { router, timeout }
+        Service {
+            router,
+            timeout,
+            replicator: None,
+        }
+    }
+
+    /// A service for a node in a cluster: requests go to the node that
+    /// leads the entity's shard.
+    pub fn clustered(
+        router: ActorRef<RouterMsg>,
+        timeout: Duration,
+        replicator: Replicator,
+    ) -> Service {
+        Service {
+            router,
+            timeout,
+            replicator: Some(replicator),
+        }
     }
 
     async fn call<T: Send + 'static>(
@@ -72,6 +106,200 @@ impl Service {
             .await?
     }
 
+    /// Runs `op` where its shard is led: here, or forwarded to the leader.
+    /// Waits for a leader up to the call timeout; a request that reached a
+    /// leader and got no answer is not sent again (it may have run), and
+    /// the client decides.
+    async fn run(&self, op: Op) -> Result<Answer> {
+        let Some(replicator) = &self.replicator else {
+            return self.local(op).await;
+        };
+        let shard = op.shard();
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match replicator.route(shard).await {
+                Route::Local => return self.local(op).await,
+                Route::Remote(leader) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    match forward(&leader, &op, wait).await {
+                        Outcome::Ran(result) => return result,
+                        Outcome::Retry => {}
+                        Outcome::Lost => {
+                            return Err(unavailable(
+                                "the shard's leader did not answer; retry (with the same cmid)",
+                            ))
+                        }
+                    }
+                }
+                Route::Unknown => {}
+            }
+            if Instant::now() + LEADER_POLL >= deadline {
+                return Err(unavailable(&format!(
+                    "shard {} has no reachable leader; retry",
+                    shard.0
+                )));
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+    }
+
+    /// Serves a request another node forwarded here, if this node leads
+    /// its shard.
+    pub async fn serve_forwarded(&self, bytes: &[u8]) -> Vec<u8> {
+        let answer = match serde_json::from_slice::<Op>(bytes) {
+            Err(err) => Forwarded::Ran(Err(ErrorFrame::bad_request(format!(
+                "undecodable forwarded request: {err}"
+            )))),
+            Ok(op) => match &self.replicator {
+                Some(replicator) => match replicator.route(op.shard()).await {
+                    Route::Local => Forwarded::Ran(self.local(op).await),
+                    _ => Forwarded::NotLeader,
+                },
+                None => Forwarded::NotLeader,
+            },
+        };
+        serde_json::to_vec(&answer).unwrap_or_default()
+    }
+
+    /// Runs `op` on this node's entity actor.
+    async fn local(&self, op: Op) -> Result<Answer> {
+        match op {
+            Op::Conv(conv, op) => match op {
+                ConvOp::Create { by, members, title } => self
+                    .conv(&conv, |reply| ConvMsg::Create {
+                        by,
+                        members,
+                        title,
+                        reply,
+                    })
+                    .await
+                    .map(Answer::Created),
+                ConvOp::OpenDirect { by } => self
+                    .conv(&conv, |reply| ConvMsg::OpenDirect { by, reply })
+                    .await
+                    .map(Answer::Created),
+                ConvOp::Send {
+                    by,
+                    body,
+                    cmid,
+                    expect,
+                } => self
+                    .conv(&conv, |reply| ConvMsg::Send {
+                        by,
+                        body,
+                        cmid,
+                        expect,
+                        reply,
+                    })
+                    .await
+                    .map(Answer::Ack),
+                ConvOp::Edit {
+                    by,
+                    target,
+                    rev,
+                    body,
+                } => self
+                    .conv(&conv, |reply| ConvMsg::Edit {
+                        by,
+                        target,
+                        rev,
+                        body,
+                        reply,
+                    })
+                    .await
+                    .map(Answer::Ack),
+                ConvOp::Delete { by, target, rev } => self
+                    .conv(&conv, |reply| ConvMsg::Delete {
+                        by,
+                        target,
+                        rev,
+                        reply,
+                    })
+                    .await
+                    .map(Answer::Ack),
+                ConvOp::Members { by, add, remove } => self
+                    .conv(&conv, |reply| ConvMsg::Members {
+                        by,
+                        add,
+                        remove,
+                        reply,
+                    })
+                    .await
+                    .map(Answer::Ack),
+                ConvOp::History { by, page } => self
+                    .conv(&conv, |reply| ConvMsg::History { by, page, reply })
+                    .await
+                    .map(Answer::History),
+                ConvOp::Summary { by } => self
+                    .conv(&conv, |reply| ConvMsg::Summary { by, reply })
+                    .await
+                    .map(Answer::Summary),
+                ConvOp::Catchup { by, after, limit } => self
+                    .conv(&conv, |reply| ConvMsg::Catchup {
+                        by,
+                        after,
+                        limit,
+                        reply,
+                    })
+                    .await
+                    .map(Answer::Synced),
+                ConvOp::Typing { by } => {
+                    let _ = self
+                        .router
+                        .cast(RouterMsg::Conv(conv, ConvMsg::Typing { by }));
+                    Ok(Answer::Done)
+                }
+            },
+            Op::User(user, op) => match op {
+                UserOp::Notify { payload } => self
+                    .user(&user, |reply| UserMsg::Notify { payload, reply })
+                    .await
+                    .map(Answer::Version),
+                UserOp::Notifications { after, limit } => self
+                    .user(&user, |reply| UserMsg::Notifications {
+                        after,
+                        limit,
+                        reply,
+                    })
+                    .await
+                    .map(Answer::Notifications),
+                UserOp::Conversations => self
+                    .user(&user, |reply| UserMsg::Conversations { reply })
+                    .await
+                    .map(Answer::Convs),
+            },
+        }
+    }
+
+    async fn conv_op(&self, conv: &ConvId, op: ConvOp) -> Result<Answer> {
+        self.run(Op::Conv(conv.clone(), op)).await
+    }
+
+    async fn user_op(&self, user: &UserId, op: UserOp) -> Result<Answer> {
+        self.run(Op::User(user.clone(), op)).await
+    }
+
+    async fn ack(&self, conv: &ConvId, op: ConvOp) -> Result<Ack> {
+        match self.conv_op(conv, op).await? {
+            Answer::Ack(ack) => Ok(ack),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn created(&self, conv: &ConvId, op: ConvOp) -> Result<Created> {
+        match self.conv_op(conv, op).await? {
+            Answer::Created(created) => Ok(created),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn convs_of(&self, user: &UserId) -> Result<Vec<ConvId>> {
+        match self.user_op(user, UserOp::Conversations).await? {
+            Answer::Convs(ids) => Ok(ids),
+            _ => Err(unexpected()),
+        }
+    }
+
     /// A new group conversation with `by` and `members`.
     pub async fn create(
         &self,
@@ -84,23 +312,16 @@ impl Service {
         let suffix = Alphanumeric.sample_string(&mut rand::rng(), 20);
         let conv = ConvId::group(&suffix)
             .map_err(|e| ErrorFrame::new(ErrorCode::Internal, e.to_string()))?;
-        self.conv(&conv, |reply| ConvMsg::Create {
-            by: by.clone(),
-            members,
-            title,
-            reply,
-        })
-        .await
+        let by = by.clone();
+        self.created(&conv, ConvOp::Create { by, members, title })
+            .await
     }
 
     /// The direct conversation of `by` and `other`, created on first use.
     pub async fn dm(&self, by: &UserId, other: &UserId) -> Result<Created> {
         let conv = ConvId::direct(by, other);
-        self.conv(&conv, |reply| ConvMsg::OpenDirect {
-            by: by.clone(),
-            reply,
-        })
-        .await
+        self.created(&conv, ConvOp::OpenDirect { by: by.clone() })
+            .await
     }
 
     pub async fn send(
@@ -112,13 +333,16 @@ impl Service {
         expect: Option<u64>,
     ) -> Result<Ack> {
         tidings_protocol::frames::validate_body(&body)?;
-        self.conv(conv, |reply| ConvMsg::Send {
-            by: by.clone(),
-            body,
-            cmid,
-            expect,
-            reply,
-        })
+        let by = by.clone();
+        self.ack(
+            conv,
+            ConvOp::Send {
+                by,
+                body,
+                cmid,
+                expect,
+            },
+        )
         .await
     }
 
@@ -131,24 +355,22 @@ impl Service {
         body: String,
     ) -> Result<Ack> {
         tidings_protocol::frames::validate_body(&body)?;
-        self.conv(conv, |reply| ConvMsg::Edit {
-            by: by.clone(),
-            target,
-            rev,
-            body,
-            reply,
-        })
+        let by = by.clone();
+        self.ack(
+            conv,
+            ConvOp::Edit {
+                by,
+                target,
+                rev,
+                body,
+            },
+        )
         .await
     }
 
     pub async fn delete(&self, by: &UserId, conv: &ConvId, target: u64, rev: u32) -> Result<Ack> {
-        self.conv(conv, |reply| ConvMsg::Delete {
-            by: by.clone(),
-            target,
-            rev,
-            reply,
-        })
-        .await
+        let by = by.clone();
+        self.ack(conv, ConvOp::Delete { by, target, rev }).await
     }
 
     pub async fn members(
@@ -160,13 +382,8 @@ impl Service {
     ) -> Result<Ack> {
         validate_members(&add)?;
         validate_members(&remove)?;
-        self.conv(conv, |reply| ConvMsg::Members {
-            by: by.clone(),
-            add,
-            remove,
-            reply,
-        })
-        .await
+        let by = by.clone();
+        self.ack(conv, ConvOp::Members { by, add, remove }).await
     }
 
     pub async fn history(
@@ -183,28 +400,29 @@ impl Service {
             before,
             limit,
         };
-        self.conv(conv, |reply| ConvMsg::History {
-            by: by.clone(),
-            page,
-            reply,
-        })
-        .await
+        let by = by.clone();
+        match self.conv_op(conv, ConvOp::History { by, page }).await? {
+            Answer::History(page) => Ok(page),
+            _ => Err(unexpected()),
+        }
     }
 
     /// The conversations `by` belongs to.
     pub async fn conversations(&self, by: &UserId) -> Result<Vec<ConvSummary>> {
-        let ids = self
-            .user(by, |reply| UserMsg::Conversations { reply })
-            .await?;
-        let summaries = join_all(ids.iter().map(|conv| {
-            self.conv(conv, |reply| ConvMsg::Summary {
-                by: by.clone(),
-                reply,
-            })
-        }))
+        let ids = self.convs_of(by).await?;
+        let summaries = join_all(
+            ids.iter()
+                .map(|conv| self.conv_op(conv, ConvOp::Summary { by: by.clone() })),
+        )
         .await;
         // A conversation left between the two reads is simply not listed.
-        Ok(summaries.into_iter().filter_map(Result::ok).collect())
+        Ok(summaries
+            .into_iter()
+            .filter_map(|answer| match answer {
+                Ok(Answer::Summary(summary)) => Some(summary),
+                _ => None,
+            })
+            .collect())
     }
 
     /// What `by` missed: events of every conversation after the versions
@@ -217,23 +435,18 @@ impl Service {
         limit: Option<u32>,
     ) -> Result<(Vec<SyncedConv>, SyncedNotifications)> {
         let limit = validate_limit(limit, DEFAULT_SYNC_LIMIT)?;
-        let ids = self
-            .user(by, |reply| UserMsg::Conversations { reply })
-            .await?;
+        let ids = self.convs_of(by).await?;
         let pages = join_all(ids.iter().map(|conv| {
             let after = seen.get(conv).copied();
-            self.conv(conv, move |reply| ConvMsg::Catchup {
-                by: by.clone(),
-                after,
-                limit,
-                reply,
-            })
+            let by = by.clone();
+            self.conv_op(conv, ConvOp::Catchup { by, after, limit })
         }))
         .await;
         let mut convs = Vec::with_capacity(pages.len());
         for page in pages {
             match page {
-                Ok(page) => convs.push(page),
+                Ok(Answer::Synced(page)) => convs.push(page),
+                Ok(_) => return Err(unexpected()),
                 Err(err) if err.code == ErrorCode::Forbidden => {}
                 Err(err) => return Err(err),
             }
@@ -249,12 +462,13 @@ impl Service {
         limit: Option<u32>,
     ) -> Result<SyncedNotifications> {
         let limit = validate_limit(limit, DEFAULT_SYNC_LIMIT)?;
-        self.user(user, |reply| UserMsg::Notifications {
-            after,
-            limit,
-            reply,
-        })
-        .await
+        match self
+            .user_op(user, UserOp::Notifications { after, limit })
+            .await?
+        {
+            Answer::Notifications(page) => Ok(page),
+            _ => Err(unexpected()),
+        }
     }
 
     /// A backend's notification for `user`; returns its version.
@@ -269,8 +483,10 @@ impl Service {
                 ),
             ));
         }
-        self.user(user, |reply| UserMsg::Notify { payload, reply })
-            .await
+        match self.user_op(user, UserOp::Notify { payload }).await? {
+            Answer::Version(version) => Ok(version),
+            _ => Err(unexpected()),
+        }
     }
 
     pub async fn presence(&self, users: &[UserId]) -> Result<BTreeMap<UserId, PresenceInfo>> {
@@ -296,10 +512,17 @@ impl Service {
     }
 
     pub fn typing(&self, by: &UserId, conv: &ConvId) {
-        let _ = self.router.cast(RouterMsg::Conv(
-            conv.clone(),
-            ConvMsg::Typing { by: by.clone() },
-        ));
+        let op = Op::Conv(conv.clone(), ConvOp::Typing { by: by.clone() });
+        if self.replicator.is_none() {
+            let _ = self.router.cast(RouterMsg::Conv(
+                conv.clone(),
+                ConvMsg::Typing { by: by.clone() },
+            ));
+        } else {
+            // Best effort, like typing itself: off the connection's path.
+            let service = self.clone();
+            tokio::spawn(async move { service.run(op).await });
+        }
     }
 
     /// Starts fanning `user`'s events out to `outbound`. Returns once the

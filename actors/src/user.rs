@@ -140,7 +140,19 @@ impl User {
         }
     }
 
+    /// Reads the user's meta again. In a cluster, another node may have
+    /// led this user's shard since this actor loaded it.
+    fn refresh(&mut self) -> Result<()> {
+        self.meta = self
+            .storage
+            .get(Cf::UserMeta, &keys::entity(self.id.as_str()))
+            .map_err(internal)?
+            .unwrap_or_default();
+        Ok(())
+    }
+
     async fn notify(&mut self, payload: serde_json::Value) -> Result<u64> {
+        self.refresh()?;
         let version = self.meta.notification_version + 1;
         let ts = now_ms();
         let record = StoredNotification {
@@ -161,7 +173,7 @@ impl User {
         self.storage
             .commit(self.shard, writes)
             .await
-            .map_err(internal)?;
+            .map_err(crate::conversation::commit_failed)?;
         self.meta = meta;
         self.metrics.notifications_committed.inc();
         let frame = ServerFrame::Notification(Notification {
@@ -171,12 +183,19 @@ impl User {
         })
         .push()
         .to_json();
-        let queued = self.devices.push(&frame.into(), &self.metrics);
-        self.metrics.deliveries.inc_by(queued);
+        // Through the directory: in a cluster the user's devices on other
+        // nodes get it too.
+        self.directory.deliver(
+            std::slice::from_ref(&self.id),
+            None,
+            &frame.into(),
+            &self.metrics,
+        );
         Ok(version)
     }
 
-    fn notifications(&self, after: Option<u64>, limit: u32) -> Result<SyncedNotifications> {
+    fn notifications(&mut self, after: Option<u64>, limit: u32) -> Result<SyncedNotifications> {
+        self.refresh()?;
         let user = self.id.as_str();
         let version = self.meta.notification_version;
         let (stored, more) = match after {

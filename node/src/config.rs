@@ -114,6 +114,8 @@ pub enum ConfigError {
     NoClusterCookie,
     #[error("--join needs --cluster-listen: a node joins a cluster on its own cluster address")]
     JoinWithoutListen,
+    #[error("every node keeps a copy of every shard in this version: a cluster of {nodes} nodes needs --replicas {nodes} or more (got {replicas})")]
+    TooFewReplicas { nodes: usize, replicas: usize },
 }
 
 impl Config {
@@ -179,7 +181,32 @@ impl Config {
             }
             _ => {}
         }
+        let nodes = self.cluster_nodes();
+        if nodes > self.replicas {
+            return Err(ConfigError::TooFewReplicas {
+                nodes,
+                replicas: self.replicas,
+            });
+        }
         Ok(())
+    }
+
+    /// The other nodes' cluster addresses: `--join` without this node's own.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        let mut peers: Vec<SocketAddr> = self
+            .join
+            .iter()
+            .copied()
+            .filter(|a| Some(*a) != self.cluster_listen)
+            .collect();
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+
+    /// How many nodes the cluster has, this one included.
+    pub fn cluster_nodes(&self) -> usize {
+        self.peers().len() + 1
     }
 }
 

@@ -124,8 +124,8 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-/// The nodes of the cluster as this node sees them; a node running alone
-/// lists itself.
+/// The nodes of the cluster as this node sees them, and each shard's
+/// group; a node running alone lists itself and no shards.
 async fn cluster(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let Some(cluster) = &state.cluster else {
         return Ok(Json(json!({
@@ -136,6 +136,7 @@ async fn cluster(State(state): State<AppState>) -> Result<Json<serde_json::Value
                 "state": "up",
                 "self": true,
             }],
+            "shards": [],
         })));
     };
     let view = cluster.view().await.ok_or_else(|| {
@@ -144,9 +145,15 @@ async fn cluster(State(state): State<AppState>) -> Result<Json<serde_json::Value
             "the cluster view did not answer in time",
         )
     })?;
-    Ok(Json(serde_json::to_value(view).map_err(|e| {
-        ApiError::new(ErrorCode::Internal, e.to_string())
-    })?))
+    let mut body = serde_json::to_value(view)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let shards = state
+        .replicator
+        .as_ref()
+        .map(|r| r.shards())
+        .unwrap_or_default();
+    body["shards"] = json!(shards);
+    Ok(Json(body))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -22,7 +22,9 @@ use anyhow::Context;
 use ractor::ActorRef;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::RngCore;
+use tidings_actors::cluster::peer::Handlers;
 use tidings_actors::cluster::{Cluster, ClusterConfig};
+use tidings_actors::replication::{RaftTiming, Replicator};
 use tidings_actors::{EntityConfig, Metrics, RouterMsg, Service, Storage};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -45,6 +47,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// The links to the other nodes, when this node is in a cluster.
     pub cluster: Option<Cluster>,
+    /// This node's part in every shard's Raft group, in a cluster.
+    pub replicator: Option<Replicator>,
 }
 
 /// A running node.
@@ -69,10 +73,6 @@ impl Node {
             idle_after: config.entity_idle,
             call_timeout: config.call_timeout,
         };
-        let (router, router_task) =
-            tidings_actors::start_router(storage.clone(), entity, metrics.clone())
-                .await
-                .context("starting the router")?;
         let secret = match &config.auth_secret {
             Some(secret) => secret.clone().into_bytes(),
             None => {
@@ -96,12 +96,7 @@ impl Node {
                 Cluster::start(ClusterConfig {
                     node_id: config.node_id.clone(),
                     listen,
-                    join: config
-                        .join
-                        .iter()
-                        .copied()
-                        .filter(|a| *a != listen)
-                        .collect(),
+                    join: config.peers(),
                     cookie: cookie.clone(),
                     peer_timeout: config.peer_timeout,
                 })
@@ -110,9 +105,43 @@ impl Node {
             ),
             _ => None,
         };
+        let (router, router_task) = tidings_actors::start_router(
+            storage.clone(),
+            entity,
+            metrics.clone(),
+            cluster.as_ref().map(|c| c.peers().clone()),
+        )
+        .await
+        .context("starting the router")?;
+        let (service, replicator) = match &cluster {
+            None => (Service::new(router.clone(), config.call_timeout), None),
+            Some(cluster) => {
+                let replicator = Replicator::start(
+                    config.node_id.clone(),
+                    storage.clone(),
+                    cluster.peers().clone(),
+                    cluster.expected_peers(),
+                    router.clone(),
+                    RaftTiming::default(),
+                    config.call_timeout,
+                )
+                .await
+                .context("starting the shard groups")?;
+                storage.replicate_through(Arc::new(replicator.clone()));
+                let service =
+                    Service::clustered(router.clone(), config.call_timeout, replicator.clone());
+                cluster.serve(Handlers {
+                    replicator: replicator.clone(),
+                    service: service.clone(),
+                    router: router.clone(),
+                });
+                (service, Some(replicator))
+            }
+        };
         let state = AppState {
             cluster,
-            service: Service::new(router.clone(), config.call_timeout),
+            replicator,
+            service,
             auth: Arc::new(auth::Auth::new(&secret, api_key)),
             config: Arc::new(config),
             metrics,
@@ -161,12 +190,15 @@ impl Node {
             tracing::warn!("some sockets did not close in time");
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
-        if let Some(cluster) = &self.state.cluster {
-            cluster.stop();
-        }
         self.router
             .stop_children_and_wait(None, Some(Duration::from_secs(10)))
             .await;
+        if let Some(replicator) = &self.state.replicator {
+            replicator.shutdown().await;
+        }
+        if let Some(cluster) = &self.state.cluster {
+            cluster.stop();
+        }
         self.router.stop(None);
         let _ = self.router_task.await;
         self.state

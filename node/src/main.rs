@@ -12,7 +12,8 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("TIDINGS_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("TIDINGS_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=off")),
         )
         .with_writer(std::io::stderr)
         .init();

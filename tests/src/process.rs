@@ -45,7 +45,7 @@ where
         .args(args)
         .env("TIDINGS_AUTH_SECRET", SECRET)
         .env("TIDINGS_API_KEY", API_KEY)
-        .env("TIDINGS_LOG", "warn")
+        .env("TIDINGS_LOG", "warn,openraft=off")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()

@@ -12,7 +12,7 @@ use ractor_cluster::{NodeEventSubscription, NodeServerMessage, NodeSessionMessag
 use rand::Rng;
 
 use super::peer::{PeerMsg, GROUP};
-use super::{ClusterConfig, ClusterView, NodeState, NodeView};
+use super::{ClusterConfig, ClusterView, NodeState, NodeView, Peers};
 use crate::entity::now_ms;
 
 /// Shortest and longest wait before dialling a peer again.
@@ -24,6 +24,8 @@ pub struct Membership;
 pub struct MembershipArgs {
     pub config: ClusterConfig,
     pub server: ActorRef<NodeServerMessage>,
+    /// Kept up to date with the peer actors of the linked nodes.
+    pub peers: Peers,
 }
 
 #[derive(RactorMessage)]
@@ -101,6 +103,13 @@ impl Peer {
     }
 }
 
+/// Whether a process group member is the peer actor of link `node`. Link
+/// ids count from 0, as local actors' node does: only a remote member can
+/// be a peer's.
+fn is_peer_of(cell: &ractor::ActorCell, node: u64) -> bool {
+    !cell.get_id().is_local() && cell.get_id().node() == node
+}
+
 /// Exponential backoff with jitter: between half and all of
 /// `BACKOFF_MIN · 2^attempts`, at most `BACKOFF_MAX`.
 fn backoff(attempts: u32) -> Duration {
@@ -113,6 +122,7 @@ fn backoff(attempts: u32) -> Duration {
 pub struct MembershipState {
     config: ClusterConfig,
     server: ActorRef<NodeServerMessage>,
+    published: Peers,
     peers: Vec<Peer>,
     started: u64,
 }
@@ -157,6 +167,7 @@ impl Actor for Membership {
                 .collect(),
             config: args.config,
             server: args.server,
+            published: args.peers,
             started: now_ms(),
         })
     }
@@ -175,6 +186,7 @@ impl Actor for Membership {
                     tracing::debug!(addr = %peer.addr, "link closed");
                     peer.lost();
                 }
+                state.publish();
             }
             MembershipMsg::Dialled { addr, ok } => {
                 if let Some(peer) = state.peers.iter_mut().find(|p| p.addr == addr) {
@@ -242,6 +254,17 @@ impl MembershipState {
         peer.set(NodeState::Up);
     }
 
+    /// Publishes the peer actors of the nodes linked now.
+    fn publish(&self) {
+        let members = ractor::pg::get_members(&GROUP.to_owned());
+        let linked = self.peers.iter().filter_map(|peer| {
+            let (id, link) = (peer.id.clone()?, peer.link.as_ref()?);
+            let cell = members.iter().find(|c| is_peer_of(c, link.node))?;
+            Some((id, ActorRef::<PeerMsg>::from(cell.clone())))
+        });
+        self.published.replace(linked.collect());
+    }
+
     fn tick(&mut self, myself: &ActorRef<MembershipMsg>) {
         let timeout = self.config.peer_timeout;
         let now = Instant::now();
@@ -257,11 +280,7 @@ impl MembershipState {
                     continue;
                 }
                 let node = link.node;
-                // Link ids count from 0, as local actors' node does: only
-                // a remote member can be the peer's.
-                let remote =
-                    |c: &&ractor::ActorCell| !c.get_id().is_local() && c.get_id().node() == node;
-                if let Some(cell) = members.iter().find(remote) {
+                if let Some(cell) = members.iter().find(|c| is_peer_of(c, node)) {
                     let remote: ActorRef<PeerMsg> = cell.clone().into();
                     let me = self.config.node_id.clone();
                     let myself = myself.clone();
@@ -298,6 +317,7 @@ impl MembershipState {
                 });
             }
         }
+        self.publish();
     }
 
     fn view(&self) -> ClusterView {

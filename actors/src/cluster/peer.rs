@@ -1,10 +1,17 @@
 //! The peer actor: the one actor of each node that the other nodes see.
 //!
-//! It answers heartbeats now; requests for entities a node does not host
-//! will come through it too.
+//! It answers heartbeats, serves the Raft requests of the shard groups,
+//! runs requests forwarded by nodes that do not lead the entity's shard,
+//! and hands events for this node's devices to the router.
+
+use std::sync::{Arc, OnceLock};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
+
+use crate::messages::RouterMsg;
+use crate::replication::Replicator;
+use crate::service::Service;
 
 /// The process group every node's peer actor joins.
 pub const GROUP: &str = "tidings.peers";
@@ -16,33 +23,77 @@ pub enum PeerMsg {
     /// A heartbeat from the node named in it; answered with this node's id.
     #[rpc]
     Ping(String, RpcReplyPort<String>),
+    /// A Raft request for one shard ([`crate::replication::network`]).
+    #[rpc]
+    Raft(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// A client request for an entity this node should lead
+    /// ([`crate::service::forward`]).
+    #[rpc]
+    Forward(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// An event for the devices connected here
+    /// ([`crate::directory::Delivery`]).
+    Deliver(Vec<u8>),
+}
+
+/// What the peer actor serves with, installed once the node's service is
+/// up. Requests that come earlier go unanswered, and their senders retry.
+#[derive(Clone)]
+pub struct Handlers {
+    pub replicator: Replicator,
+    pub service: Service,
+    pub router: ActorRef<RouterMsg>,
 }
 
 pub struct PeerActor;
 
+pub struct PeerState {
+    node_id: String,
+    handlers: Arc<OnceLock<Handlers>>,
+}
+
 impl Actor for PeerActor {
     type Msg = PeerMsg;
-    type State = String;
-    type Arguments = String;
+    type State = PeerState;
+    type Arguments = (String, Arc<OnceLock<Handlers>>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<PeerMsg>,
-        node_id: String,
-    ) -> Result<String, ActorProcessingErr> {
+        (node_id, handlers): (String, Arc<OnceLock<Handlers>>),
+    ) -> Result<PeerState, ActorProcessingErr> {
         ractor::pg::join(GROUP.to_owned(), vec![myself.get_cell()]);
-        Ok(node_id)
+        Ok(PeerState { node_id, handlers })
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<PeerMsg>,
         message: PeerMsg,
-        node_id: &mut String,
+        state: &mut PeerState,
     ) -> Result<(), ActorProcessingErr> {
+        if let PeerMsg::Ping(_from, reply) = message {
+            let _ = reply.send(state.node_id.clone());
+            return Ok(());
+        }
+        let Some(handlers) = state.handlers.get().cloned() else {
+            return Ok(());
+        };
+        // Raft and forwarded requests wait on disks and other nodes: they
+        // run beside the actor, which keeps answering heartbeats.
         match message {
-            PeerMsg::Ping(_from, reply) => {
-                let _ = reply.send(node_id.clone());
+            PeerMsg::Ping(..) => unreachable!("answered above"),
+            PeerMsg::Raft(bytes, reply) => {
+                tokio::spawn(async move {
+                    let _ = reply.send(handlers.replicator.serve(bytes).await);
+                });
+            }
+            PeerMsg::Forward(bytes, reply) => {
+                tokio::spawn(async move {
+                    let _ = reply.send(handlers.service.serve_forwarded(&bytes).await);
+                });
+            }
+            PeerMsg::Deliver(bytes) => {
+                let _ = handlers.router.cast(RouterMsg::Deliver(bytes));
             }
         }
         Ok(())

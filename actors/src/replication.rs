@@ -1,0 +1,367 @@
+//! Replication: every shard is a Raft group (openraft) over the cluster's
+//! nodes, with its log and state machine in the node's RocksDB.
+//!
+//! An entity actor's [`WriteSet`] becomes one entry of its shard's log
+//! ([`Storage::commit`] goes through [`Replicator`] once a node is in a
+//! cluster). The write is acknowledged only after a majority has the entry
+//! on disk and this node has applied it, and applying writes the same keys
+//! on every replica: the entity's log, its versions and its `cmid`s. A new
+//! leader therefore serves history at once and continues the versions with
+//! no gap and no reuse.
+//!
+//! The shard's leader hosts the shard's entity actors. [`Replicator::route`]
+//! says, per shard, whether this node may serve it (it leads, and has
+//! applied everything committed before its term) or which node to forward
+//! to. When a node stops leading a shard, the router stops that shard's
+//! conversation actors, so that none keeps a version counter that another
+//! leader has moved on from.
+//!
+//! The groups form once every node in `--join` is linked: for each shard,
+//! one node (by the shard number, so that leadership starts spread out)
+//! initializes the group with every node as a voter. A node restarted with
+//! its data directory finds its groups in storage and rejoins them.
+
+pub mod network;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use ractor::ActorRef;
+use serde::Serialize;
+
+use crate::cluster::peer::PeerMsg;
+use crate::cluster::Peers;
+use crate::codec;
+use crate::messages::RouterMsg;
+use crate::shard::{ShardId, SHARDS};
+use crate::storage::{ReplicatedLog, Storage, StorageError, WriteSet};
+use network::{Network, RaftRequest, RaftResponse};
+use store::ShardStore;
+
+openraft::declare_raft_types!(
+    /// Tidings' Raft types: a log entry carries one entity write set.
+    pub TypeConfig:
+        D = WriteSet,
+        R = (),
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+type ShardRaft = Raft<TypeConfig>;
+
+/// A node's id in the Raft groups: a stable hash of its name.
+pub fn raft_id(node: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(node.as_bytes())
+}
+
+/// Timing of every group.
+#[derive(Debug, Clone)]
+pub struct RaftTiming {
+    pub heartbeat: Duration,
+    /// A follower that hears nothing for a random time in this range
+    /// stands for election.
+    pub election_min: Duration,
+    pub election_max: Duration,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat: Duration::from_millis(150),
+            election_min: Duration::from_millis(750),
+            election_max: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// Where a request for a shard goes.
+pub enum Route {
+    /// This node leads the shard and is caught up: serve it here.
+    Local,
+    /// Forward to the leader's peer actor.
+    Remote(ActorRef<PeerMsg>),
+    /// No leader is known or reachable right now.
+    Unknown,
+}
+
+/// One shard as `GET /v1/cluster` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardView {
+    pub shard: u16,
+    /// Node ids of the group's voters.
+    pub replicas: Vec<String>,
+    pub leader: Option<String>,
+    pub term: u64,
+    /// The last index this node knows committed and has applied.
+    pub committed: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error("Raft config: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("starting shard {shard}'s Raft: {message}")]
+    Start { shard: u16, message: String },
+}
+
+/// This node's member of every shard's group: cheap to clone.
+#[derive(Clone)]
+pub struct Replicator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: String,
+    id: u64,
+    rafts: Vec<ShardRaft>,
+    /// Per shard, the term in which this node, as leader, confirmed it has
+    /// applied everything committed before (0: not confirmed).
+    ready: Vec<AtomicU64>,
+    peers: Peers,
+    timeout: Duration,
+}
+
+impl Replicator {
+    /// Opens every shard's group from `storage`, then forms the groups
+    /// once the `expected` other nodes are linked, and tells `router` when
+    /// this node stops leading a shard.
+    pub async fn start(
+        node: String,
+        storage: Storage,
+        peers: Peers,
+        expected: usize,
+        router: ActorRef<RouterMsg>,
+        timing: RaftTiming,
+        timeout: Duration,
+    ) -> Result<Replicator, ReplicationError> {
+        let config = Config {
+            cluster_name: "tidings".into(),
+            heartbeat_interval: timing.heartbeat.as_millis() as u64,
+            election_timeout_min: timing.election_min.as_millis() as u64,
+            election_timeout_max: timing.election_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::Never,
+            max_payload_entries: 512,
+            ..Config::default()
+        };
+        let config = Arc::new(config.validate()?);
+        let id = raft_id(&node);
+        let mut rafts = Vec::with_capacity(SHARDS as usize);
+        for shard in 0..SHARDS {
+            let store = ShardStore::new(shard, storage.clone());
+            let network = Network {
+                shard,
+                peers: peers.clone(),
+            };
+            let raft = Raft::new(id, config.clone(), network, store.clone(), store)
+                .await
+                .map_err(|e| ReplicationError::Start {
+                    shard,
+                    message: e.to_string(),
+                })?;
+            rafts.push(raft);
+        }
+        let replicator = Replicator {
+            inner: Arc::new(Inner {
+                node,
+                id,
+                ready: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+                rafts,
+                peers,
+                timeout,
+            }),
+        };
+        for shard in 0..SHARDS {
+            tokio::spawn(watch_leadership(
+                replicator.inner.rafts[shard as usize].clone(),
+                ShardId(shard),
+                router.clone(),
+            ));
+        }
+        tokio::spawn(replicator.clone().form(expected));
+        Ok(replicator)
+    }
+
+    /// Waits until the other `expected` nodes are linked, then initializes
+    /// the groups this node is the founder of. A group that already exists
+    /// (a restart) refuses, which is fine.
+    async fn form(self, expected: usize) {
+        let mut names = loop {
+            let names = self.inner.peers.names();
+            if names.len() >= expected {
+                break names;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        names.push(self.inner.node.clone());
+        names.sort();
+        names.dedup();
+        let members: BTreeMap<u64, BasicNode> = names
+            .iter()
+            .map(|name| (raft_id(name), BasicNode::new(name)))
+            .collect();
+        let mut founded = 0;
+        for (shard, raft) in self.inner.rafts.iter().enumerate() {
+            if names[shard % names.len()] != self.inner.node {
+                continue;
+            }
+            match raft.initialize(members.clone()).await {
+                Ok(()) => founded += 1,
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(err) => {
+                    tracing::error!(shard, error = %err, "forming the shard's group failed")
+                }
+            }
+        }
+        tracing::info!(nodes = ?names, founded, "shard groups formed");
+    }
+
+    /// Where a request for `shard` should go now.
+    pub async fn route(&self, shard: ShardId) -> Route {
+        let index = shard.0 as usize;
+        let raft = &self.inner.rafts[index];
+        let (state, term, leader, leader_name) = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow();
+            let name = m.current_leader.and_then(|id| {
+                m.membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+            });
+            (m.state, m.current_term, m.current_leader, name)
+        };
+        if state == ServerState::Leader {
+            if self.inner.ready[index].load(Ordering::Acquire) == term {
+                return Route::Local;
+            }
+            // A new leader first makes sure it has applied everything
+            // committed before its term, so its actors load the latest.
+            return match tokio::time::timeout(self.inner.timeout, raft.ensure_linearizable()).await
+            {
+                Ok(Ok(_)) => {
+                    self.inner.ready[index].store(term, Ordering::Release);
+                    Route::Local
+                }
+                _ => Route::Unknown,
+            };
+        }
+        match (leader, leader_name) {
+            (Some(id), Some(name)) if id != self.inner.id => self
+                .inner
+                .peers
+                .get(&name)
+                .map_or(Route::Unknown, Route::Remote),
+            _ => Route::Unknown,
+        }
+    }
+
+    /// Serves a Raft request from another node.
+    pub async fn serve(&self, bytes: Vec<u8>) -> Vec<u8> {
+        let request: RaftRequest = match codec::decode(&bytes) {
+            Ok(request) => request,
+            Err(err) => {
+                tracing::warn!(error = %err, "undecodable Raft request dropped");
+                return Vec::new();
+            }
+        };
+        let response = match request {
+            RaftRequest::Append(shard, rpc) => match self.inner.rafts.get(shard as usize) {
+                Some(raft) => RaftResponse::Append(raft.append_entries(rpc).await),
+                None => return Vec::new(),
+            },
+            RaftRequest::Vote(shard, rpc) => match self.inner.rafts.get(shard as usize) {
+                Some(raft) => RaftResponse::Vote(raft.vote(rpc).await),
+                None => return Vec::new(),
+            },
+        };
+        codec::encode(&response).unwrap_or_default()
+    }
+
+    /// Every shard as this node sees it.
+    pub fn shards(&self) -> Vec<ShardView> {
+        self.inner
+            .rafts
+            .iter()
+            .enumerate()
+            .map(|(shard, raft)| {
+                let metrics = raft.metrics();
+                let m = metrics.borrow();
+                let membership = m.membership_config.membership();
+                let name = |id: &u64| membership.get_node(id).map(|n| n.addr.clone());
+                let voters: BTreeSet<u64> = membership.voter_ids().collect();
+                ShardView {
+                    shard: shard as u16,
+                    replicas: voters.iter().filter_map(name).collect(),
+                    leader: m.current_leader.as_ref().and_then(name),
+                    term: m.current_term,
+                    committed: m.last_applied.map(|id| id.index),
+                }
+            })
+            .collect()
+    }
+
+    /// Leaves every group (on shutdown, before storage closes).
+    pub async fn shutdown(&self) {
+        for raft in &self.inner.rafts {
+            let _ = raft.shutdown().await;
+        }
+    }
+}
+
+impl ReplicatedLog for Replicator {
+    fn append(
+        &self,
+        shard: ShardId,
+        writes: WriteSet,
+    ) -> BoxFuture<'static, Result<(), StorageError>> {
+        let raft = self.inner.rafts[shard.0 as usize].clone();
+        let timeout = self.inner.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, raft.client_write(writes)).await {
+                Ok(Ok(_)) => Ok(()),
+                // Even "not leader" may come after the entry was appended
+                // (a leader that stepped down): its fate is unknown.
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(
+                    StorageError::Unconfirmed(format!("shard {} changed leader", shard.0)),
+                ),
+                Ok(Err(err)) => Err(StorageError::Unconfirmed(err.to_string())),
+                Err(_) => Err(StorageError::Unconfirmed(format!(
+                    "shard {} did not commit within {timeout:?}",
+                    shard.0
+                ))),
+            }
+        })
+    }
+}
+
+/// Tells the router whenever this node stops leading `shard` (or leads it
+/// again in a new term, which it may have missed the end of).
+async fn watch_leadership(raft: ShardRaft, shard: ShardId, router: ActorRef<RouterMsg>) {
+    let mut metrics = raft.metrics();
+    let mut led: Option<u64> = None;
+    loop {
+        let (state, term) = {
+            let m = metrics.borrow_and_update();
+            (m.state, m.current_term)
+        };
+        let leads = (state == ServerState::Leader).then_some(term);
+        if led.is_some() && leads != led {
+            tracing::info!(shard = shard.0, "no longer leading the shard");
+            let _ = router.cast(RouterMsg::ShardLost(shard));
+        }
+        led = leads;
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}

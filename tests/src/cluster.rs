@@ -1,0 +1,157 @@
+//! Several `tidings` binaries on loopback forming one cluster.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::process::Child;
+
+use crate::{eventually, http, process, token, Ws};
+
+pub const COOKIE: &str = "cluster-test-cookie";
+
+pub struct Member {
+    pub id: &'static str,
+    pub cluster: SocketAddr,
+    pub data: TempDir,
+    pub child: Option<Child>,
+    /// The HTTP address of the running process.
+    pub http: String,
+}
+
+/// A free loopback port for a node's cluster address, which the other
+/// nodes must know before it starts.
+pub fn free_addr() -> SocketAddr {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap()
+}
+
+impl Member {
+    pub fn new(id: &'static str) -> Member {
+        Member {
+            id,
+            cluster: free_addr(),
+            data: tempfile::tempdir().unwrap(),
+            child: None,
+            http: String::new(),
+        }
+    }
+
+    pub async fn start(&mut self, all: &[SocketAddr]) {
+        // Every node gets the same list, its own address included.
+        let join: Vec<String> = all.iter().map(ToString::to_string).collect();
+        let (child, http) = process::spawn(
+            self.data.path(),
+            [
+                "--node-id",
+                self.id,
+                "--cluster-listen",
+                &self.cluster.to_string(),
+                "--join",
+                &join.join(","),
+                "--cluster-cookie",
+                COOKIE,
+                "--peer-timeout",
+                "1s",
+            ],
+        )
+        .await;
+        self.child = Some(child);
+        self.http = http;
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id().unwrap();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// This node's view: cluster address → (node id, "up" or "down").
+    pub async fn view(&self) -> Option<BTreeMap<String, (String, String)>> {
+        let view: Value = http()
+            .get(format!("http://{}/v1/cluster", self.http))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        assert_eq!(view["node"], self.id);
+        let nodes = view["nodes"].as_array()?;
+        Some(
+            nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n["addr"].as_str().unwrap_or_default().to_owned(),
+                        (
+                            n["id"].as_str().unwrap_or_default().to_owned(),
+                            n["state"].as_str().unwrap_or_default().to_owned(),
+                        ),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Stops the process at once, as a crash would.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    /// A WebSocket connection to this node as `user`.
+    pub async fn connect(&self, user: &str) -> Ws {
+        Ws::connect(&format!("ws://{}/v1/ws", self.http), &token(user))
+            .await
+            .unwrap()
+    }
+
+    /// This node's view of the shards' groups, if it answers.
+    pub async fn shards(&self) -> Option<Vec<Value>> {
+        let view: Value = http()
+            .get(format!("http://{}/v1/cluster", self.http))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        view["shards"].as_array().cloned()
+    }
+
+    /// Shard → leader's node id, once every shard has a leader in this
+    /// node's view.
+    pub async fn leaders(&self) -> Option<BTreeMap<u64, String>> {
+        let shards = self.shards().await?;
+        if shards.is_empty() {
+            return None;
+        }
+        shards
+            .iter()
+            .map(|s| Some((s["shard"].as_u64()?, s["leader"].as_str()?.to_owned())))
+            .collect()
+    }
+}
+
+/// Starts `ids.len()` nodes that all know each other and waits until every
+/// node sees a leader for every shard.
+pub async fn start_cluster(ids: &[&'static str]) -> Vec<Member> {
+    let mut members: Vec<Member> = ids.iter().map(|id| Member::new(id)).collect();
+    let all: Vec<SocketAddr> = members.iter().map(|m| m.cluster).collect();
+    for member in &mut members {
+        member.start(&all).await;
+    }
+    for member in &members {
+        eventually(&format!("{} to see every shard led", member.id), || {
+            member.leaders()
+        })
+        .await;
+    }
+    members
+}
