@@ -26,6 +26,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use serde::Serialize;
+use tokio::sync::watch;
 
 use membership::{Membership, MembershipArgs, MembershipMsg};
 use peer::{Handlers, PeerActor, PeerMsg};
@@ -82,31 +83,50 @@ pub struct ClusterView {
 
 /// The peer actors of the nodes linked now, by node id: kept by
 /// [`membership::Membership`], read by whoever sends to another node.
-#[derive(Clone, Default)]
-pub struct Peers(Arc<RwLock<HashMap<String, ActorRef<PeerMsg>>>>);
+#[derive(Clone)]
+pub struct Peers {
+    linked: Arc<RwLock<HashMap<String, ActorRef<PeerMsg>>>>,
+    /// Counts links lost: whatever was queued on them is gone.
+    losses: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Peers {
+    fn default() -> Self {
+        Peers {
+            linked: Arc::default(),
+            losses: Arc::new(watch::Sender::new(0)),
+        }
+    }
+}
 
 impl Peers {
     pub fn get(&self, node: &str) -> Option<ActorRef<PeerMsg>> {
-        self.0.read().expect("peers lock").get(node).cloned()
+        self.linked.read().expect("peers lock").get(node).cloned()
     }
 
     /// The ids of the linked nodes.
     pub fn names(&self) -> Vec<String> {
-        self.0.read().expect("peers lock").keys().cloned().collect()
+        let linked = self.linked.read().expect("peers lock");
+        linked.keys().cloned().collect()
     }
 
     /// Every linked node's peer actor.
     pub fn all(&self) -> Vec<ActorRef<PeerMsg>> {
-        self.0
-            .read()
-            .expect("peers lock")
-            .values()
-            .cloned()
-            .collect()
+        let linked = self.linked.read().expect("peers lock");
+        linked.values().cloned().collect()
+    }
+
+    /// Changes whenever a link to a node is lost.
+    pub fn losses(&self) -> watch::Receiver<u64> {
+        self.losses.subscribe()
     }
 
     fn replace(&self, peers: HashMap<String, ActorRef<PeerMsg>>) {
-        *self.0.write().expect("peers lock") = peers;
+        *self.linked.write().expect("peers lock") = peers;
+    }
+
+    fn lost_one(&self) {
+        self.losses.send_modify(|n| *n += 1);
     }
 }
 

@@ -141,6 +141,16 @@ impl Directory {
         }
     }
 
+    /// Queues `frame` on every device connected here.
+    pub fn deliver_everyone(&self, frame: &Frame, metrics: &Metrics) {
+        let live = self.users.read().expect("directory lock");
+        let queued: u64 = live
+            .values()
+            .map(|(_, devices)| devices.push(frame, metrics))
+            .sum();
+        metrics.deliveries.inc_by(queued);
+    }
+
     /// Queues a [`Delivery`] from another node on the devices here.
     pub fn deliver_from_peer(&self, bytes: &[u8], metrics: &Metrics) {
         match codec::decode::<Delivery>(bytes) {

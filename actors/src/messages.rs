@@ -177,4 +177,7 @@ pub enum RouterMsg {
     /// In a cluster: an encoded [`crate::directory::Delivery`] from
     /// another node, for the devices here.
     Deliver(Vec<u8>),
+    /// In a cluster: a link to another node was lost with whatever was on
+    /// it; every device here is told to sync.
+    Resync,
 }

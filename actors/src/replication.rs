@@ -188,6 +188,7 @@ impl Replicator {
             ));
         }
         tokio::spawn(replicator.clone().form(expected));
+        tokio::spawn(resync_on_loss(replicator.inner.peers.losses(), router));
         Ok(replicator)
     }
 
@@ -341,6 +342,18 @@ impl ReplicatedLog for Replicator {
                 ))),
             }
         })
+    }
+}
+
+/// Events the lost link carried are gone: every device here syncs. (Their
+/// sync waits for the shards' new leaders, so it sees every committed
+/// event.)
+async fn resync_on_loss(
+    mut losses: tokio::sync::watch::Receiver<u64>,
+    router: ActorRef<RouterMsg>,
+) {
+    while losses.changed().await.is_ok() {
+        let _ = router.cast(RouterMsg::Resync);
     }
 }
 

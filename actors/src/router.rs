@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tidings_protocol::frames::PresenceInfo;
-use tidings_protocol::{ConvId, UserId};
+use tidings_protocol::{ConvId, ServerFrame, UserId};
 
 use crate::conversation::ConversationActor;
 use crate::directory::Directory;
@@ -234,6 +234,10 @@ impl Actor for Router {
             }
             RouterMsg::Deliver(bytes) => {
                 state.directory.deliver_from_peer(&bytes, &state.metrics);
+            }
+            RouterMsg::Resync => {
+                let frame = ServerFrame::Resync.push().to_json().into();
+                state.directory.deliver_everyone(&frame, &state.metrics);
             }
         }
         Ok(())

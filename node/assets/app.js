@@ -235,6 +235,8 @@ function onFrame(frame) {
     case 'event': applyEvents([frame], { countUnread: true }); break;
     case 'notification': applyNotification(frame); break;
     case 'typing': showTyping(frame.conv, frame.user); break;
+    // A cluster node lost a link: catch up as after a reconnect.
+    case 'resync': resume().catch(() => {}); break;
     case 'error': showStatus(`The node says: ${frame.message}`); break;
     default: break;
   }

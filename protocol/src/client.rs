@@ -16,8 +16,13 @@
 //!   duplicate.
 //! - A `send` not acknowledged when the socket dropped is sent again with the
 //!   same `cmid`; the node deduplicates it, and the caller gets the ack
-//!   (with `dup: true` if the first attempt had been accepted). Other
-//!   requests in flight fail with [`ClientError::Disconnected`].
+//!   (with `dup: true` if the first attempt had been accepted). So is a
+//!   send answered `unavailable` (a cluster between leaders), until the
+//!   request timeout. Other requests in flight fail with
+//!   [`ClientError::Disconnected`].
+//! - In a cluster, a `resync` push (the node lost a link to another node)
+//!   or an event that skips a version makes the client `sync` again,
+//!   holding live pushes until what was missed is delivered.
 //! - A token the node refuses (HTTP 401) ends the client with
 //!   [`ClientError::Unauthorized`].
 //!
@@ -218,13 +223,37 @@ impl Client {
         cmid: Option<Cmid>,
         expect: Option<u64>,
     ) -> Result<Ack, ClientError> {
+        let retry = cmid.is_some();
         let frame = ClientFrame::Send {
             conv: conv.clone(),
             body: body.into(),
             cmid,
             expect,
         };
-        ack(self.request(frame).await?)
+        // In a cluster a send may meet a shard between leaders, or one
+        // whose fate is unknown: with a cmid, sending it again is safe
+        // (the node deduplicates), so it is retried until the request
+        // timeout.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut attempt = 0;
+        loop {
+            match self.request(frame.clone()).await {
+                Err(ClientError::Server(err))
+                    if retry
+                        && err.code == crate::ErrorCode::Unavailable
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    attempt += 1;
+                    let pause = backoff(
+                        Duration::from_millis(20),
+                        Duration::from_millis(500),
+                        attempt,
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+                result => return ack(result?),
+            }
+        }
     }
 
     pub async fn create(
@@ -354,6 +383,14 @@ impl Seen {
         }
         *last = event.version;
         true
+    }
+
+    /// Whether `event` comes after a version of a known conversation that
+    /// was never delivered.
+    pub fn skips(&self, event: &Event) -> bool {
+        self.convs
+            .get(&event.conv)
+            .is_some_and(|last| event.version > last + 1)
     }
 
     pub fn admit_notification(&mut self, notification: &Notification) -> bool {
@@ -499,7 +536,7 @@ impl Driver {
         queued: &mut Vec<Pending>,
     ) -> End {
         // Resume: sync first, holding live pushes until it is applied.
-        let sync_req = self.req();
+        let mut sync_req = self.req();
         if !Self::write(&mut socket, Some(sync_req.clone()), &self.seen.sync_frame()).await {
             return End::Dropped;
         }
@@ -615,6 +652,24 @@ impl Driver {
                         self.release(&mut held);
                     }
                 }
+                (Some(req), ServerFrame::Error(err)) if req == sync_req => {
+                    if err.code == crate::ErrorCode::Unavailable {
+                        // A shard between leaders: ask again.
+                        sync_req = self.req();
+                        if !Self::write(
+                            &mut socket,
+                            Some(sync_req.clone()),
+                            &self.seen.sync_frame(),
+                        )
+                        .await
+                        {
+                            return End::Dropped;
+                        }
+                    } else {
+                        tracing::warn!(error = %err.message, "sync refused");
+                        self.release(&mut held);
+                    }
+                }
                 (Some(req), frame) => {
                     if let Some(p) = self.pending.remove(&req) {
                         let result = match frame {
@@ -623,6 +678,28 @@ impl Driver {
                         };
                         let _ = p.reply.send(result);
                     }
+                }
+                (None, ServerFrame::Resync) => {
+                    // Events may have been lost between nodes: sync again,
+                    // holding live pushes until the answer is applied.
+                    sync_req = self.req();
+                    if !Self::write(&mut socket, Some(sync_req.clone()), &self.seen.sync_frame())
+                        .await
+                    {
+                        return End::Dropped;
+                    }
+                    held.get_or_insert_with(Vec::new);
+                }
+                (None, ServerFrame::Event(event)) if held.is_none() && self.seen.skips(&event) => {
+                    // A version is missing before this one: fetch what was
+                    // missed before delivering it.
+                    sync_req = self.req();
+                    if !Self::write(&mut socket, Some(sync_req.clone()), &self.seen.sync_frame())
+                        .await
+                    {
+                        return End::Dropped;
+                    }
+                    held = Some(vec![Push::Event(event)]);
                 }
                 (None, frame) => {
                     let push = match frame {

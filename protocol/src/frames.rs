@@ -355,6 +355,10 @@ pub enum ServerFrame {
         conv: ConvId,
         user: UserId,
     },
+    /// A push in a cluster: the node lost its link to another node, and
+    /// events sent over that link may not have arrived. The client sends
+    /// `sync` with what it has, as after a reconnect.
+    Resync,
     Error(ErrorFrame),
 }
 

@@ -185,6 +185,7 @@ impl Actor for Membership {
                 if let Some(peer) = state.linked(ses.node_id) {
                     tracing::debug!(addr = %peer.addr, "link closed");
                     peer.lost();
+                    state.published.lost_one();
                 }
                 state.publish();
             }
@@ -277,6 +278,7 @@ impl MembershipState {
                     tracing::warn!(peer = ?peer.id, "no heartbeat for {timeout:?}; closing the link");
                     link.session.kill();
                     peer.lost();
+                    self.published.lost_one();
                     continue;
                 }
                 let node = link.node;
