@@ -54,6 +54,9 @@ impl Member {
                 COOKIE,
                 "--peer-timeout",
                 "1s",
+                // Writes without a majority give up quickly.
+                "--call-timeout",
+                "3s",
             ],
         )
         .await;

@@ -1,0 +1,255 @@
+//! A three-node cluster of real binaries under faults that are not a clean
+//! crash: a leader frozen with SIGSTOP, and two of three nodes gone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tidings_actors::shard::shard_of;
+use tidings_protocol::client::{Client, ClientConfig};
+use tidings_protocol::{Cmid, ConvId, EventKind, UserId};
+use tidings_tests::cluster::{start_cluster, Member};
+use tidings_tests::{eventually, token};
+use tokio::time::Instant;
+
+fn client(user: &str, nodes: &[Member], first: usize) -> Client {
+    let urls: Vec<String> = (0..nodes.len())
+        .map(|i| format!("ws://{}", nodes[(first + i) % nodes.len()].http))
+        .collect();
+    let mut config = ClientConfig::new(urls, token(user));
+    config.request_timeout = Duration::from_secs(30);
+    Client::connect(config).0
+}
+
+/// The node leading the most shards, by index.
+fn busiest(nodes: &[Member], leaders: &BTreeMap<u64, String>) -> usize {
+    let count = |id: &str| leaders.values().filter(|l| *l == id).count();
+    (0..nodes.len())
+        .max_by_key(|&i| count(nodes[i].id))
+        .unwrap()
+}
+
+fn leader_of(leaders: &BTreeMap<u64, String>, conv: &ConvId) -> String {
+    leaders[&u64::from(shard_of(conv.as_str()).0)].clone()
+}
+
+/// Conversations of `members` until at least `want` are on shards led by
+/// `on` and `want` are not (bounded).
+async fn spread_convs(
+    creator: &Client,
+    members: Vec<UserId>,
+    leaders: &BTreeMap<u64, String>,
+    on: &str,
+    want: usize,
+) -> (Vec<ConvId>, Vec<ConvId>) {
+    let (mut mine, mut others) = (Vec::new(), Vec::new());
+    for _ in 0..60 {
+        if mine.len() >= want && others.len() >= want {
+            break;
+        }
+        let conv = creator.create(members.clone(), None).await.unwrap();
+        if leader_of(leaders, &conv) == on {
+            mine.push(conv);
+        } else {
+            others.push(conv);
+        }
+    }
+    assert!(
+        mine.len() >= want && others.len() >= want,
+        "conversations spread over shards"
+    );
+    (mine, others)
+}
+
+/// Each conversation's messages as (version, cmid), read by `reader`,
+/// checking that versions run 1, 2, 3, …
+async fn histories(reader: &Client, convs: &[ConvId]) -> BTreeMap<ConvId, Vec<(u64, String)>> {
+    let mut out = BTreeMap::new();
+    for conv in convs {
+        let (_, events) = reader
+            .history(conv, Some(0), None, Some(200))
+            .await
+            .unwrap();
+        let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+        assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
+        let messages = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Message { cmid: Some(c), .. } => Some((e.version, c.to_string())),
+                _ => None,
+            })
+            .collect();
+        out.insert(conv.clone(), messages);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_replaced_and_steps_down_when_it_thaws() {
+    let nodes = start_cluster(&["n1", "n2", "n3"]).await;
+    let leaders = nodes[0].leaders().await.unwrap();
+    let frozen = busiest(&nodes, &leaders);
+    let (a, b) = ((frozen + 1) % 3, (frozen + 2) % 3);
+    let writer = client("writer", &nodes, a);
+    let reader = client("reader", &nodes, b);
+    let members: Vec<UserId> = vec!["reader".try_into().unwrap()];
+    let (affected, others) = spread_convs(&writer, members, &leaders, nodes[frozen].id, 2).await;
+    let convs: Vec<ConvId> = affected.iter().chain(&others).cloned().collect();
+
+    let mut acked: Vec<(ConvId, u64, String)> = Vec::new();
+    let send = |conv: ConvId, cmid: String| {
+        let writer = writer.clone();
+        async move {
+            let ack = writer
+                .send_with(
+                    &conv,
+                    cmid.clone(),
+                    Some(Cmid::try_from(cmid.clone()).unwrap()),
+                    None,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{cmid}: {e}"));
+            (conv, ack.version, cmid)
+        }
+    };
+    for conv in &convs {
+        acked.push(send(conv.clone(), format!("before-{conv}")).await);
+    }
+
+    nodes[frozen].signal("-STOP");
+    let stopped = Instant::now();
+    // Writes to the frozen leader's shards resume on the others.
+    let (_, _, first) = send(affected[0].clone(), "during-first".into()).await;
+    let resumed = stopped.elapsed();
+    acked.push((affected[0].clone(), 0, first));
+    println!("writes to a frozen leader's shard resumed after {resumed:?}");
+    assert!(resumed < Duration::from_secs(8), "took {resumed:?}");
+    // Keep writing until the freeze has lasted 10 s (bounded in count).
+    let mut round = 0;
+    while stopped.elapsed() < Duration::from_secs(10) && round < 200 {
+        for conv in &convs {
+            acked.push(send(conv.clone(), format!("during-{round}-{conv}")).await);
+        }
+        round += 1;
+    }
+    nodes[frozen].signal("-CONT");
+
+    // It steps down: every node agrees on each shard's leader again, and
+    // the thawed node applies what was committed without it.
+    let agreed = eventually("one leader per shard on every node", || async {
+        let views = [
+            nodes[0].leaders().await?,
+            nodes[1].leaders().await?,
+            nodes[2].leaders().await?,
+        ];
+        (views[0] == views[1] && views[1] == views[2]).then(|| views[0].clone())
+    })
+    .await;
+    for conv in &affected {
+        assert_ne!(leader_of(&agreed, conv), nodes[frozen].id, "{conv} moved");
+    }
+    for conv in &convs {
+        acked.push(send(conv.clone(), format!("after-{conv}")).await);
+    }
+
+    // One history per conversation, whichever node is asked, holding each
+    // acknowledged message once.
+    let thawed = client("reader", &nodes, frozen);
+    let seen = [
+        histories(&writer, &convs).await,
+        histories(&reader, &convs).await,
+        histories(&thawed, &convs).await,
+    ];
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[1], seen[2]);
+    for (conv, version, cmid) in &acked {
+        let found: Vec<&(u64, String)> = seen[0][conv].iter().filter(|(_, c)| c == cmid).collect();
+        assert_eq!(found.len(), 1, "{cmid} stored once");
+        if *version != 0 {
+            assert_eq!(found[0].0, *version, "{cmid} at its acknowledged version");
+        }
+    }
+    for c in [&writer, &reader, &thawed] {
+        c.close();
+    }
+}
+
+/// Sends over a raw socket and returns the reply and how long it took.
+async fn timed(ws: &mut tidings_tests::Ws, frame: Value) -> (Value, Duration) {
+    let started = Instant::now();
+    let reply = ws.request(frame).await;
+    (reply, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_majority_writes_are_refused_and_nothing_acknowledged_is_lost() {
+    let mut nodes = start_cluster(&["n1", "n2", "n3"]).await;
+    let mut alice = nodes[0].connect("alice").await;
+    let mut convs = Vec::new();
+    for _ in 0..6 {
+        let created = alice
+            .ok(json!({"type":"create","members":["bob"]}), "created")
+            .await;
+        convs.push(created["conv"].as_str().unwrap().to_owned());
+    }
+    for conv in &convs {
+        alice
+            .ok(
+                json!({"type":"send","conv":conv,"body":"kept","cmid":format!("kept-{conv}")}),
+                "ack",
+            )
+            .await;
+    }
+
+    nodes[1].kill().await;
+    nodes[2].kill().await;
+    // Every write is refused, in bounded time, whoever led its shard.
+    for conv in &convs {
+        let (reply, took) = timed(
+            &mut alice,
+            json!({"type":"send","conv":conv,"body":"lonely","cmid":format!("lonely-{conv}")}),
+        )
+        .await;
+        assert_eq!(reply["code"], "unavailable", "{reply}");
+        assert!(took < Duration::from_secs(8), "refused after {took:?}");
+    }
+
+    // One node back makes a majority: writes go through again, and the
+    // refused ones, resent with their cmid, are stored once.
+    let all: Vec<_> = nodes.iter().map(|m| m.cluster).collect();
+    nodes[1].start(&all).await;
+    let mut stored: BTreeSet<String> = BTreeSet::new();
+    for conv in &convs {
+        for cmid in [format!("lonely-{conv}"), format!("back-{conv}")] {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let reply = alice
+                    .request(json!({"type":"send","conv":conv,"body":cmid,"cmid":cmid}))
+                    .await;
+                if reply["type"] == "ack" {
+                    break;
+                }
+                assert_eq!(reply["code"], "unavailable", "{reply}");
+                assert!(Instant::now() < deadline, "{conv} never recovered");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            stored.insert(cmid);
+        }
+        let page = alice
+            .ok(json!({"type":"history","conv":conv,"after":0}), "history")
+            .await;
+        let cmids: Vec<&str> = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["cmid"].as_str())
+            .collect();
+        let want = [
+            format!("kept-{conv}"),
+            format!("lonely-{conv}"),
+            format!("back-{conv}"),
+        ];
+        assert_eq!(cmids, want.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    assert_eq!(stored.len(), convs.len() * 2);
+}
