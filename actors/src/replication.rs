@@ -266,6 +266,11 @@ impl Replicator {
         }
     }
 
+    /// The other nodes linked now.
+    pub fn peers(&self) -> &Peers {
+        &self.inner.peers
+    }
+
     /// Serves a Raft request from another node.
     pub async fn serve(&self, bytes: Vec<u8>) -> Vec<u8> {
         let request: RaftRequest = match codec::decode(&bytes) {

@@ -49,6 +49,9 @@ fn unexpected() -> ErrorFrame {
     )
 }
 
+/// Longest wait for another node's presence answer.
+const PRESENCE_WAIT: Duration = Duration::from_secs(2);
+
 /// How long to wait before asking again where a shard's leader is.
 const LEADER_POLL: Duration = Duration::from_millis(50);
 
@@ -489,6 +492,7 @@ impl Service {
         }
     }
 
+    /// Whether each of `users` is online, counting devices on every node.
     pub async fn presence(&self, users: &[UserId]) -> Result<BTreeMap<UserId, PresenceInfo>> {
         if users.len() > tidings_protocol::MAX_PRESENCE_USERS {
             return Err(ErrorFrame::bad_request(format!(
@@ -496,6 +500,28 @@ impl Service {
                 tidings_protocol::MAX_PRESENCE_USERS
             )));
         }
+        let mut infos = self.local_presence(users).await?;
+        if let Some(replicator) = &self.replicator {
+            // Devices are where they connected: ask every other node. A node
+            // that does not answer in time counts as having none.
+            let wait = self.timeout.min(PRESENCE_WAIT);
+            let asks = replicator
+                .peers()
+                .all()
+                .into_iter()
+                .map(|peer| forward::presence(peer, users, wait));
+            for theirs in join_all(asks).await.into_iter().flatten() {
+                for (mine, their) in infos.iter_mut().zip(theirs) {
+                    mine.devices += their.devices;
+                    mine.online |= their.online;
+                }
+            }
+        }
+        Ok(users.iter().cloned().zip(infos).collect())
+    }
+
+    /// The devices of `users` connected to this node.
+    async fn local_presence(&self, users: &[UserId]) -> Result<Vec<PresenceInfo>> {
         let infos = join_all(users.iter().map(|user| {
             self.call(|reply| RouterMsg::Presence {
                 user: user.clone(),
@@ -503,12 +529,18 @@ impl Service {
             })
         }))
         .await;
-        users
-            .iter()
-            .cloned()
-            .zip(infos)
-            .map(|(user, info)| info.map(|info| (user, info)))
-            .collect()
+        infos.into_iter().collect()
+    }
+
+    /// Answers another node's presence question about the devices here.
+    pub async fn serve_presence(&self, bytes: &[u8]) -> Vec<u8> {
+        let infos = match serde_json::from_slice::<Vec<UserId>>(bytes) {
+            Ok(users) if users.len() <= tidings_protocol::MAX_PRESENCE_USERS => {
+                self.local_presence(&users).await.unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        serde_json::to_vec(&infos).unwrap_or_default()
     }
 
     pub fn typing(&self, by: &UserId, conv: &ConvId) {

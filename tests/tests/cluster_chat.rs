@@ -1,6 +1,6 @@
 //! Three `tidings` binaries as one cluster: users connected to different
-//! nodes chat, edit with conflicts and get notifications exactly as on one
-//! node.
+//! nodes chat, edit with conflicts, see presence and get notifications
+//! exactly as on one node.
 
 use serde_json::{json, Value};
 use tidings_tests::cluster::start_cluster;
@@ -36,6 +36,33 @@ async fn users_on_different_nodes_chat_as_on_one() {
         assert_eq!(event["body"], "hello");
         assert_eq!(event["from"], "alice");
     }
+    // Presence counts devices on every node: alice is on n1 and n3.
+    let presence = bob
+        .ok(
+            json!({"type":"presence","users":["alice","carol","nobody"]}),
+            "presence",
+        )
+        .await;
+    assert_eq!(
+        presence["users"]["alice"],
+        json!({"online": true, "devices": 2})
+    );
+    assert_eq!(
+        presence["users"]["carol"],
+        json!({"online": true, "devices": 1})
+    );
+    assert_eq!(
+        presence["users"]["nobody"],
+        json!({"online": false, "devices": 0})
+    );
+
+    // Typing on n3 shows on n1 and n2.
+    carol.send(json!({"type":"typing","conv":conv})).await;
+    for ws in [&mut alice, &mut bob] {
+        let typing = ws.take("typing", |v| v["type"] == "typing").await.unwrap();
+        assert_eq!(typing, json!({"type":"typing","conv":conv,"user":"carol"}));
+    }
+
     // The same cmid from another node is the same message.
     let dup = alice_laptop
         .ok(

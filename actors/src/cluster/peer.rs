@@ -30,6 +30,10 @@ pub enum PeerMsg {
     /// ([`crate::service::forward`]).
     #[rpc]
     Forward(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// Which of some users' devices are connected here
+    /// ([`crate::service::forward::presence`]).
+    #[rpc]
+    Presence(Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// An event for the devices connected here
     /// ([`crate::directory::Delivery`]).
     Deliver(Vec<u8>),
@@ -90,6 +94,11 @@ impl Actor for PeerActor {
             PeerMsg::Forward(bytes, reply) => {
                 tokio::spawn(async move {
                     let _ = reply.send(handlers.service.serve_forwarded(&bytes).await);
+                });
+            }
+            PeerMsg::Presence(bytes, reply) => {
+                tokio::spawn(async move {
+                    let _ = reply.send(handlers.service.serve_presence(&bytes).await);
                 });
             }
             PeerMsg::Deliver(bytes) => {

@@ -157,3 +157,23 @@ pub async fn forward(to: &ActorRef<PeerMsg>, op: &Op, wait: Duration) -> Outcome
         Ok(CallResult::SenderError | CallResult::Timeout) => Outcome::Lost,
     }
 }
+
+/// The devices of `users` connected to the node of `peer`, in order; `None`
+/// if it does not answer within `wait`.
+pub async fn presence(
+    peer: ActorRef<PeerMsg>,
+    users: &[UserId],
+    wait: Duration,
+) -> Option<Vec<tidings_protocol::frames::PresenceInfo>> {
+    let bytes = serde_json::to_vec(users).ok()?;
+    match peer
+        .call(|reply| PeerMsg::Presence(bytes, reply), Some(wait))
+        .await
+    {
+        Ok(CallResult::Success(bytes)) => {
+            let infos: Vec<_> = serde_json::from_slice(&bytes).ok()?;
+            (infos.len() == users.len()).then_some(infos)
+        }
+        _ => None,
+    }
+}
