@@ -19,13 +19,17 @@
 //! │                               in the process group `tidings.peers`
 //! └── Membership                  in a cluster only: dials, re-dials with backoff,
 //!                                 closes the link to a peer that stops answering
+//! Replicator                      in a cluster only: this node's member of each
+//!                                 shard's Raft group (openraft tasks, not actors)
 //! Storage                         one RocksDB, shared; a committer thread group-commits
 //! ```
 //!
 //! The router supervises the entity actors: an actor that fails is dropped
 //! from the router's table and restarts from storage on the next request.
-//! A write flows: connection → router → conversation actor (check, next
-//! version, durable commit, ack) → the outbound queue of each member's
+//! A write flows: connection → [`service`] (in a cluster, forwarded to the
+//! node leading the entity's shard) → router → conversation actor (check,
+//! next version, durable commit — in a cluster through the shard's Raft
+//! group, see [`replication`] — ack) → the outbound queue of each member's
 //! devices, found in the [`directory`] where each user actor keeps the list
 //! of its devices. Reads go the same way, so a conversation's actor is the
 //! one place that knows its state.

@@ -305,9 +305,11 @@ impl Replicator {
                 let membership = m.membership_config.membership();
                 let name = |id: &u64| membership.get_node(id).map(|n| n.addr.clone());
                 let voters: BTreeSet<u64> = membership.voter_ids().collect();
+                let mut replicas: Vec<String> = voters.iter().filter_map(name).collect();
+                replicas.sort();
                 ShardView {
                     shard: shard as u16,
-                    replicas: voters.iter().filter_map(name).collect(),
+                    replicas,
                     leader: m.current_leader.as_ref().and_then(name),
                     term: m.current_term,
                     committed: m.last_applied.map(|id| id.index),

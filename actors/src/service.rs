@@ -3,6 +3,12 @@
 //! WebSocket connections and HTTP handlers both call these, so the two
 //! front ends behave the same. Every failure comes back as a client-safe
 //! [`ErrorFrame`].
+//!
+//! Each operation becomes an [`forward::Op`] on one entity. On a single node
+//! it goes to the local router. In a cluster it goes where the entity's
+//! shard is led: the local router if this node leads it, else the leader's
+//! peer actor ([`forward`]). While a shard has no reachable leader the
+//! service asks again until the call timeout, and answers `unavailable`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
