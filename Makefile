@@ -37,6 +37,7 @@ bench:
 	$(CARGO) build --release --workspace --bins
 	$(RELEASE)/tidings-bench compare --server $(RELEASE)/tidings --runs 3 --rate 4000 --seconds 10
 	$(RELEASE)/tidings-bench appends --server $(RELEASE)/tidings --seconds 10
+	$(RELEASE)/tidings-bench cluster --server $(RELEASE)/tidings --runs 3 --rate 2000 --seconds 10
 
 fmt:
 	$(CARGO) fmt --all

@@ -5,13 +5,15 @@
 //! Run with `make bench`, or e.g.
 //! `tidings-bench rooms --server target/release/tidings --rate 5000 --seconds 10`;
 //! `rooms --sweep` finds the highest rate within a p99 latency bound, and
-//! `compare --sweep` plots latency against rate for every server.
+//! `compare --sweep` plots latency against rate for every server; `cluster`
+//! sets three nodes as one cluster against one node, and times failover.
 //! Every command prints a table, then its result as a `JSON {...}` line,
 //! and with `--json PATH` writes that object to PATH too.
 
 mod appends;
 mod baseline;
 mod catchup;
+mod cluster;
 mod compare;
 mod idle;
 mod plot;
@@ -65,6 +67,18 @@ enum Command {
         #[arg(long, default_value = "bench/results/rooms-latency.svg")]
         plot: PathBuf,
     },
+    /// Rooms against one Tidings node and three as one cluster on the same
+    /// cores (runs interleaved; medians and ratios), then failover time.
+    Cluster {
+        #[command(flatten)]
+        rooms: rooms::Args,
+        /// Runs per setup.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Failovers to time (each on a fresh cluster).
+        #[arg(long, default_value_t = 3)]
+        failovers: usize,
+    },
     /// The ceiling of our own stack: a room broadcast server on
     /// tokio-tungstenite with no actors and no storage.
     BaselineServer {
@@ -78,6 +92,9 @@ enum Command {
 pub(crate) enum Target {
     /// The tidings binary: durable, acknowledged, fanned out by actors.
     Tidings,
+    /// Three tidings nodes as one cluster on the same cores; clients spread
+    /// over them.
+    TidingsCluster,
     /// Our own stack's ceiling: tokio-tungstenite, no actors, no storage.
     Baseline,
     /// A Node.js `ws` room server (bench/peers/ws-rooms.js).
@@ -125,6 +142,11 @@ fn main() -> anyhow::Result<()> {
                 compare::sweeps(rooms, &plot).await?
             }
             Command::Compare { rooms, runs, .. } => compare::compare(rooms, runs).await?,
+            Command::Cluster {
+                rooms,
+                runs,
+                failovers,
+            } => cluster::cluster(rooms, runs, failovers).await?,
             Command::BaselineServer { listen } => {
                 baseline::serve(listen).await?;
                 return anyhow::Ok(None);

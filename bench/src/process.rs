@@ -1,5 +1,6 @@
-//! The server under test as a child process: started on 127.0.0.1:0 with a
-//! temporary data directory, its CPU time and peak RSS read from /proc.
+//! The server under test as child processes (one, or three for a Tidings
+//! cluster): started on 127.0.0.1:0 with temporary data directories, their
+//! CPU time and peak RSS read from /proc and added up.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -11,11 +12,31 @@ use tokio::process::{Child, Command};
 use crate::{ServerArgs, Target};
 
 pub(crate) struct Server {
-    child: Child,
+    children: Vec<Child>,
+    /// The first process's address.
     pub(crate) addr: String,
-    pid: u32,
-    _data: tempfile::TempDir,
+    /// Every process's address: clients spread over them.
+    pub(crate) addrs: Vec<String>,
+    pids: Vec<u32>,
+    _data: Vec<tempfile::TempDir>,
 }
+
+/// Nodes in a `tidings-cluster` target.
+pub(crate) const CLUSTER_NODES: usize = 3;
+
+/// Flags every Tidings process under test gets.
+const TIDINGS_FLAGS: [&str; 10] = [
+    "--dev",
+    "--listen",
+    "127.0.0.1:0",
+    "--rate-limit",
+    "1000000",
+    "--rate-burst",
+    "1000000",
+    "--outbound-queue",
+    "65536",
+    "--data-dir",
+];
 
 impl Server {
     pub(crate) async fn start(args: &ServerArgs, extra: &[&str]) -> anyhow::Result<Server> {
@@ -23,22 +44,10 @@ impl Server {
         let mut command = match args.target {
             Target::Tidings => {
                 let mut c = Command::new(&args.server);
-                c.args([
-                    "--dev",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--rate-limit",
-                    "1000000",
-                    "--rate-burst",
-                    "1000000",
-                    "--outbound-queue",
-                    "65536",
-                    "--data-dir",
-                ])
-                .arg(data.path())
-                .args(extra);
+                c.args(TIDINGS_FLAGS).arg(data.path()).args(extra);
                 c
             }
+            Target::TidingsCluster => return Server::start_cluster(args, extra).await,
             Target::Baseline => {
                 let mut c = Command::new(std::env::current_exe()?);
                 c.args(["baseline-server", "--listen", "127.0.0.1:0"]);
@@ -51,28 +60,92 @@ impl Server {
             }
             Target::Nats => return Server::start_nats(data).await,
         };
-        command
-            .env("TIDINGS_LOG", "warn")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("starting {:?}", args.target))?;
-        let pid = child.id().context("the server has a pid")?;
-        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let line = tokio::time::timeout(crate::seconds(30), lines.next_line())
-            .await
-            .context("the server did not say where it listens")??
-            .context("the server exited")?;
-        let Some(addr) = line.strip_prefix("listening on http://") else {
-            bail!("unexpected first line {line:?}");
-        };
+        let (child, addr) = spawn(&mut command, args.target).await?;
+        Server::of(vec![(child, addr)], vec![data])
+    }
+
+    fn of(processes: Vec<(Child, String)>, data: Vec<tempfile::TempDir>) -> anyhow::Result<Server> {
+        let pids = processes
+            .iter()
+            .map(|(c, _)| c.id().context("the server has a pid"))
+            .collect::<anyhow::Result<Vec<u32>>>()?;
+        let addrs: Vec<String> = processes.iter().map(|(_, a)| a.clone()).collect();
         Ok(Server {
-            addr: addr.to_owned(),
-            child,
-            pid,
+            addr: addrs[0].clone(),
+            addrs,
+            children: processes.into_iter().map(|(c, _)| c).collect(),
+            pids,
             _data: data,
         })
+    }
+
+    /// Three Tidings nodes as one cluster, once every shard has a leader.
+    async fn start_cluster(args: &ServerArgs, extra: &[&str]) -> anyhow::Result<Server> {
+        let free = || -> anyhow::Result<String> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .to_string())
+        };
+        let cluster: Vec<String> = (0..CLUSTER_NODES)
+            .map(|_| free())
+            .collect::<Result<_, _>>()?;
+        let join = cluster.join(",");
+        let mut processes = Vec::new();
+        let mut dirs = Vec::new();
+        for (i, listen) in cluster.iter().enumerate() {
+            let data = tempfile::tempdir()?;
+            let mut c = Command::new(&args.server);
+            c.args(TIDINGS_FLAGS)
+                .arg(data.path())
+                .args(extra)
+                .args(["--node-id", &format!("n{}", i + 1)])
+                .args(["--cluster-listen", listen, "--join", &join])
+                .args(["--cluster-cookie", "bench-cookie"]);
+            processes.push(spawn(&mut c, args.target).await?);
+            dirs.push(data);
+        }
+        let server = Server::of(processes, dirs)?;
+        let deadline = std::time::Instant::now() + crate::seconds(30);
+        while !server.formed().await {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the cluster did not form in 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Ok(server)
+    }
+
+    /// `GET /v1/cluster` of node `i`, parsed.
+    pub(crate) async fn cluster_view(&self, i: usize) -> Option<serde_json::Value> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socket = tokio::net::TcpStream::connect(self.addrs.get(i)?)
+            .await
+            .ok()?;
+        socket
+            .write_all(b"GET /v1/cluster HTTP/1.0\r\nHost: bench\r\n\r\n")
+            .await
+            .ok()?;
+        let mut response = Vec::new();
+        socket.read_to_end(&mut response).await.ok()?;
+        let start = memchr::memmem::find(&response, b"\r\n\r\n")? + 4;
+        serde_json::from_slice(&response[start..]).ok()
+    }
+
+    /// Whether node 0 sees a leader for every shard.
+    async fn formed(&self) -> bool {
+        let Some(view) = self.cluster_view(0).await else {
+            return false;
+        };
+        view["shards"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty() && s.iter().all(|s| s["leader"].is_string()))
+    }
+
+    /// SIGKILLs process `i`: a crash, for failover runs.
+    pub(crate) async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        self.children[i].kill().await?;
+        Ok(())
     }
 
     /// nats-server with a WebSocket listener on a free loopback port. The
@@ -102,7 +175,6 @@ impl Server {
             .kill_on_drop(true)
             .spawn()
             .context("starting nats-server (apt-get install nats-server)")?;
-        let pid = child.id().context("nats-server has a pid")?;
         let addr = format!("127.0.0.1:{ws_port}");
         let deadline = std::time::Instant::now() + crate::seconds(10);
         while tokio::net::TcpStream::connect(&addr).await.is_err() {
@@ -112,35 +184,64 @@ impl Server {
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        Ok(Server {
-            child,
-            addr,
-            pid,
-            _data: data,
-        })
+        Server::of(vec![(child, addr)], vec![data])
     }
 
-    /// User plus system CPU time so far, in seconds.
+    /// User plus system CPU time so far, in seconds, of every process.
     pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        cpu_seconds(Path::new(&format!("/proc/{}/stat", self.pid)))
+        self.pids
+            .iter()
+            .map(|pid| cpu_seconds(Path::new(&format!("/proc/{pid}/stat"))))
+            .sum()
     }
 
-    /// Resident set size now, in KiB.
+    /// Resident set size now, in KiB, of every process.
     pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
-        status_field(Path::new(&format!("/proc/{}/status", self.pid)), "VmRSS:")
+        self.status_sum("VmRSS:")
     }
 
-    /// Peak resident set size in KiB.
+    /// Peak resident set size in KiB, of every process.
     pub(crate) fn peak_rss_kib(&self) -> anyhow::Result<u64> {
-        status_field(Path::new(&format!("/proc/{}/status", self.pid)), "VmHWM:")
+        self.status_sum("VmHWM:")
+    }
+
+    fn status_sum(&self, field: &str) -> anyhow::Result<u64> {
+        self.pids
+            .iter()
+            .map(|pid| status_field(Path::new(&format!("/proc/{pid}/status")), field))
+            .sum()
     }
 
     pub(crate) async fn stop(mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
-        let _ = tokio::time::timeout(crate::seconds(10), self.child.wait()).await;
+        for pid in &self.pids {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        for child in &mut self.children {
+            let _ = tokio::time::timeout(crate::seconds(10), child.wait()).await;
+        }
     }
+}
+
+/// Spawns `command` and returns it with the HTTP address it prints first.
+async fn spawn(command: &mut Command, target: Target) -> anyhow::Result<(Child, String)> {
+    command
+        .env("TIDINGS_LOG", "warn,openraft=off")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {target:?}"))?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let line = tokio::time::timeout(crate::seconds(30), lines.next_line())
+        .await
+        .context("the server did not say where it listens")??
+        .context("the server exited")?;
+    let Some(addr) = line.strip_prefix("listening on http://") else {
+        bail!("unexpected first line {line:?}");
+    };
+    Ok((child, addr.to_owned()))
 }
 
 /// The generator's own user plus system CPU time so far, in seconds: it

@@ -104,14 +104,15 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Creates the groups and returns each group's room or conversation id.
-async fn setup(args: &Args, addr: &str) -> anyhow::Result<Vec<String>> {
+async fn setup(args: &Args, addrs: &[String]) -> anyhow::Result<Vec<String>> {
     let mut rooms = Vec::with_capacity(args.groups);
     for g in 0..args.groups {
         match args.server.target {
             Target::Baseline | Target::NodeWs | Target::Nats => rooms.push(format!("room{g}")),
-            Target::Tidings => {
+            Target::Tidings | Target::TidingsCluster => {
                 use tidings_protocol::client::{Client, ClientConfig};
                 let creator = format!("u{}", g * args.members);
+                let addr = &addrs[(g * args.members) % addrs.len()];
                 let (client, _) =
                     Client::connect(ClientConfig::new([format!("ws://{addr}")], token(&creator)));
                 let members = (1..args.members)
@@ -273,7 +274,7 @@ impl Session {
             "need at least one group of one member"
         );
         let target = args.server.target;
-        let rooms = setup(args, &server.addr)
+        let rooms = setup(args, &server.addrs)
             .await
             .context("setting up groups")?;
         let connections = args.groups * args.members;
@@ -302,7 +303,9 @@ impl Session {
         let bar = progress::connecting(connections);
         for batch in (0..connections).collect::<Vec<_>>().chunks(200) {
             let opened = futures_util::future::join_all(batch.iter().map(|&i| {
-                let url = wire::url(target, &server.addr, &format!("u{i}"));
+                // Spread over the nodes of a cluster.
+                let addr = &server.addrs[i % server.addrs.len()];
+                let url = wire::url(target, addr, &format!("u{i}"));
                 async move {
                     let opened = tokio_tungstenite::connect_async_with_config(
                         url.as_str(),

@@ -22,7 +22,9 @@ pub(crate) const PROBE: &[u8] = b"probe";
 
 pub(crate) fn url(target: Target, addr: &str, user: &str) -> String {
     match target {
-        Target::Tidings => format!("ws://{addr}/v1/ws?token={}", token(user)),
+        Target::Tidings | Target::TidingsCluster => {
+            format!("ws://{addr}/v1/ws?token={}", token(user))
+        }
         Target::Baseline | Target::NodeWs | Target::Nats => format!("ws://{addr}/"),
     }
 }
@@ -30,7 +32,7 @@ pub(crate) fn url(target: Target, addr: &str, user: &str) -> String {
 /// The frame that joins `room`, for the servers that need one.
 pub(crate) fn join_frame(target: Target, room: &str) -> Option<String> {
     match target {
-        Target::Tidings => None,
+        Target::Tidings | Target::TidingsCluster => None,
         Target::Baseline | Target::NodeWs => {
             Some(serde_json::json!({"type":"join","room":room}).to_string())
         }
@@ -52,7 +54,9 @@ pub(crate) struct Publish {
 impl Publish {
     pub(crate) fn new(target: Target, room: &str) -> Publish {
         let prefix = match target {
-            Target::Tidings => format!(r#"{{"type":"send","conv":"{room}","body":""#),
+            Target::Tidings | Target::TidingsCluster => {
+                format!(r#"{{"type":"send","conv":"{room}","body":""#)
+            }
             Target::Baseline | Target::NodeWs => {
                 format!(r#"{{"type":"pub","room":"{room}","body":""#)
             }
@@ -111,7 +115,9 @@ pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
 pub(crate) fn json_body(target: Target, frame: &[u8]) -> Option<&[u8]> {
     let has = |key: &[u8]| memmem::find(frame, key).is_some();
     let is_message = match target {
-        Target::Tidings => has(br#""type":"event""#) && has(br#""kind":"message""#),
+        Target::Tidings | Target::TidingsCluster => {
+            has(br#""type":"event""#) && has(br#""kind":"message""#)
+        }
         Target::Baseline | Target::NodeWs => has(br#""type":"pub""#),
         Target::Nats => false,
     };
