@@ -14,6 +14,9 @@ pub const COOKIE: &str = "cluster-test-cookie";
 pub struct Member {
     pub id: &'static str,
     pub cluster: SocketAddr,
+    /// The network namespace the node runs in, and its client address
+    /// there; loopback otherwise.
+    pub netns: Option<(String, String)>,
     pub data: TempDir,
     pub child: Option<Child>,
     /// The HTTP address of the running process.
@@ -28,10 +31,19 @@ pub fn free_addr() -> SocketAddr {
 }
 
 impl Member {
+    /// A node in namespace `i` of `net`.
+    pub fn in_net(id: &'static str, net: &crate::netns::Net, i: usize) -> Member {
+        let mut member = Member::new(id);
+        member.cluster = SocketAddr::new(net.cluster_ip(i).parse().unwrap(), 7000);
+        member.netns = Some((net.namespace(i), net.client_ip(i)));
+        member
+    }
+
     pub fn new(id: &'static str) -> Member {
         Member {
             id,
             cluster: free_addr(),
+            netns: None,
             data: tempfile::tempdir().unwrap(),
             child: None,
             http: String::new(),
@@ -41,7 +53,13 @@ impl Member {
     pub async fn start(&mut self, all: &[SocketAddr]) {
         // Every node gets the same list, its own address included.
         let join: Vec<String> = all.iter().map(ToString::to_string).collect();
-        let (child, http) = process::spawn(
+        let (netns, listen) = match &self.netns {
+            Some((ns, ip)) => (Some(ns.as_str()), format!("{ip}:0")),
+            None => (None, "127.0.0.1:0".to_owned()),
+        };
+        let (child, http) = process::spawn_in(
+            netns,
+            &listen,
             self.data.path(),
             [
                 "--node-id",
@@ -145,7 +163,12 @@ impl Member {
 /// Starts `ids.len()` nodes that all know each other and waits until every
 /// node sees a leader for every shard.
 pub async fn start_cluster(ids: &[&'static str]) -> Vec<Member> {
-    let mut members: Vec<Member> = ids.iter().map(|id| Member::new(id)).collect();
+    form(ids.iter().map(|id| Member::new(id)).collect()).await
+}
+
+/// Starts `members`, which all know each other, and waits until every node
+/// sees a leader for every shard.
+pub async fn form(mut members: Vec<Member>) -> Vec<Member> {
     let all: Vec<SocketAddr> = members.iter().map(|m| m.cluster).collect();
     for member in &mut members {
         member.start(&all).await;

@@ -39,8 +39,32 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut child = Command::new(binary())
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+    spawn_in(None, "127.0.0.1:0", data, args).await
+}
+
+/// Like [`spawn`], listening on `listen`, inside the network namespace
+/// `netns` if given.
+pub async fn spawn_in<I, S>(
+    netns: Option<&str>,
+    listen: &str,
+    data: &Path,
+    args: I,
+) -> (Child, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut command = match netns {
+        // `ip netns exec` execs the binary: the child's pid is the node's.
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(binary());
+            c
+        }
+        None => Command::new(binary()),
+    };
+    let mut child = command
+        .args(["--listen", listen, "--data-dir"])
         .arg(data)
         .args(args)
         .env("TIDINGS_AUTH_SECRET", SECRET)

@@ -1,5 +1,6 @@
 //! A three-node cluster of real binaries under faults that are not a clean
-//! crash: a leader frozen with SIGSTOP, and two of three nodes gone.
+//! crash: a leader frozen with SIGSTOP, two of three nodes gone, and (where
+//! the machine allows network namespaces) a node cut off from the others.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -8,7 +9,8 @@ use serde_json::{json, Value};
 use tidings_actors::shard::shard_of;
 use tidings_protocol::client::{Client, ClientConfig};
 use tidings_protocol::{Cmid, ConvId, EventKind, UserId};
-use tidings_tests::cluster::{start_cluster, Member};
+use tidings_tests::cluster::{form, start_cluster, Member};
+use tidings_tests::netns::{self, Net};
 use tidings_tests::{eventually, token};
 use tokio::time::Instant;
 
@@ -252,4 +254,126 @@ async fn without_a_majority_writes_are_refused_and_nothing_acknowledged_is_lost(
         assert_eq!(cmids, want.iter().map(String::as_str).collect::<Vec<_>>());
     }
     assert_eq!(stored.len(), convs.len() * 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_minority_refuses_writes_and_heals_into_one_history() {
+    if !netns::available() {
+        eprintln!("skipped: this machine does not let a test create network namespaces");
+        return;
+    }
+    let net = Net::new(3);
+    let nodes = form(vec![
+        Member::in_net("n1", &net, 0),
+        Member::in_net("n2", &net, 1),
+        Member::in_net("n3", &net, 2),
+    ])
+    .await;
+    let leaders = nodes[0].leaders().await.unwrap();
+    let cut = busiest(&nodes, &leaders);
+    let other = (cut + 1) % 3;
+    let mut inside = nodes[cut].connect("alice").await;
+    let mut outside = nodes[other].connect("alice").await;
+    let mut convs = Vec::new();
+    for _ in 0..6 {
+        let created = outside
+            .ok(json!({"type":"create","members":["bob"]}), "created")
+            .await;
+        convs.push(created["conv"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        convs
+            .iter()
+            .any(|c| leaders[&u64::from(shard_of(c).0)] == nodes[cut].id),
+        "some conversation is led on the side that will be cut off"
+    );
+
+    net.isolate(cut);
+    // The minority side refuses writes, in bounded time, whether it led
+    // the conversation's shard or not. (A connection serves its requests in
+    // turn: one led inside, two led outside keep this short.)
+    let led_inside = |c: &&String| leaders[&u64::from(shard_of(c).0)] == nodes[cut].id;
+    let probes: Vec<&String> = convs
+        .iter()
+        .filter(led_inside)
+        .take(1)
+        .chain(convs.iter().filter(|c| !led_inside(c)).take(2))
+        .collect();
+    for conv in probes {
+        let cmid = format!("inside-{conv}");
+        let (reply, took) = timed(
+            &mut inside,
+            json!({"type":"send","conv":conv,"body":cmid,"cmid":cmid}),
+        )
+        .await;
+        assert_eq!(reply["code"], "unavailable", "{reply}");
+        assert!(took < Duration::from_secs(8), "refused after {took:?}");
+    }
+    // The majority side goes on.
+    for conv in &convs {
+        let cmid = format!("outside-{conv}");
+        let reply = until_acked(&mut outside, conv, &cmid).await;
+        assert_eq!(reply["type"], "ack", "{reply}");
+    }
+
+    net.heal(cut);
+    eventually("one leader per shard on every node", || async {
+        let views = [
+            nodes[0].leaders().await?,
+            nodes[1].leaders().await?,
+            nodes[2].leaders().await?,
+        ];
+        (views[0] == views[1] && views[1] == views[2]).then_some(())
+    })
+    .await;
+    // The refused writes, resent with their cmid, are stored once; every
+    // node tells one history.
+    for conv in &convs {
+        let cmid = format!("inside-{conv}");
+        let reply = until_acked(&mut inside, conv, &cmid).await;
+        assert_eq!(reply["type"], "ack", "{reply}");
+    }
+    let mut views = Vec::new();
+    for node in &nodes {
+        let mut ws = node.connect("bob").await;
+        let mut view = Vec::new();
+        for conv in &convs {
+            let page = ws
+                .ok(json!({"type":"history","conv":conv,"after":0}), "history")
+                .await;
+            let events = page["events"].as_array().unwrap();
+            let versions: Vec<u64> = events
+                .iter()
+                .map(|e| e["version"].as_u64().unwrap())
+                .collect();
+            assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
+            let cmids: Vec<String> = events
+                .iter()
+                .filter_map(|e| e["cmid"].as_str().map(str::to_owned))
+                .collect();
+            let want: BTreeSet<String> =
+                [format!("inside-{conv}"), format!("outside-{conv}")].into();
+            assert_eq!(cmids.len(), 2, "{conv}: {cmids:?}");
+            assert_eq!(cmids.iter().cloned().collect::<BTreeSet<_>>(), want);
+            view.push(cmids);
+        }
+        views.push(view);
+    }
+    assert_eq!(views[0], views[1]);
+    assert_eq!(views[1], views[2]);
+}
+
+/// Sends until acknowledged, resending with the same cmid while the
+/// answer is `unavailable` (bounded).
+async fn until_acked(ws: &mut tidings_tests::Ws, conv: &str, cmid: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = ws
+            .request(json!({"type":"send","conv":conv,"body":cmid,"cmid":cmid}))
+            .await;
+        if reply["code"] != "unavailable" || Instant::now() > deadline {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
