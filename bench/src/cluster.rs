@@ -10,18 +10,13 @@ use anyhow::Context;
 use tidings_protocol::client::{Client, ClientConfig};
 use tidings_protocol::{Cmid, UserId};
 
+use crate::compare::{interleaved, median, FIGURES};
 use crate::process::{Server, CLUSTER_NODES};
-use crate::report::print;
-use crate::rooms::{self, token, Args, RoomsResult, SECRET};
+use crate::rooms::{token, Args, SECRET};
 use crate::Target;
 
 /// Conversations written to across a failover.
 const FAILOVER_CONVS: usize = 24;
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
 
 pub(crate) async fn cluster(
     args: Args,
@@ -33,25 +28,7 @@ pub(crate) async fn cluster(
         "--runs and --failovers must be at least 1"
     );
     let targets = [Target::Tidings, Target::TidingsCluster];
-    let mut results: Vec<Vec<RoomsResult>> = vec![Vec::new(), Vec::new()];
-    for run in 0..runs {
-        for (t, target) in targets.iter().enumerate() {
-            let mut args = args.clone();
-            args.server.target = *target;
-            let result = rooms::run(args).await?;
-            print(&format!("run {} of {runs}: {target:?}", run + 1), &result);
-            results[t].push(result);
-        }
-    }
-    let figures: [(&str, &dyn Fn(&RoomsResult) -> f64); 5] = [
-        ("delivered_per_sec", &|r| r.delivered_per_sec),
-        ("lost", &|r| r.lost as f64),
-        ("p50_ms", &|r| r.latency.p50_ms),
-        ("p99_ms", &|r| r.latency.p99_ms),
-        ("server_cpu_us_per_delivery", &|r| {
-            r.server_cpu_us_per_delivery
-        }),
-    ];
+    let results = interleaved(&args, &targets, runs).await?;
     println!(
         "medians of {runs} runs, {} connections, {} msg/s offered; cluster = {CLUSTER_NODES} nodes on the same cores",
         args.groups * args.members,
@@ -62,7 +39,7 @@ pub(crate) async fn cluster(
         "figure", "one node", "cluster"
     );
     let mut json = serde_json::Map::new();
-    for (name, f) in figures {
+    for (name, f) in FIGURES {
         let one = median(results[0].iter().map(f).collect());
         let many = median(results[1].iter().map(f).collect());
         let ratio = if one == 0.0 { f64::NAN } else { many / one };

@@ -19,16 +19,36 @@ const TARGETS: [Target; 4] = [
     Target::Nats,
 ];
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The rooms figures that comparisons report, by name.
+pub(crate) type Figure = (&'static str, &'static dyn Fn(&RoomsResult) -> f64);
+
+pub(crate) const FIGURES: [Figure; 7] = [
+    ("delivered_per_sec", &|r| r.delivered_per_sec),
+    ("lost", &|r| r.lost as f64),
+    ("p50_ms", &|r| r.latency.p50_ms),
+    ("p99_ms", &|r| r.latency.p99_ms),
+    ("server_cpu_us_per_delivery", &|r| {
+        r.server_cpu_us_per_delivery
+    }),
+    ("server_peak_rss_mib", &|r| r.server_peak_rss_mib),
+    ("generator_cpu_us_per_delivery", &|r| {
+        r.generator_cpu_us_per_delivery
+    }),
+];
+
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
 
-/// Runs rooms against each target in turn, `runs` times, and prints the
-/// median of each figure per target and Tidings' figure over each peer's.
-pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<serde_json::Value> {
-    anyhow::ensure!(runs > 0, "--runs must be at least 1");
-    let targets = TARGETS;
+/// Rooms against each of `targets` in turn, `runs` times over, so that a
+/// noisy spell on the machine falls on every target alike. Results per
+/// target, in run order.
+pub(crate) async fn interleaved(
+    args: &Args,
+    targets: &[Target],
+    runs: usize,
+) -> anyhow::Result<Vec<Vec<RoomsResult>>> {
     let mut results: Vec<Vec<RoomsResult>> = targets.iter().map(|_| Vec::new()).collect();
     for run in 0..runs {
         for (t, target) in targets.iter().enumerate() {
@@ -39,21 +59,17 @@ pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<serde_jso
             results[t].push(result);
         }
     }
+    Ok(results)
+}
+
+/// Runs rooms against each target in turn, `runs` times, and prints the
+/// median of each figure per target and Tidings' figure over each peer's.
+pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(runs > 0, "--runs must be at least 1");
+    let targets = TARGETS;
+    let results = interleaved(&args, &targets, runs).await?;
     let figure =
         |t: usize, f: &dyn Fn(&RoomsResult) -> f64| median(results[t].iter().map(f).collect());
-    let figures: [(&str, &dyn Fn(&RoomsResult) -> f64); 7] = [
-        ("delivered_per_sec", &|r| r.delivered_per_sec),
-        ("lost", &|r| r.lost as f64),
-        ("p50_ms", &|r| r.latency.p50_ms),
-        ("p99_ms", &|r| r.latency.p99_ms),
-        ("server_cpu_us_per_delivery", &|r| {
-            r.server_cpu_us_per_delivery
-        }),
-        ("server_peak_rss_mib", &|r| r.server_peak_rss_mib),
-        ("generator_cpu_us_per_delivery", &|r| {
-            r.generator_cpu_us_per_delivery
-        }),
-    ];
     println!(
         "medians of {runs} runs, {} connections, {} msg/s offered",
         args.groups * args.members,
@@ -64,7 +80,7 @@ pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<serde_jso
         "figure", "baseline", "tidings", "node-ws", "nats"
     );
     let mut json = serde_json::Map::new();
-    for (name, f) in figures {
+    for (name, f) in FIGURES {
         let m: Vec<f64> = (0..targets.len()).map(|t| figure(t, f)).collect();
         let over = |peer: f64| if peer == 0.0 { f64::NAN } else { m[1] / peer };
         println!(

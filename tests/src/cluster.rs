@@ -93,14 +93,7 @@ impl Member {
 
     /// This node's view: cluster address → (node id, "up" or "down").
     pub async fn view(&self) -> Option<BTreeMap<String, (String, String)>> {
-        let view: Value = http()
-            .get(format!("http://{}/v1/cluster", self.http))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let view = self.cluster_json().await?;
         assert_eq!(view["node"], self.id);
         let nodes = view["nodes"].as_array()?;
         Some(
@@ -135,15 +128,17 @@ impl Member {
 
     /// This node's view of the shards' groups, if it answers.
     pub async fn shards(&self) -> Option<Vec<Value>> {
-        let view: Value = http()
+        self.cluster_json().await?["shards"].as_array().cloned()
+    }
+
+    /// `GET /v1/cluster`, if the node answers.
+    async fn cluster_json(&self) -> Option<Value> {
+        let response = http()
             .get(format!("http://{}/v1/cluster", self.http))
             .send()
             .await
-            .ok()?
-            .json()
-            .await
             .ok()?;
-        view["shards"].as_array().cloned()
+        response.json().await.ok()
     }
 
     /// Shard → leader's node id, once every shard has a leader in this
