@@ -1,10 +1,11 @@
 //! Network namespaces that a test creates for itself, to cut nodes apart.
 //!
 //! Node `i` runs in its own namespace with two links to this one: a client
-//! link (`10.<net>.<i>.2`, reached from here through `10.<net>.<i>.1`) and a
-//! cluster link into a bridge that joins every node. Cutting a node's
-//! cluster link partitions it from the others while its clients still
-//! reach it. Everything is removed on drop.
+//! link (`198.18.<net>.<4i+2>`, reached from here through `…<4i+1>`) and a
+//! cluster link into a bridge that joins every node (`198.19.<net>.<i+1>`).
+//! Cutting a node's cluster link partitions it from the others while its
+//! clients still reach it. The addresses are from 198.18.0.0/15, the range
+//! set aside for such tests. Everything is removed on drop.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -39,7 +40,7 @@ fn must(args: &[&str]) {
 /// A set of namespaces, one per node, and the bridge between them.
 pub struct Net {
     tag: String,
-    /// The second octet of this net's addresses.
+    /// The third octet of this net's addresses.
     net: u32,
     nodes: usize,
 }
@@ -49,8 +50,8 @@ impl Net {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let seq = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("t{}{seq}", std::process::id() % 100_000);
-        // 10.100–10.199: a net per test in this process.
-        let net = 100 + (std::process::id() + seq * 7) % 100;
+        // A net per test in this process, unlikely to meet another's.
+        let net = (std::process::id() + seq * 37) % 256;
         let this = Net { tag, net, nodes };
         let bridge = this.bridge();
         must(&["link", "add", &bridge, "type", "bridge"]);
@@ -63,23 +64,11 @@ impl Net {
             let (here, there) = (format!("{}c{i}", this.tag), format!("{}d{i}", this.tag));
             must(&["link", "add", &here, "type", "veth", "peer", "name", &there]);
             must(&["link", "set", &there, "netns", &ns]);
-            must(&[
-                "addr",
-                "add",
-                &format!("10.{}.{i}.1/24", this.net),
-                "dev",
-                &here,
-            ]);
+            let host = format!("198.18.{}.{}/30", this.net, 4 * i + 1);
+            must(&["addr", "add", &host, "dev", &here]);
             must(&["link", "set", &here, "up"]);
-            must(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("10.{}.{i}.2/24", this.net),
-                "dev",
-                &there,
-            ]);
+            let node = format!("{}/30", this.client_ip(i));
+            must(&["-n", &ns, "addr", "add", &node, "dev", &there]);
             must(&["-n", &ns, "link", "set", &there, "up"]);
             // Cluster link: the node's namespace ↔ the bridge.
             let (port, inside) = (this.cluster_port(i), format!("{}k{i}", this.tag));
@@ -111,12 +100,12 @@ impl Net {
 
     /// Node `i`'s address for clients.
     pub fn client_ip(&self, i: usize) -> String {
-        format!("10.{}.{i}.2", self.net)
+        format!("198.18.{}.{}", self.net, 4 * i + 2)
     }
 
     /// Node `i`'s address on the cluster bridge.
     pub fn cluster_ip(&self, i: usize) -> String {
-        format!("10.{}.250.{}", self.net, i + 1)
+        format!("198.19.{}.{}", self.net, i + 1)
     }
 
     /// Cuts node `i` off from the other nodes (its clients still reach it).
