@@ -171,8 +171,8 @@ pub enum RouterMsg {
     Census {
         reply: RpcReplyPort<(usize, usize)>,
     },
-    /// In a cluster: this node no longer leads the shard; stop its
-    /// conversation actors before their counters go stale.
+    /// In a cluster: this node no longer leads the shard, or leads it
+    /// anew; stop its conversation actors, whose counters may be stale.
     ShardLost(ShardId),
     /// In a cluster: an encoded [`crate::directory::Delivery`] from
     /// another node, for the devices here.

@@ -127,7 +127,10 @@ struct Inner {
     /// Per shard, the term in which this node, as leader, confirmed it has
     /// applied everything committed before (0: not confirmed).
     ready: Vec<AtomicU64>,
+    /// Per shard, held while a leader confirms it is caught up.
+    confirming: Vec<tokio::sync::Mutex<()>>,
     peers: Peers,
+    router: ActorRef<RouterMsg>,
     timeout: Duration,
 }
 
@@ -175,8 +178,10 @@ impl Replicator {
                 node,
                 id,
                 ready: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+                confirming: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
                 rafts,
                 peers,
+                router: router.clone(),
                 timeout,
             }),
         };
@@ -245,11 +250,27 @@ impl Replicator {
             if self.inner.ready[index].load(Ordering::Acquire) == term {
                 return Route::Local;
             }
-            // A new leader first makes sure it has applied everything
-            // committed before its term, so its actors load the latest.
-            return match tokio::time::timeout(self.inner.timeout, raft.ensure_linearizable()).await
-            {
-                Ok(Ok(_)) => {
+            let _confirming = self.inner.confirming[index].lock().await;
+            if self.inner.ready[index].load(Ordering::Acquire) == term {
+                return Route::Local;
+            }
+            // A new leader (or one whose write went unconfirmed) first
+            // makes sure it still leads and has applied every entry it
+            // holds, so that actors load the end of the log.
+            let confirm = async {
+                raft.ensure_linearizable().await.ok()?;
+                let last = raft.metrics().borrow().last_log_index;
+                raft.wait(None)
+                    .applied_index_at_least(last, "every entry applied")
+                    .await
+                    .ok()
+            };
+            return match tokio::time::timeout(self.inner.timeout, confirm).await {
+                Ok(Some(_)) => {
+                    // Actors of an earlier term, or loaded before an
+                    // unconfirmed entry was applied, go first: the router
+                    // handles this before any request routed from now on.
+                    let _ = self.inner.router.cast(RouterMsg::ShardLost(shard));
                     self.inner.ready[index].store(term, Ordering::Release);
                     Route::Local
                 }
@@ -334,8 +355,15 @@ impl ReplicatedLog for Replicator {
     ) -> BoxFuture<'static, Result<(), StorageError>> {
         let raft = self.inner.rafts[shard.0 as usize].clone();
         let timeout = self.inner.timeout;
+        let inner = self.inner.clone();
         Box::pin(async move {
-            match tokio::time::timeout(timeout, raft.client_write(writes)).await {
+            let written = tokio::time::timeout(timeout, raft.client_write(writes)).await;
+            if !matches!(written, Ok(Ok(_))) {
+                // The entry may still commit: serve nothing more from this
+                // shard until it is applied (see `route`).
+                inner.ready[shard.0 as usize].store(0, Ordering::Release);
+            }
+            match written {
                 Ok(Ok(_)) => Ok(()),
                 // Even "not leader" may come after the entry was appended
                 // (a leader that stepped down): its fate is unknown.

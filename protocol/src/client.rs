@@ -670,6 +670,27 @@ impl Driver {
                         self.release(&mut held);
                     }
                 }
+                (Some(req), ServerFrame::Error(err)) if paging.contains_key(&req) => {
+                    // A page refused (a shard between leaders, say): give up
+                    // paging that conversation, deliver what is held, and
+                    // sync again from what was delivered.
+                    tracing::debug!(error = %err.message, "history page refused");
+                    paging.remove(&req);
+                    if paging.is_empty() {
+                        self.release(&mut held);
+                        sync_req = self.req();
+                        if !Self::write(
+                            &mut socket,
+                            Some(sync_req.clone()),
+                            &self.seen.sync_frame(),
+                        )
+                        .await
+                        {
+                            return End::Dropped;
+                        }
+                        held = Some(Vec::new());
+                    }
+                }
                 (Some(req), frame) => {
                     if let Some(p) = self.pending.remove(&req) {
                         let result = match frame {
