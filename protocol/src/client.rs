@@ -520,6 +520,15 @@ impl Driver {
         let _ = self.state.send(ConnState::Closed);
     }
 
+    /// Sends `sync` from what has been delivered; its `req`, or `None` if
+    /// the socket is gone.
+    async fn send_sync(&self, socket: &mut Socket) -> Option<String> {
+        let req = self.req();
+        Self::write(socket, Some(req.clone()), &self.seen.sync_frame())
+            .await
+            .then_some(req)
+    }
+
     async fn write(socket: &mut Socket, req: Option<String>, frame: &ClientFrame) -> bool {
         let text = serde_json::to_string(&ClientEnvelope {
             req,
@@ -536,10 +545,9 @@ impl Driver {
         queued: &mut Vec<Pending>,
     ) -> End {
         // Resume: sync first, holding live pushes until it is applied.
-        let mut sync_req = self.req();
-        if !Self::write(&mut socket, Some(sync_req.clone()), &self.seen.sync_frame()).await {
+        let Some(mut sync_req) = self.send_sync(&mut socket).await else {
             return End::Dropped;
-        }
+        };
         let mut held: Option<Vec<Push>> = Some(Vec::new());
         let mut paging: HashMap<String, ConvId> = HashMap::new();
         for p in queued.drain(..) {
@@ -655,15 +663,9 @@ impl Driver {
                 (Some(req), ServerFrame::Error(err)) if req == sync_req => {
                     if err.code == crate::ErrorCode::Unavailable {
                         // A shard between leaders: ask again.
-                        sync_req = self.req();
-                        if !Self::write(
-                            &mut socket,
-                            Some(sync_req.clone()),
-                            &self.seen.sync_frame(),
-                        )
-                        .await
-                        {
-                            return End::Dropped;
+                        match self.send_sync(&mut socket).await {
+                            Some(req) => sync_req = req,
+                            None => return End::Dropped,
                         }
                     } else {
                         tracing::warn!(error = %err.message, "sync refused");
@@ -678,15 +680,9 @@ impl Driver {
                     paging.remove(&req);
                     if paging.is_empty() {
                         self.release(&mut held);
-                        sync_req = self.req();
-                        if !Self::write(
-                            &mut socket,
-                            Some(sync_req.clone()),
-                            &self.seen.sync_frame(),
-                        )
-                        .await
-                        {
-                            return End::Dropped;
+                        match self.send_sync(&mut socket).await {
+                            Some(req) => sync_req = req,
+                            None => return End::Dropped,
                         }
                         held = Some(Vec::new());
                     }
@@ -703,22 +699,18 @@ impl Driver {
                 (None, ServerFrame::Resync) => {
                     // Events may have been lost between nodes: sync again,
                     // holding live pushes until the answer is applied.
-                    sync_req = self.req();
-                    if !Self::write(&mut socket, Some(sync_req.clone()), &self.seen.sync_frame())
-                        .await
-                    {
-                        return End::Dropped;
+                    match self.send_sync(&mut socket).await {
+                        Some(req) => sync_req = req,
+                        None => return End::Dropped,
                     }
                     held.get_or_insert_with(Vec::new);
                 }
                 (None, ServerFrame::Event(event)) if held.is_none() && self.seen.skips(&event) => {
                     // A version is missing before this one: fetch what was
                     // missed before delivering it.
-                    sync_req = self.req();
-                    if !Self::write(&mut socket, Some(sync_req.clone()), &self.seen.sync_frame())
-                        .await
-                    {
-                        return End::Dropped;
+                    match self.send_sync(&mut socket).await {
+                        Some(req) => sync_req = req,
+                        None => return End::Dropped,
                     }
                     held = Some(vec![Push::Event(event)]);
                 }
