@@ -108,10 +108,6 @@ pub enum StorageError {
     Layout(u8),
     #[error("storage is shut down")]
     Closed,
-    /// In a cluster: this node does not lead the shard, and nothing was
-    /// proposed; the write may be retried on the leader.
-    #[error("this node does not lead shard {0}")]
-    NotLeader(u16),
     /// In a cluster: the write was proposed but its fate is unknown (the
     /// leader changed or the majority stopped answering). Retrying with the
     /// same `cmid` is safe.
@@ -123,10 +119,7 @@ impl StorageError {
     /// Whether the entity's in-memory state may no longer match storage:
     /// the actor must reload before it writes again.
     pub fn leaves_state_unknown(&self) -> bool {
-        matches!(
-            self,
-            StorageError::NotLeader(_) | StorageError::Unconfirmed(_)
-        )
+        matches!(self, StorageError::Unconfirmed(_))
     }
 }
 

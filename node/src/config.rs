@@ -233,16 +233,18 @@ mod tests {
             args.extend_from_slice(extra);
             Config::from_args(args).unwrap().validate()
         };
+        let clustered = |join: &str| {
+            parse(&[
+                "--cluster-listen",
+                "127.0.0.1:9081",
+                "--cluster-cookie",
+                "c",
+                "--join",
+                join,
+            ])
+        };
         parse(&[]).unwrap();
-        parse(&[
-            "--cluster-listen",
-            "127.0.0.1:9081",
-            "--cluster-cookie",
-            "c",
-            "--join",
-            "127.0.0.1:9082,127.0.0.1:9083",
-        ])
-        .unwrap();
+        clustered("127.0.0.1:9082,127.0.0.1:9083").unwrap();
         assert!(matches!(
             parse(&["--cluster-listen", "127.0.0.1:9081"]),
             Err(ConfigError::NoClusterCookie)
@@ -252,15 +254,7 @@ mod tests {
             Err(ConfigError::JoinWithoutListen)
         ));
         // One --join list can serve every node: a node skips its own address.
-        parse(&[
-            "--cluster-listen",
-            "127.0.0.1:9081",
-            "--cluster-cookie",
-            "c",
-            "--join",
-            "127.0.0.1:9081,127.0.0.1:9082",
-        ])
-        .unwrap();
+        clustered("127.0.0.1:9081,127.0.0.1:9082").unwrap();
         assert!(matches!(
             parse(&["--node-id", "n 1"]),
             Err(ConfigError::BadNodeId(_))

@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
+use tidings_protocol::client::{Client, ClientConfig, Pushes};
 use tokio::process::Child;
 
 use crate::{eventually, http, process, token, Ws};
@@ -131,6 +133,16 @@ impl Member {
         self.cluster_json().await?["shards"].as_array().cloned()
     }
 
+    /// Shard → the last index this node has applied.
+    pub async fn committed(&self) -> BTreeMap<u64, u64> {
+        self.shards()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| Some((s["shard"].as_u64()?, s["committed"].as_u64()?)))
+            .collect()
+    }
+
     /// `GET /v1/cluster`, if the node answers.
     async fn cluster_json(&self) -> Option<Value> {
         let response = http()
@@ -175,4 +187,23 @@ pub async fn form(mut members: Vec<Member>) -> Vec<Member> {
         .await;
     }
     members
+}
+
+/// The index of the node leading the most shards in `leaders`.
+pub fn busiest(nodes: &[Member], leaders: &BTreeMap<u64, String>) -> usize {
+    let count = |id: &str| leaders.values().filter(|l| *l == id).count();
+    (0..nodes.len())
+        .max_by_key(|&i| count(nodes[i].id))
+        .expect("a cluster has nodes")
+}
+
+/// A Rust client for `user` that connects to `nodes[first]` first and
+/// fails over to the others in turn.
+pub fn client(user: &str, nodes: &[Member], first: usize) -> (Client, Pushes) {
+    let urls: Vec<String> = (0..nodes.len())
+        .map(|i| format!("ws://{}", nodes[(first + i) % nodes.len()].http))
+        .collect();
+    let mut config = ClientConfig::new(urls, token(user));
+    config.request_timeout = Duration::from_secs(30);
+    Client::connect(config)
 }

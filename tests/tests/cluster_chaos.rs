@@ -9,39 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidings_actors::shard::shard_of;
-use tidings_protocol::client::{Client, ClientConfig, Push};
+use tidings_protocol::client::{Client, Push};
 use tidings_protocol::{Cmid, ConvId, Event, EventKind, UserId};
-use tidings_tests::cluster::{start_cluster, Member};
-use tidings_tests::{eventually, token};
+use tidings_tests::cluster::{busiest, client, start_cluster, Member};
+use tidings_tests::eventually;
 use tokio::time::Instant;
 
 const ROUNDS: usize = 15;
 const CONVS: usize = 12;
 /// Sends acknowledged before the kill.
 const KILL_AFTER: usize = 120;
-
-fn client(user: &str, urls: &[String]) -> (Client, tidings_protocol::client::Pushes) {
-    let mut config = ClientConfig::new(urls.to_vec(), token(user));
-    config.request_timeout = Duration::from_secs(20);
-    Client::connect(config)
-}
-
-/// `urls` starting at `first`, then the others in turn.
-fn rotated(urls: &[String], first: usize) -> Vec<String> {
-    (0..urls.len())
-        .map(|i| urls[(first + i) % urls.len()].clone())
-        .collect()
-}
-
-/// The node leading the most shards.
-fn busiest(leaders: &BTreeMap<u64, String>) -> String {
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for leader in leaders.values() {
-        *counts.entry(leader).or_default() += 1;
-    }
-    let top = counts.into_iter().max_by_key(|(_, n)| *n).unwrap();
-    top.0.to_owned()
-}
 
 /// The messages of a conversation in version order: (version, cmid).
 fn messages(events: &[Event]) -> Vec<(u64, String)> {
@@ -59,10 +36,9 @@ fn messages(events: &[Event]) -> Vec<(u64, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_busiest_leader_mid_traffic_loses_and_repeats_nothing() {
     let mut nodes = start_cluster(&["n1", "n2", "n3"]).await;
-    let urls: Vec<String> = nodes.iter().map(|m| format!("ws://{}", m.http)).collect();
     let leaders = nodes[0].leaders().await.unwrap();
-    let victim_id = busiest(&leaders);
-    let victim = nodes.iter().position(|m| m.id == victim_id).unwrap();
+    let victim = busiest(&nodes, &leaders);
+    let victim_id = nodes[victim].id;
 
     // A sender and a reader connected to each node (failing over to the
     // others), all in every conversation.
@@ -76,7 +52,7 @@ async fn killing_the_busiest_leader_mid_traffic_loses_and_repeats_nothing() {
     let mut reader_pushes = Vec::new();
     let mut reader_clients = Vec::new();
     for (i, reader) in readers.iter().enumerate() {
-        let (client, pushes) = client(reader, &rotated(&urls, i));
+        let (client, pushes) = client(reader, &nodes, i);
         client.connected().await.unwrap();
         reader_clients.push(client);
         reader_pushes.push(pushes);
@@ -84,7 +60,7 @@ async fn killing_the_busiest_leader_mid_traffic_loses_and_repeats_nothing() {
     let sender_clients: Vec<Client> = senders
         .iter()
         .enumerate()
-        .map(|(i, s)| client(s, &rotated(&urls, i)).0)
+        .map(|(i, s)| client(s, &nodes, i).0)
         .collect();
     let mut convs: Vec<ConvId> = Vec::new();
     for i in 0..CONVS {
@@ -213,10 +189,10 @@ async fn killing_the_busiest_leader_mid_traffic_loses_and_repeats_nothing() {
     }
     // The killed node, restarted with its data, catches up: it applies what
     // the others committed meanwhile.
-    let target = committed(&nodes[(victim + 1) % nodes.len()]).await;
+    let target = nodes[(victim + 1) % nodes.len()].committed().await;
     let back: &Member = &nodes[victim];
     eventually("the restarted node to catch up", || async {
-        let mine = committed(back).await;
+        let mine = back.committed().await;
         target
             .iter()
             .all(|(shard, index)| mine.get(shard).is_some_and(|m| m >= index))
@@ -226,15 +202,4 @@ async fn killing_the_busiest_leader_mid_traffic_loses_and_repeats_nothing() {
     for client in reader_clients.iter().chain(&sender_clients) {
         client.close();
     }
-}
-
-/// Shard → the index `member` has applied.
-async fn committed(member: &Member) -> BTreeMap<u64, u64> {
-    member
-        .shards()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|s| Some((s["shard"].as_u64()?, s["committed"].as_u64()?)))
-        .collect()
 }

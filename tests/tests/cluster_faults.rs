@@ -7,29 +7,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tidings_actors::shard::shard_of;
-use tidings_protocol::client::{Client, ClientConfig};
+use tidings_protocol::client::Client;
 use tidings_protocol::{Cmid, ConvId, EventKind, UserId};
-use tidings_tests::cluster::{form, start_cluster, Member};
+use tidings_tests::cluster::{busiest, client, form, start_cluster, Member};
+use tidings_tests::eventually;
 use tidings_tests::netns::{self, Net};
-use tidings_tests::{eventually, token};
 use tokio::time::Instant;
-
-fn client(user: &str, nodes: &[Member], first: usize) -> Client {
-    let urls: Vec<String> = (0..nodes.len())
-        .map(|i| format!("ws://{}", nodes[(first + i) % nodes.len()].http))
-        .collect();
-    let mut config = ClientConfig::new(urls, token(user));
-    config.request_timeout = Duration::from_secs(30);
-    Client::connect(config).0
-}
-
-/// The node leading the most shards, by index.
-fn busiest(nodes: &[Member], leaders: &BTreeMap<u64, String>) -> usize {
-    let count = |id: &str| leaders.values().filter(|l| *l == id).count();
-    (0..nodes.len())
-        .max_by_key(|&i| count(nodes[i].id))
-        .unwrap()
-}
 
 fn leader_of(leaders: &BTreeMap<u64, String>, conv: &ConvId) -> String {
     leaders[&u64::from(shard_of(conv.as_str()).0)].clone()
@@ -92,8 +75,8 @@ async fn a_frozen_leader_is_replaced_and_steps_down_when_it_thaws() {
     let leaders = nodes[0].leaders().await.unwrap();
     let frozen = busiest(&nodes, &leaders);
     let (a, b) = ((frozen + 1) % 3, (frozen + 2) % 3);
-    let writer = client("writer", &nodes, a);
-    let reader = client("reader", &nodes, b);
+    let writer = client("writer", &nodes, a).0;
+    let reader = client("reader", &nodes, b).0;
     let members: Vec<UserId> = vec!["reader".try_into().unwrap()];
     let (affected, others) = spread_convs(&writer, members, &leaders, nodes[frozen].id, 2).await;
     let convs: Vec<ConvId> = affected.iter().chain(&others).cloned().collect();
@@ -156,7 +139,7 @@ async fn a_frozen_leader_is_replaced_and_steps_down_when_it_thaws() {
 
     // One history per conversation, whichever node is asked, holding each
     // acknowledged message once.
-    let thawed = client("reader", &nodes, frozen);
+    let thawed = client("reader", &nodes, frozen).0;
     let seen = [
         histories(&writer, &convs).await,
         histories(&reader, &convs).await,
