@@ -8,7 +8,9 @@
 //! nothing.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tidings_protocol::error::CurrentMessage;
 use tidings_protocol::frames::{ConvSummary, SyncedConv};
@@ -19,7 +21,11 @@ use crate::entity::{now_ms, EntityArgs, IdleClock};
 use crate::messages::{Ack, ConvMsg, Created, EntityKey, HistoryPage, Page, RouterMsg};
 use crate::metrics::Metrics;
 use crate::shard::{shard_of, ShardId};
-use crate::storage::records::{CmidRecord, ConvMeta, MessageState, StoredEvent, StoredKind};
+use crate::service::Service;
+use crate::storage::records::{
+    CmidRecord, ConvMeta, IndexChange, IndexEntry, IndexOutbox, MessageState, StoredEvent,
+    StoredKind,
+};
 use crate::storage::{keys, Cf, Storage, StorageError, WriteSet};
 
 pub struct ConversationActor;
@@ -39,9 +45,20 @@ pub struct Conversation {
     /// actor's counter may be behind storage, so it stops and the next
     /// request loads the conversation afresh.
     stale: bool,
+    /// Changes to members' indexes not yet known to be written.
+    outbox: IndexOutbox,
+    /// Whether the outbox was written out and may be cleared.
+    outbox_sent: bool,
+    /// When to try the outbox again after a failure.
+    outbox_retry: Instant,
+    service: Option<Service>,
 }
 
 type Result<T> = std::result::Result<T, ErrorFrame>;
+
+/// How long a conversation waits before writing its members' indexes again
+/// after a failure.
+const OUTBOX_RETRY: Duration = Duration::from_secs(1);
 
 impl Actor for ConversationActor {
     type Msg = ConvMsg;
@@ -62,6 +79,10 @@ impl Actor for ConversationActor {
             let last = args.storage.last_version(Cf::ConvLog, args.id.as_str())?;
             meta.version = meta.version.max(last.unwrap_or(0));
         }
+        let outbox = args
+            .storage
+            .get(Cf::ConvMeta, &keys::index_outbox(args.id.as_str()))?
+            .unwrap_or_default();
         let audience = meta
             .as_ref()
             .map(|m| Arc::from(m.members.clone()))
@@ -79,6 +100,10 @@ impl Actor for ConversationActor {
             metrics: args.metrics,
             idle,
             stale: false,
+            outbox,
+            outbox_sent: false,
+            outbox_retry: Instant::now(),
+            service: args.service,
         })
     }
 
@@ -99,7 +124,17 @@ impl Actor for ConversationActor {
     ) -> std::result::Result<(), ActorProcessingErr> {
         match message {
             ConvMsg::Tick => {
-                state.idle.tick(&state.router, false);
+                // An outbox left by a failure (or by an earlier leader) is
+                // retried, and keeps the actor alive until it is done.
+                if !state.outbox.changes.is_empty() && Instant::now() >= state.outbox_retry {
+                    state.send_outbox().await;
+                    state.clear_outbox().await;
+                }
+                let busy = !state.outbox.changes.is_empty();
+                state.idle.tick(&state.router, busy);
+                if state.stale {
+                    myself.stop(Some("a write was not confirmed".into()));
+                }
                 return Ok(());
             }
             ConvMsg::Shutdown => {
@@ -171,6 +206,8 @@ impl Actor for ConversationActor {
             ConvMsg::Typing { by } => state.typing(by),
             ConvMsg::Tick | ConvMsg::Shutdown => unreachable!("handled above"),
         }
+        // After the reply: the outbox is cleared once its changes are in.
+        state.clear_outbox().await;
         if state.stale {
             myself.stop(Some("a write was not confirmed".into()));
         }
@@ -276,22 +313,96 @@ impl Conversation {
         Ok(versions)
     }
 
+    /// Commits a membership change (`meta` and its `events`) with the
+    /// index changes it owes in `outbox`, then writes those out.
+    async fn commit_members(
+        &mut self,
+        meta: ConvMeta,
+        events: Vec<(StoredEvent, Arc<[UserId]>)>,
+        outbox: IndexOutbox,
+    ) -> Result<Vec<u64>> {
+        let mut writes = WriteSet::default();
+        self.stage_outbox(&outbox, &mut writes)?;
+        let versions = self.commit(Some(meta), events, writes).await?;
+        self.outbox = outbox;
+        self.send_outbox().await;
+        Ok(versions)
+    }
+
     fn publish(&self, event: Event, audience: Arc<[UserId]>) {
         let frame = ServerFrame::Event(event).push().to_json().into();
         self.directory
             .deliver(&audience, None, &frame, &self.metrics);
     }
 
-    fn index_members(&self, writes: &mut WriteSet, users: &[UserId], member: bool) -> Result<()> {
-        for user in users {
-            let key = keys::named(user.as_str(), self.id.as_str());
-            if member {
-                writes.put(Cf::UserConvs, key, &()).map_err(internal)?;
-            } else {
-                writes.delete(Cf::UserConvs, key);
+    /// Queues `users`' index changes in the outbox, to be committed with
+    /// the change at `version`.
+    fn index_members(&self, outbox: &mut IndexOutbox, users: &[UserId], version: u64, member: bool) {
+        outbox.merge(users.iter().map(|user| IndexChange {
+            user: user.clone(),
+            entry: IndexEntry { version, member },
+        }));
+    }
+
+    /// The version the next committed event gets.
+    fn next_version(&self) -> u64 {
+        self.meta.as_ref().map_or(0, |m| m.version) + 1
+    }
+
+    /// Writes `outbox` with a membership change: the members' indexes are
+    /// in their own shards, so the change is committed first and the
+    /// indexes follow ([`Self::send_outbox`]).
+    fn stage_outbox(&self, outbox: &IndexOutbox, writes: &mut WriteSet) -> Result<()> {
+        writes
+            .put(Cf::ConvMeta, keys::index_outbox(self.id.as_str()), outbox)
+            .map_err(internal)
+    }
+
+    /// Writes the outbox's changes into the members' indexes, wherever
+    /// their shards are led, waiting at most half the call timeout so the
+    /// caller still gets its answer; what fails is tried again on a later
+    /// tick. Every change carries its version, so a late or repeated one
+    /// changes nothing.
+    async fn send_outbox(&mut self) {
+        let Some(service) = &self.service else {
+            return;
+        };
+        if self.outbox.changes.is_empty() {
+            return;
+        }
+        let writes = join_all(
+            self.outbox
+                .changes
+                .iter()
+                .map(|change| service.index(&change.user, &self.id, change.entry)),
+        );
+        let wait = service.timeout() / 2;
+        match tokio::time::timeout(wait, writes).await {
+            Ok(results) if results.iter().all(Result::is_ok) => self.outbox_sent = true,
+            outcome => {
+                let failed = outcome.map_or(self.outbox.changes.len(), |results| {
+                    results.iter().filter(|r| r.is_err()).count()
+                });
+                tracing::warn!(conv = %self.id, failed, "members' indexes not written yet; retrying");
+                self.outbox_retry = Instant::now() + OUTBOX_RETRY;
             }
         }
-        Ok(())
+    }
+
+    /// Deletes the stored outbox once every change in it is written.
+    async fn clear_outbox(&mut self) {
+        if !self.outbox_sent {
+            return;
+        }
+        let mut writes = WriteSet::default();
+        writes.delete(Cf::ConvMeta, keys::index_outbox(self.id.as_str()));
+        match self.storage.commit(self.shard, writes).await {
+            Ok(()) => {
+                self.outbox = IndexOutbox::default();
+                self.outbox_sent = false;
+            }
+            Err(err) => self.stale |= err.leaves_state_unknown(),
+        }
     }
 
     async fn start(
@@ -308,8 +419,8 @@ impl Conversation {
             creator: by.clone(),
             version: 0,
         };
-        let mut writes = WriteSet::default();
-        self.index_members(&mut writes, &members, true)?;
+        let mut outbox = self.outbox.clone();
+        self.index_members(&mut outbox, &members, self.next_version(), true);
         let event = StoredEvent {
             ts: now_ms(),
             from: by,
@@ -319,7 +430,7 @@ impl Conversation {
             },
         };
         let versions = self
-            .commit(Some(meta), vec![(event, Arc::from(members))], writes)
+            .commit_members(meta, vec![(event, Arc::from(members))], outbox)
             .await?;
         Ok(Created {
             conv: self.id.clone(),
@@ -554,11 +665,11 @@ impl Conversation {
         }
         let ts = now_ms();
         let mut events = Vec::new();
-        let mut writes = WriteSet::default();
+        let mut outbox = self.outbox.clone();
         if !joining.is_empty() {
             meta.members.extend(joining.iter().cloned());
             tidings_protocol::frames::validate_members(&meta.members)?;
-            self.index_members(&mut writes, &joining, true)?;
+            self.index_members(&mut outbox, &joining, self.next_version(), true);
             let event = StoredEvent {
                 ts,
                 from: by.clone(),
@@ -569,7 +680,8 @@ impl Conversation {
         if !leaving.is_empty() {
             let before: Arc<[UserId]> = Arc::from(meta.members.clone());
             meta.members.retain(|u| !leaving.contains(u));
-            self.index_members(&mut writes, &leaving, false)?;
+            let version = self.next_version() + events.len() as u64;
+            self.index_members(&mut outbox, &leaving, version, false);
             let event = StoredEvent {
                 ts,
                 from: by.clone(),
@@ -585,7 +697,7 @@ impl Conversation {
                 dup: None,
             });
         }
-        let versions = self.commit(Some(meta), events, writes).await?;
+        let versions = self.commit_members(meta, events, outbox).await?;
         Ok(Ack {
             conv: self.id.clone(),
             version: *versions.last().expect("at least one event"),

@@ -9,6 +9,7 @@ use ractor::ActorRef;
 use crate::directory::Directory;
 use crate::messages::{EntityKey, RouterMsg};
 use crate::metrics::Metrics;
+use crate::service::Service;
 use crate::storage::Storage;
 
 /// Settings of entity actors and connections.
@@ -39,6 +40,8 @@ pub struct EntityArgs<Id> {
     pub directory: Directory,
     pub config: EntityConfig,
     pub metrics: Arc<Metrics>,
+    /// How an entity reaches another one, on this node or where it is led.
+    pub service: Option<Service>,
 }
 
 /// Counts the router's messages and tells the router when the entity has

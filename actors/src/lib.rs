@@ -33,6 +33,13 @@
 //! devices, found in the [`directory`] where each user actor keeps the list
 //! of its devices. Reads go the same way, so a conversation's actor is the
 //! one place that knows its state.
+//!
+//! A user's list of conversations is kept in the user's shard, not in each
+//! conversation's. A membership change is therefore committed with an
+//! outbox of the index changes it owes; the conversation then writes them
+//! through the service to each member's user actor (wherever that shard is
+//! led) before it acknowledges, and clears the outbox. An outbox left by a
+//! failure is retried, by this actor or by the next leader's.
 
 pub mod cluster;
 pub mod codec;
@@ -60,7 +67,6 @@ pub use metrics::Metrics;
 pub use service::Service;
 pub use storage::{Storage, StorageError};
 
-/// Starts the node's router over `storage`.
 /// Starts the node's router over `storage`; fan-out reaches `peers` too.
 pub async fn start_router(
     storage: Storage,
@@ -68,7 +74,8 @@ pub async fn start_router(
     metrics: Arc<Metrics>,
     peers: Option<cluster::Peers>,
 ) -> Result<(ActorRef<RouterMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
-    Actor::spawn(
+    let timeout = config.call_timeout;
+    let (router, task) = Actor::spawn(
         None,
         router::Router,
         router::RouterArgs {
@@ -80,5 +87,9 @@ pub async fn start_router(
                 .unwrap_or_default(),
         },
     )
-    .await
+    .await?;
+    // Entities reach each other through this node until a cluster's
+    // service replaces it (before any request).
+    let _ = router.cast(RouterMsg::Serve(Service::new(router.clone(), timeout)));
+    Ok((router, task))
 }

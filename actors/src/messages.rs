@@ -9,7 +9,9 @@ use tidings_protocol::{Cmid, ConvId, ErrorFrame, Event, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::outbound::Outbound;
+use crate::service::Service;
 use crate::shard::ShardId;
+use crate::storage::records::IndexEntry;
 
 /// A reply that is either what was asked or a client-safe error.
 pub type Reply<T> = RpcReplyPort<Result<T, ErrorFrame>>;
@@ -135,6 +137,13 @@ pub enum UserMsg {
     Conversations {
         reply: Reply<Vec<ConvId>>,
     },
+    /// From a conversation (through the service): record in this user's
+    /// index whether the user is a member of `conv` as of its `version`.
+    Index {
+        conv: ConvId,
+        entry: IndexEntry,
+        reply: Reply<()>,
+    },
     Presence {
         reply: RpcReplyPort<PresenceInfo>,
     },
@@ -180,4 +189,8 @@ pub enum RouterMsg {
     /// In a cluster: a link to another node was lost with whatever was on
     /// it; every device here is told to sync.
     Resync,
+    /// The service entity actors use to reach other entities (a
+    /// conversation writing its members' indexes), wherever they are led.
+    /// Sent once at start, before any request.
+    Serve(Service),
 }

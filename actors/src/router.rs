@@ -24,6 +24,7 @@ use crate::directory::Directory;
 use crate::entity::{tick_every, EntityArgs, EntityConfig};
 use crate::messages::{ConvMsg, EntityKey, RouterMsg, UserMsg};
 use crate::metrics::Metrics;
+use crate::service::Service;
 use crate::shard::shard_of;
 use crate::storage::Storage;
 use crate::user::UserActor;
@@ -108,6 +109,7 @@ pub struct RouterState {
     storage: Storage,
     config: EntityConfig,
     metrics: Arc<Metrics>,
+    service: Option<Service>,
 }
 
 impl RouterState {
@@ -119,6 +121,7 @@ impl RouterState {
             directory: self.directory.clone(),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
+            service: self.service.clone(),
         }
     }
 
@@ -175,6 +178,7 @@ impl Actor for Router {
             storage: args.storage,
             config: args.config,
             metrics: args.metrics,
+            service: None,
         })
     }
 
@@ -235,6 +239,7 @@ impl Actor for Router {
             RouterMsg::Deliver(bytes) => {
                 state.directory.deliver_from_peer(&bytes, &state.metrics);
             }
+            RouterMsg::Serve(service) => state.service = Some(service),
             RouterMsg::Resync => {
                 let frame = ServerFrame::Resync.push().to_json().into();
                 state.directory.deliver_everyone(&frame, &state.metrics);

@@ -29,6 +29,7 @@ use tidings_protocol::{
 use crate::messages::{Ack, ConvMsg, Created, HistoryPage, Page, Reply, RouterMsg, UserMsg};
 use crate::outbound::Outbound;
 use crate::replication::{Replicator, Route};
+use crate::storage::records::IndexEntry;
 use forward::{forward, Answer, ConvOp, Forwarded, Op, Outcome, UserOp};
 
 pub mod forward;
@@ -82,6 +83,11 @@ impl Service {
             timeout,
             replicator: Some(replicator),
         }
+    }
+
+    /// How long a request may take before it is answered `unavailable`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     async fn call<T: Send + 'static>(
@@ -276,6 +282,10 @@ impl Service {
                     .user(&user, |reply| UserMsg::Conversations { reply })
                     .await
                     .map(Answer::Convs),
+                UserOp::Index { conv, entry } => self
+                    .user(&user, |reply| UserMsg::Index { conv, entry, reply })
+                    .await
+                    .map(|()| Answer::Done),
             },
         }
     }
@@ -305,6 +315,19 @@ impl Service {
     async fn convs_of(&self, user: &UserId) -> Result<Vec<ConvId>> {
         match self.user_op(user, UserOp::Conversations).await? {
             Answer::Convs(ids) => Ok(ids),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Records in `user`'s index (in the user's shard) whether the user is
+    /// a member of `conv`, as of `entry.version`.
+    pub async fn index(&self, user: &UserId, conv: &ConvId, entry: IndexEntry) -> Result<()> {
+        let op = UserOp::Index {
+            conv: conv.clone(),
+            entry,
+        };
+        match self.user_op(user, op).await? {
+            Answer::Done => Ok(()),
             _ => Err(unexpected()),
         }
     }

@@ -377,15 +377,37 @@ impl Storage {
 
     /// The names under `entity` in `cf` (say, a user's conversations).
     pub fn names(&self, cf: Cf, entity: &str) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .named_raw(cf, entity)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// The named records under `entity` in `cf`, each with its value, or
+    /// `None` where the value is not a `T` (written in an older form).
+    pub fn named<T: DeserializeOwned>(
+        &self,
+        cf: Cf,
+        entity: &str,
+    ) -> Result<Vec<(String, Option<T>)>, StorageError> {
+        Ok(self
+            .named_raw(cf, entity)?
+            .into_iter()
+            .map(|(name, value)| (name, codec::decode(&value).ok()))
+            .collect())
+    }
+
+    fn named_raw(&self, cf: Cf, entity: &str) -> Result<Vec<(String, Box<[u8]>)>, StorageError> {
         let prefix = keys::entity(entity);
         let iter = self
             .db
             .iterator_cf(self.cf(cf), IteratorMode::From(&prefix, Direction::Forward));
         let mut out = Vec::new();
         for item in iter {
-            let (key, _) = item?;
+            let (key, value) = item?;
             match keys::name_of(&prefix, &key) {
-                Some(name) if key.starts_with(&prefix) => out.push(name.to_owned()),
+                Some(name) if key.starts_with(&prefix) => out.push((name.to_owned(), value)),
                 _ => break,
             }
         }

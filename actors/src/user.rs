@@ -16,7 +16,7 @@ use crate::entity::{now_ms, EntityArgs, IdleClock};
 use crate::messages::{EntityKey, RouterMsg, UserMsg};
 use crate::metrics::Metrics;
 use crate::shard::{shard_of, ShardId};
-use crate::storage::records::{StoredNotification, UserMeta};
+use crate::storage::records::{IndexEntry, StoredNotification, UserMeta};
 use crate::storage::{keys, Cf, Storage, WriteSet};
 
 pub struct UserActor;
@@ -119,6 +119,9 @@ impl Actor for UserActor {
             }
             UserMsg::Conversations { reply } => {
                 let _ = reply.send(state.conversations());
+            }
+            UserMsg::Index { conv, entry, reply } => {
+                let _ = reply.send(Box::pin(state.index(conv, entry)).await);
             }
             UserMsg::Presence { reply } => {
                 let _ = reply.send(state.presence());
@@ -231,14 +234,41 @@ impl User {
         })
     }
 
+    /// The conversations this user is a member of, from the user's index.
     fn conversations(&self) -> Result<Vec<ConvId>> {
-        let names = self
+        let entries = self
             .storage
-            .names(Cf::UserConvs, self.id.as_str())
+            .named::<IndexEntry>(Cf::UserConvs, self.id.as_str())
             .map_err(internal)?;
-        Ok(names
+        Ok(entries
             .into_iter()
-            .filter_map(|name| ConvId::try_from(name).ok())
+            // An entry from before entries had versions means "member".
+            .filter(|(_, entry)| entry.is_none_or(|e| e.member))
+            .filter_map(|(name, _)| ConvId::try_from(name).ok())
             .collect())
+    }
+
+    /// Records a conversation's membership change in this user's index,
+    /// unless the index already holds a later one. Read from storage, not
+    /// from this actor: it may have been loaded while another node led the
+    /// shard.
+    async fn index(&mut self, conv: ConvId, entry: IndexEntry) -> Result<()> {
+        let key = keys::named(self.id.as_str(), conv.as_str());
+        let current = self
+            .storage
+            .get_raw(Cf::UserConvs, &key)
+            .map_err(internal)?
+            .map(|bytes| crate::codec::decode::<IndexEntry>(&bytes).ok());
+        if let Some(Some(current)) = current {
+            if current.version > entry.version || current == entry {
+                return Ok(());
+            }
+        }
+        let mut writes = WriteSet::default();
+        writes.put(Cf::UserConvs, key, &entry).map_err(internal)?;
+        self.storage
+            .commit(self.shard, writes)
+            .await
+            .map_err(crate::conversation::commit_failed)
     }
 }

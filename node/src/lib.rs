@@ -130,6 +130,9 @@ impl Node {
                 storage.replicate_through(Arc::new(replicator.clone()));
                 let service =
                     Service::clustered(router.clone(), config.call_timeout, replicator.clone());
+                // Before any request: entities reach each other where their
+                // shards are led.
+                let _ = router.cast(RouterMsg::Serve(service.clone()));
                 cluster.serve(Handlers {
                     replicator: replicator.clone(),
                     service: service.clone(),

@@ -247,6 +247,19 @@ impl Ws {
         reply
     }
 
+    /// The ids of the conversations `convs` lists for this user, sorted.
+    pub async fn conv_ids(&mut self) -> Vec<String> {
+        let listed = self.ok(json!({"type":"convs"}), "convs").await;
+        let mut ids: Vec<String> = listed["conversations"]
+            .as_array()
+            .expect("a list of conversations")
+            .iter()
+            .map(|c| c["conv"].as_str().expect("a conversation id").to_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// The next pushed `event` of `conv` at `version`.
     pub async fn event(&mut self, conv: &str, version: u64) -> Value {
         self.take(&format!("event {conv}#{version}"), |v| {

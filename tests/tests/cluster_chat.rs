@@ -162,4 +162,27 @@ async fn users_on_different_nodes_chat_as_on_one() {
         .map(|e| e["version"].as_u64().unwrap())
         .collect();
     assert_eq!(missed, ((version + 1)..=(version + 2)).collect::<Vec<_>>());
+
+    // A new conversation is in each member's list at once, whichever node
+    // serves the list: the list lives in the user's shard, the
+    // conversation in its own, and the ack waits for both.
+    let mut bob_expects = bob.conv_ids().await;
+    for round in 0..8 {
+        let created = alice
+            .ok(
+                json!({"type":"create","members":["bob","carol"],"title":format!("round {round}")}),
+                "created",
+            )
+            .await;
+        let new = created["conv"].as_str().unwrap().to_owned();
+        bob_expects.push(new.clone());
+        bob_expects.sort();
+        assert_eq!(bob.conv_ids().await, bob_expects, "round {round}, bob on n2");
+        assert!(carol.conv_ids().await.contains(&new), "round {round}, carol");
+        // And leaving is gone from the list at once.
+        carol
+            .ok(json!({"type":"members","conv":new,"remove":["carol"]}), "ack")
+            .await;
+        assert!(!carol.conv_ids().await.contains(&new), "round {round}");
+    }
 }

@@ -245,6 +245,7 @@ async fn members_join_and_leave_under_the_rules() {
     carol
         .err(json!({"type":"send","conv":conv,"body":"x"}), "forbidden")
         .await;
+    assert!(carol.conv_ids().await.is_empty(), "carol left");
     let ack = alice
         .ok(
             json!({"type":"members","conv":conv,"add":["carol"],"remove":["bob"]}),
@@ -264,6 +265,10 @@ async fn members_join_and_leave_under_the_rules() {
         !bob.events().iter().any(|e| e["version"] == 6),
         "a removed member gets nothing more"
     );
+    // Each user's own list follows: carol is back, bob is out.
+    assert_eq!(carol.conv_ids().await, [conv.clone()]);
+    assert!(bob.conv_ids().await.is_empty(), "bob was removed");
+    assert_eq!(alice.conv_ids().await, [conv]);
 }
 
 #[tokio::test]

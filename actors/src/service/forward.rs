@@ -20,6 +20,7 @@ use tidings_protocol::{Cmid, ConvId, ErrorFrame, UserId};
 use crate::cluster::peer::PeerMsg;
 use crate::messages::{Ack, Created, HistoryPage, Page};
 use crate::shard::{shard_of, ShardId};
+use crate::storage::records::IndexEntry;
 
 /// A request for one entity.
 #[derive(Debug, Serialize, Deserialize)]
@@ -94,6 +95,7 @@ pub enum UserOp {
     Notify { payload: serde_json::Value },
     Notifications { after: Option<u64>, limit: u32 },
     Conversations,
+    Index { conv: ConvId, entry: IndexEntry },
 }
 
 /// The result of an [`Op`].

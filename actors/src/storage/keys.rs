@@ -29,6 +29,12 @@ pub fn named(id: &str, name: &str) -> Vec<u8> {
     key
 }
 
+/// `[len][conv]` + a suffix no name uses: a conversation's
+/// [`IndexOutbox`](super::records::IndexOutbox), beside its meta.
+pub fn index_outbox(conv: &str) -> Vec<u8> {
+    named(conv, "\0index-outbox")
+}
+
 /// `[shard be][index be]`: one entry of a shard's Raft log.
 pub fn raft_entry(shard: u16, index: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(10);

@@ -100,3 +100,68 @@ pub struct StoredNotification {
     pub ts: u64,
     pub payload: String,
 }
+
+/// A conversation in a user's index (`user_convs`, in the user's shard):
+/// whether the user is a member as of the conversation's `version`. A
+/// change older than the entry is ignored, so changes that arrive out of
+/// order leave the latest. Entries written before versions were kept hold
+/// no value that decodes as this, and mean "member".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub version: u64,
+    pub member: bool,
+}
+
+/// One change a conversation owes its members' indexes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexChange {
+    pub user: UserId,
+    pub entry: IndexEntry,
+}
+
+/// A conversation's index outbox: the changes to its members' indexes
+/// (which live in other shards) that are not yet known to be written. It is
+/// committed with the membership change itself, and cleared once every
+/// change is written, so a leader that dies in between leaves it for the
+/// next one to finish.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexOutbox {
+    pub changes: Vec<IndexChange>,
+}
+
+impl IndexOutbox {
+    /// Adds `changes`; a newer change for a user replaces an older one.
+    pub fn merge(&mut self, changes: impl IntoIterator<Item = IndexChange>) {
+        for change in changes {
+            match self.changes.iter_mut().find(|c| c.user == change.user) {
+                Some(old) if old.entry.version <= change.entry.version => *old = change,
+                Some(_) => {}
+                None => self.changes.push(change),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(user: &str, version: u64, member: bool) -> IndexChange {
+        IndexChange {
+            user: UserId::try_from(user.to_owned()).unwrap(),
+            entry: IndexEntry { version, member },
+        }
+    }
+
+    #[test]
+    fn an_outbox_keeps_each_users_latest_change() {
+        let mut outbox = IndexOutbox::default();
+        outbox.merge([change("al", 1, true), change("bo", 1, true)]);
+        outbox.merge([change("al", 3, false), change("bo", 0, false)]);
+        assert_eq!(
+            outbox.changes,
+            [change("al", 3, false), change("bo", 1, true)],
+            "a newer change replaces, an older one does not"
+        );
+    }
+}
