@@ -16,17 +16,23 @@
 //! conversation actors, so that none keeps a version counter that another
 //! leader has moved on from.
 //!
-//! The groups form once every node in `--join` is linked: for each shard,
-//! one node (by the shard number, so that leadership starts spread out)
-//! initializes the group with every node as a voter. A node restarted with
-//! its data directory finds its groups in storage and rejoins them.
+//! The groups form once every node in `--join` is linked: the node names,
+//! sorted, place shard `s` on the `--replicas` nodes from position `s` on
+//! (so that shards and leadership start spread out), and the first of
+//! those initializes the group with all of them as voters. The names are
+//! kept in storage, so a node restarted with its data directory knows the
+//! placement at once, finds its groups and rejoins them.
+//!
+//! A node that holds no replica of a shard forwards its requests to the
+//! leader it last heard of, or else to one of the replicas, which either
+//! serves the request or answers with the leader it knows.
 
 pub mod network;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +47,7 @@ use crate::cluster::Peers;
 use crate::codec;
 use crate::messages::RouterMsg;
 use crate::shard::{ShardId, SHARDS};
-use crate::storage::{ReplicatedLog, Storage, StorageError, WriteSet};
+use crate::storage::{keys, Cf, ReplicatedLog, Storage, StorageError, WriteSet};
 use network::{Network, RaftRequest, RaftResponse};
 use store::ShardStore;
 
@@ -104,6 +110,8 @@ pub struct ShardView {
     pub term: u64,
     /// The last index this node knows committed and has applied.
     pub committed: Option<u64>,
+    /// Whether this node holds a replica of the shard.
+    pub held: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +131,16 @@ pub struct Replicator {
 struct Inner {
     node: String,
     id: u64,
+    /// Copies of each shard (at most the number of nodes).
+    replicas: usize,
+    /// Every node's name, sorted, once the groups have formed (or from
+    /// storage after a restart): the placement of every shard.
+    nodes: std::sync::RwLock<Vec<String>>,
+    /// Per shard this node holds no replica of: the leader it last heard of.
+    hints: Vec<std::sync::Mutex<Option<String>>>,
+    /// Turns the replica a request without a known leader goes to.
+    turn: AtomicUsize,
+    storage: Storage,
     rafts: Vec<ShardRaft>,
     /// Per shard, the term in which this node, as leader, confirmed it has
     /// applied everything committed before (0: not confirmed).
@@ -136,13 +154,15 @@ struct Inner {
 
 impl Replicator {
     /// Opens every shard's group from `storage`, then forms the groups
-    /// once the `expected` other nodes are linked, and tells `router` when
-    /// this node stops leading a shard.
+    /// once the `expected` other nodes are linked, with `replicas` copies of
+    /// each shard, and tells `router` when this node stops leading a shard.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         node: String,
         storage: Storage,
         peers: Peers,
         expected: usize,
+        replicas: usize,
         router: ActorRef<RouterMsg>,
         timing: RaftTiming,
         timeout: Duration,
@@ -173,10 +193,22 @@ impl Replicator {
                 })?;
             rafts.push(raft);
         }
+        let nodes: Vec<String> = storage
+            .get(Cf::RaftState, &keys::cluster_nodes())
+            .map_err(|e| ReplicationError::Start {
+                shard: u16::MAX,
+                message: format!("reading the cluster's nodes: {e}"),
+            })?
+            .unwrap_or_default();
         let replicator = Replicator {
             inner: Arc::new(Inner {
                 node,
                 id,
+                replicas: replicas.max(1),
+                nodes: std::sync::RwLock::new(nodes),
+                hints: (0..SHARDS).map(|_| std::sync::Mutex::new(None)).collect(),
+                turn: AtomicUsize::new(0),
+                storage: storage.clone(),
                 ready: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
                 confirming: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
                 rafts,
@@ -211,16 +243,22 @@ impl Replicator {
         names.push(self.inner.node.clone());
         names.sort();
         names.dedup();
-        let members: BTreeMap<u64, BasicNode> = names
-            .iter()
-            .map(|name| (raft_id(name), BasicNode::new(name)))
-            .collect();
+        if let Err(err) = self.remember_nodes(&names).await {
+            tracing::error!(error = %err, "storing the cluster's nodes failed");
+        }
         let mut founded = 0;
         for (shard, raft) in self.inner.rafts.iter().enumerate() {
-            if names[shard % names.len()] != self.inner.node {
+            let Some(replicas) = self.placement(shard as u16) else {
+                continue;
+            };
+            if replicas.first() != Some(&self.inner.node) {
                 continue;
             }
-            match raft.initialize(members.clone()).await {
+            let members: BTreeMap<u64, BasicNode> = replicas
+                .iter()
+                .map(|name| (raft_id(name), BasicNode::new(name)))
+                .collect();
+            match raft.initialize(members).await {
                 Ok(()) => founded += 1,
                 Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(err) => {
@@ -228,11 +266,97 @@ impl Replicator {
                 }
             }
         }
-        tracing::info!(nodes = ?names, founded, "shard groups formed");
+        tracing::info!(nodes = ?names, replicas = self.inner.replicas, founded, "shard groups formed");
+    }
+
+    /// Keeps the node names the groups are placed by. A restarted node
+    /// keeps the names it first stored, so placement never moves.
+    async fn remember_nodes(&self, names: &[String]) -> Result<(), StorageError> {
+        if !self.inner.nodes.read().expect("not poisoned").is_empty() {
+            return Ok(());
+        }
+        let mut writes = WriteSet::default();
+        writes.put(Cf::RaftState, keys::cluster_nodes(), &names.to_vec())?;
+        self.inner.storage.commit_local(writes).await?;
+        *self.inner.nodes.write().expect("not poisoned") = names.to_vec();
+        Ok(())
+    }
+
+    /// The nodes that hold `shard`, founder first; `None` until the
+    /// cluster's nodes are known.
+    fn placement(&self, shard: u16) -> Option<Vec<String>> {
+        let nodes = self.inner.nodes.read().expect("not poisoned");
+        if nodes.is_empty() {
+            return None;
+        }
+        let copies = self.inner.replicas.min(nodes.len());
+        Some(
+            (0..copies)
+                .map(|i| nodes[(shard as usize + i) % nodes.len()].clone())
+                .collect(),
+        )
+    }
+
+    /// Whether this node holds (or may come to hold) a replica of `shard`.
+    fn holds(&self, shard: u16) -> bool {
+        self.placement(shard)
+            .is_none_or(|replicas| replicas.contains(&self.inner.node))
+    }
+
+    /// The leader of `shard` as this node's own group sees it, if another
+    /// node: what a node that cannot serve a request tells its sender.
+    pub fn leader_of(&self, shard: ShardId) -> Option<String> {
+        if !self.holds(shard.0) {
+            return self.inner.hints[shard.0 as usize]
+                .lock()
+                .expect("not poisoned")
+                .clone();
+        }
+        let metrics = self.inner.rafts[shard.0 as usize].metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader.filter(|id| *id != self.inner.id)?;
+        let node = m.membership_config.membership().get_node(&leader)?;
+        Some(node.addr.clone())
+    }
+
+    /// What another node said about `shard`'s leader, for the next request
+    /// from this node, if it holds no replica of the shard.
+    pub fn note_leader(&self, shard: ShardId, leader: Option<String>) {
+        if !self.holds(shard.0) {
+            *self.inner.hints[shard.0 as usize]
+                .lock()
+                .expect("not poisoned") = leader;
+        }
+    }
+
+    /// Where to send a request for a shard this node holds no replica of:
+    /// the leader it last heard of, or else the next linked replica.
+    fn route_elsewhere(&self, shard: ShardId) -> Route {
+        let hint = self.inner.hints[shard.0 as usize]
+            .lock()
+            .expect("not poisoned")
+            .clone();
+        if let Some(peer) = hint.and_then(|name| self.inner.peers.get(&name)) {
+            return Route::Remote(peer);
+        }
+        let linked: Vec<ActorRef<PeerMsg>> = self
+            .placement(shard.0)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|name| self.inner.peers.get(name))
+            .collect();
+        if linked.is_empty() {
+            return Route::Unknown;
+        }
+        let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
+        Route::Remote(linked[turn % linked.len()].clone())
     }
 
     /// Where a request for `shard` should go now.
     pub async fn route(&self, shard: ShardId) -> Route {
+        if !self.holds(shard.0) {
+            return self.route_elsewhere(shard);
+        }
         let index = shard.0 as usize;
         let raft = &self.inner.rafts[index];
         let (state, term, leader, leader_name) = {
@@ -314,13 +438,27 @@ impl Replicator {
         codec::encode(&response).unwrap_or_default()
     }
 
-    /// Every shard as this node sees it.
+    /// Every shard as this node sees it. For a shard it holds no replica
+    /// of, the replicas come from the placement and the leader is the one
+    /// it last heard of.
     pub fn shards(&self) -> Vec<ShardView> {
         self.inner
             .rafts
             .iter()
             .enumerate()
             .map(|(shard, raft)| {
+                if !self.holds(shard as u16) {
+                    let mut replicas = self.placement(shard as u16).unwrap_or_default();
+                    replicas.sort();
+                    return ShardView {
+                        shard: shard as u16,
+                        replicas,
+                        leader: self.leader_of(ShardId(shard as u16)),
+                        term: 0,
+                        committed: None,
+                        held: false,
+                    };
+                }
                 let metrics = raft.metrics();
                 let m = metrics.borrow();
                 let membership = m.membership_config.membership();
@@ -334,6 +472,7 @@ impl Replicator {
                     leader: m.current_leader.as_ref().and_then(name),
                     term: m.current_term,
                     committed: m.last_applied.map(|id| id.index),
+                    held: true,
                 }
             })
             .collect()

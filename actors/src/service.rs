@@ -138,7 +138,7 @@ impl Service {
                     let wait = deadline.saturating_duration_since(Instant::now());
                     match forward(&leader, &op, wait).await {
                         Outcome::Ran(result) => return result,
-                        Outcome::Retry => {}
+                        Outcome::Retry(leader) => replicator.note_leader(shard, leader),
                         Outcome::Lost => {
                             return Err(unavailable(
                                 "the shard's leader did not answer; retry (with the same cmid)",
@@ -168,9 +168,11 @@ impl Service {
             Ok(op) => match &self.replicator {
                 Some(replicator) => match replicator.route(op.shard()).await {
                     Route::Local => Forwarded::Ran(self.local(op).await),
-                    _ => Forwarded::NotLeader,
+                    _ => Forwarded::NotLeader {
+                        leader: replicator.leader_of(op.shard()),
+                    },
                 },
-                None => Forwarded::NotLeader,
+                None => Forwarded::NotLeader { leader: None },
             },
         };
         serde_json::to_vec(&answer).unwrap_or_default()

@@ -88,7 +88,8 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_CLUSTER_COOKIE", hide_env_values = true)]
     pub cluster_cookie: Option<String>,
 
-    /// Nodes that keep a copy of each shard.
+    /// Nodes that keep a copy of each shard (at most every node; a node that
+    /// holds no copy of a shard forwards its requests).
     #[arg(long, env = "TIDINGS_REPLICAS", default_value_t = 3)]
     pub replicas: usize,
 
@@ -114,8 +115,6 @@ pub enum ConfigError {
     NoClusterCookie,
     #[error("--join needs --cluster-listen: a node joins a cluster on its own cluster address")]
     JoinWithoutListen,
-    #[error("every node keeps a copy of every shard in this version: a cluster of {nodes} nodes needs --replicas {nodes} or more (got {replicas})")]
-    TooFewReplicas { nodes: usize, replicas: usize },
 }
 
 impl Config {
@@ -181,13 +180,6 @@ impl Config {
             }
             _ => {}
         }
-        let nodes = self.cluster_nodes();
-        if nodes > self.replicas {
-            return Err(ConfigError::TooFewReplicas {
-                nodes,
-                replicas: self.replicas,
-            });
-        }
         Ok(())
     }
 
@@ -245,6 +237,8 @@ mod tests {
         };
         parse(&[]).unwrap();
         clustered("127.0.0.1:9082,127.0.0.1:9083").unwrap();
+        // More nodes than --replicas: each shard lives on three of five.
+        clustered("127.0.0.1:9082,127.0.0.1:9083,127.0.0.1:9084,127.0.0.1:9085").unwrap();
         assert!(matches!(
             parse(&["--cluster-listen", "127.0.0.1:9081"]),
             Err(ConfigError::NoClusterCookie)

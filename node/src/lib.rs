@@ -116,11 +116,19 @@ impl Node {
         let (service, replicator) = match &cluster {
             None => (Service::new(router.clone(), config.call_timeout), None),
             Some(cluster) => {
+                if config.replicas > config.cluster_nodes() {
+                    tracing::warn!(
+                        replicas = config.replicas,
+                        nodes = config.cluster_nodes(),
+                        "fewer nodes than --replicas: every node keeps a copy of every shard"
+                    );
+                }
                 let replicator = Replicator::start(
                     config.node_id.clone(),
                     storage.clone(),
                     cluster.peers().clone(),
                     cluster.expected_peers(),
+                    config.replicas,
                     router.clone(),
                     RaftTiming::default(),
                     config.call_timeout,

@@ -153,8 +153,8 @@ impl Member {
         response.json().await.ok()
     }
 
-    /// Shard → leader's node id, once every shard has a leader in this
-    /// node's view.
+    /// Shard → leader's node id for the shards this node holds a replica
+    /// of, once each of them has a leader in this node's view.
     pub async fn leaders(&self) -> Option<BTreeMap<u64, String>> {
         let shards = self.shards().await?;
         if shards.is_empty() {
@@ -162,6 +162,7 @@ impl Member {
         }
         shards
             .iter()
+            .filter(|s| s["held"] == true)
             .map(|s| Some((s["shard"].as_u64()?, s["leader"].as_str()?.to_owned())))
             .collect()
     }
@@ -187,6 +188,20 @@ pub async fn form(mut members: Vec<Member>) -> Vec<Member> {
         .await;
     }
     members
+}
+
+/// Shard → leader's node id, as the replicas of each shard see it, once
+/// every node answers with a leader for each shard it holds.
+pub async fn all_leaders(nodes: &[Member]) -> BTreeMap<u64, String> {
+    let mut all = BTreeMap::new();
+    for node in nodes {
+        let leaders = eventually(&format!("{} to see its shards led", node.id), || {
+            node.leaders()
+        })
+        .await;
+        all.extend(leaders);
+    }
+    all
 }
 
 /// The index of the node leading the most shards in `leaders`.

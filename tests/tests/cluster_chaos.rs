@@ -1,8 +1,9 @@
-//! Chaos on a three-node cluster of real binaries: Rust clients on every
-//! node send without pause over many conversations while the node leading
-//! the most shards is SIGKILLed, then restarted. Nothing acknowledged may
-//! be lost, duplicated or reordered, and every reader sees each
-//! conversation's events in one order with no gap.
+//! Chaos on a cluster of real binaries: Rust clients on every node send
+//! without pause over many conversations while the node leading the most
+//! shards is SIGKILLed, then restarted. Nothing acknowledged may be lost,
+//! duplicated or reordered, and every reader sees each conversation's
+//! events in one order with no gap. Once with three nodes, each holding
+//! every shard, and once with four, each shard on three of them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use std::time::Duration;
 use tidings_actors::shard::shard_of;
 use tidings_protocol::client::{Client, Push};
 use tidings_protocol::{Cmid, ConvId, Event, EventKind, UserId};
-use tidings_tests::cluster::{busiest, client, start_cluster, Member};
+use tidings_tests::cluster::{all_leaders, busiest, client, start_cluster, Member};
 use tidings_tests::eventually;
 use tokio::time::Instant;
 
@@ -35,8 +36,17 @@ fn messages(events: &[Event]) -> Vec<(u64, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_busiest_leader_mid_traffic_loses_and_repeats_nothing() {
-    let mut nodes = start_cluster(&["n1", "n2", "n3"]).await;
-    let leaders = nodes[0].leaders().await.unwrap();
+    chaos(&["n1", "n2", "n3"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_shards_on_three_of_four_nodes_a_kill_loses_nothing() {
+    chaos(&["n1", "n2", "n3", "n4"]).await;
+}
+
+async fn chaos(ids: &[&'static str]) {
+    let mut nodes = start_cluster(ids).await;
+    let leaders = all_leaders(&nodes).await;
     let victim = busiest(&nodes, &leaders);
     let victim_id = nodes[victim].id;
 
@@ -188,9 +198,20 @@ async fn killing_the_busiest_leader_mid_traffic_loses_and_repeats_nothing() {
         }
     }
     // The killed node, restarted with its data, catches up: it applies what
-    // the others committed meanwhile.
-    let target = nodes[(victim + 1) % nodes.len()].committed().await;
+    // the others committed meanwhile, in every shard it holds.
+    let mut target: BTreeMap<u64, u64> = BTreeMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        if i != victim {
+            for (shard, index) in node.committed().await {
+                let max = target.entry(shard).or_default();
+                *max = (*max).max(index);
+            }
+        }
+    }
     let back: &Member = &nodes[victim];
+    let held = back.committed().await;
+    target.retain(|shard, _| held.contains_key(shard));
+    assert!(!target.is_empty(), "the restarted node holds shards");
     eventually("the restarted node to catch up", || async {
         let mine = back.committed().await;
         target

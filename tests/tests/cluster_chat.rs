@@ -186,3 +186,79 @@ async fn users_on_different_nodes_chat_as_on_one() {
         assert!(!carol.conv_ids().await.contains(&new), "round {round}");
     }
 }
+
+#[tokio::test]
+async fn four_nodes_keep_three_copies_of_each_shard_and_serve_every_request() {
+    let nodes = start_cluster(&["n1", "n2", "n3", "n4"]).await;
+    // Every node agrees on the placement: three replicas per shard, each
+    // node holding three quarters of the shards.
+    let mut placements = Vec::new();
+    for node in &nodes {
+        let shards = node.shards().await.unwrap();
+        assert_eq!(shards.len(), 64);
+        let held = shards.iter().filter(|s| s["held"] == true).count();
+        assert_eq!(held, 48, "{} holds 3/4 of the shards", node.id);
+        let placement: Vec<Value> = shards.iter().map(|s| s["replicas"].clone()).collect();
+        assert!(placement
+            .iter()
+            .all(|r| r.as_array().is_some_and(|r| r.len() == 3)));
+        placements.push(placement);
+    }
+    assert!(placements.windows(2).all(|w| w[0] == w[1]));
+
+    // A user on each node; every request works from every node, whether it
+    // holds the entity's shard or not.
+    let users = ["ann", "ben", "cat", "dan"];
+    let mut sockets = Vec::new();
+    for (node, user) in nodes.iter().zip(users) {
+        sockets.push(node.connect(user).await);
+    }
+    let conv = sockets[0]
+        .ok(
+            json!({"type":"create","members":["ben","cat","dan"]}),
+            "created",
+        )
+        .await["conv"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut version = 1;
+    for i in 0..users.len() {
+        let ack = sockets[i]
+            .ok(
+                json!({"type":"send","conv":conv,"body":format!("from {}", users[i])}),
+                "ack",
+            )
+            .await;
+        version = ack["version"].as_u64().unwrap();
+        for ws in &mut sockets {
+            assert_eq!(ws.event(&conv, version).await["body"], format!("from {}", users[i]));
+        }
+    }
+    for ws in &mut sockets {
+        assert_eq!(ws.conv_ids().await, [conv.clone()]);
+        let page = ws.ok(json!({"type":"history","conv":conv}), "history").await;
+        assert_eq!(page["version"], version);
+    }
+    // A notification through each node reaches dan's device on n4.
+    for node in &nodes {
+        let accepted: Value = http()
+            .post(format!("http://{}/v1/users/dan/notifications", node.http))
+            .bearer_auth(API_KEY)
+            .json(&json!({"payload":{"via":node.id}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let n = accepted["version"].as_u64().expect("a version");
+        let pushed = sockets[3]
+            .take("dan's notification", |v| {
+                v["type"] == "notification" && v["version"] == n
+            })
+            .await
+            .unwrap();
+        assert_eq!(pushed["payload"]["via"], node.id);
+    }
+}

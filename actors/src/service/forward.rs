@@ -4,8 +4,8 @@
 //! entity's shard; otherwise it forwards an [`Op`] to the leader's peer
 //! actor, which runs it through its own service and sends the [`Answer`]
 //! back. A node that turns out not to lead the shard says
-//! [`Forwarded::NotLeader`] without running anything, and the sender asks
-//! again where the leader is. They travel as JSON: notification payloads
+//! [`Forwarded::NotLeader`] without running anything, naming the leader it
+//! knows, and the sender asks again where the leader is. They travel as JSON: notification payloads
 //! are arbitrary JSON values, which a non-self-describing format cannot
 //! read back.
 
@@ -116,15 +116,17 @@ pub enum Answer {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Forwarded {
     Ran(Result<Answer, ErrorFrame>),
-    /// This node does not lead the shard; nothing was run.
-    NotLeader,
+    /// This node does not lead the shard; nothing was run. The leader as
+    /// this node knows it, if any.
+    NotLeader { leader: Option<String> },
 }
 
 /// What became of a forwarded request, as the sender sees it.
 pub enum Outcome {
     Ran(Result<Answer, ErrorFrame>),
-    /// Not run: ask where the leader is and send again.
-    Retry,
+    /// Not run: ask where the leader is (the serving node's word on it, if
+    /// it said) and send again.
+    Retry(Option<String>),
     /// Sent, but no answer came: it may or may not have run.
     Lost,
 }
@@ -146,14 +148,14 @@ pub async fn forward(to: &ActorRef<PeerMsg>, op: &Op, wait: Duration) -> Outcome
     {
         Ok(CallResult::Success(bytes)) => match serde_json::from_slice(&bytes) {
             Ok(Forwarded::Ran(result)) => Outcome::Ran(result),
-            Ok(Forwarded::NotLeader) => Outcome::Retry,
+            Ok(Forwarded::NotLeader { leader }) => Outcome::Retry(leader),
             Err(err) => {
                 tracing::warn!(error = %err, "undecodable answer to a forwarded request");
                 Outcome::Lost
             }
         },
         // Not even queued towards the node: nothing left this one.
-        Err(_) => Outcome::Retry,
+        Err(_) => Outcome::Retry(None),
         // The reply port was dropped (the link died on the way back, say)
         // or no answer came in time.
         Ok(CallResult::SenderError | CallResult::Timeout) => Outcome::Lost,

@@ -50,6 +50,12 @@ pub fn raft_state(shard: u16, tag: u8) -> Vec<u8> {
     key
 }
 
+/// The cluster's node names, as the shard groups were formed with: a
+/// record of the `raft_state` family outside every shard's range.
+pub fn cluster_nodes() -> Vec<u8> {
+    raft_state(u16::MAX, b'n')
+}
+
 /// The version at the end of a `versioned` key.
 pub fn version_of(key: &[u8]) -> Option<u64> {
     let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
