@@ -15,6 +15,7 @@
 //! meanwhile. Nodes started in any order thus form one cluster, and a node
 //! restarted with the same address joins again.
 
+pub mod locations;
 pub mod membership;
 pub mod peer;
 
@@ -28,6 +29,7 @@ use ractor_cluster::{NodeServer, NodeServerMessage};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use locations::Locations;
 use membership::{Membership, MembershipArgs, MembershipMsg};
 use peer::{Handlers, PeerActor, PeerMsg};
 
@@ -82,24 +84,30 @@ pub struct ClusterView {
 }
 
 /// The peer actors of the nodes linked now, by node id: kept by
-/// [`membership::Membership`], read by whoever sends to another node.
+/// [`membership::Membership`], read by whoever sends to another node; and
+/// where users' devices are on them ([`Locations`]).
 #[derive(Clone)]
 pub struct Peers {
     linked: Arc<RwLock<HashMap<String, ActorRef<PeerMsg>>>>,
     /// Counts links lost: whatever was queued on them is gone.
     losses: Arc<watch::Sender<u64>>,
-}
-
-impl Default for Peers {
-    fn default() -> Self {
-        Peers {
-            linked: Arc::default(),
-            losses: Arc::new(watch::Sender::new(0)),
-        }
-    }
+    locations: Arc<Locations>,
 }
 
 impl Peers {
+    /// The peers of the node named `node`.
+    pub fn new(node: String) -> Peers {
+        Peers {
+            linked: Arc::default(),
+            losses: Arc::new(watch::Sender::new(0)),
+            locations: Arc::new(Locations::new(node)),
+        }
+    }
+
+    pub fn locations(&self) -> &Locations {
+        &self.locations
+    }
+
     pub fn get(&self, node: &str) -> Option<ActorRef<PeerMsg>> {
         self.linked.read().expect("peers lock").get(node).cloned()
     }
@@ -121,8 +129,37 @@ impl Peers {
         self.losses.subscribe()
     }
 
+    /// Every linked node's name and peer actor.
+    pub fn each(&self) -> Vec<(String, ActorRef<PeerMsg>)> {
+        let linked = self.linked.read().expect("peers lock");
+        linked
+            .iter()
+            .map(|(name, peer)| (name.clone(), peer.clone()))
+            .collect()
+    }
+
+    /// Publishes the nodes linked now. A node whose link is gone or new
+    /// (a new session) is forgotten in [`Locations`]; a new link is sent
+    /// this node's users and asked for its own.
     fn replace(&self, peers: HashMap<String, ActorRef<PeerMsg>>) {
-        *self.linked.write().expect("peers lock") = peers;
+        let mut fresh = Vec::new();
+        {
+            let mut linked = self.linked.write().expect("peers lock");
+            for (name, old) in linked.iter() {
+                if peers.get(name).is_none_or(|new| new.get_id() != old.get_id()) {
+                    self.locations.forget(name);
+                }
+            }
+            for (name, new) in &peers {
+                if linked.get(name).is_none_or(|old| old.get_id() != new.get_id()) {
+                    fresh.push(new.clone());
+                }
+            }
+            *linked = peers;
+        }
+        for peer in fresh {
+            self.locations.introduce(&peer, true);
+        }
     }
 
     fn lost_one(&self) {
@@ -161,9 +198,13 @@ impl Cluster {
         .with_listen_addr(config.listen.ip());
         let (server, _) = Actor::spawn(None, server, ()).await?;
         let handlers = Arc::new(OnceLock::new());
-        let (peer, _) =
-            Actor::spawn(None, PeerActor, (config.node_id.clone(), handlers.clone())).await?;
-        let peers = Peers::default();
+        let peers = Peers::new(config.node_id.clone());
+        let (peer, _) = Actor::spawn(
+            None,
+            PeerActor,
+            (config.node_id.clone(), handlers.clone(), peers.clone()),
+        )
+        .await?;
         let expected = config.join.len();
         let (membership, _) = Actor::spawn(
             None,

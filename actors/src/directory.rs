@@ -70,8 +70,8 @@ impl Devices {
     }
 }
 
-/// An event for the devices on another node: one message per node, naming
-/// the recipients, whoever and however many they are.
+/// An event for the devices on another node: one message per node that has
+/// a device of a recipient, naming those recipients.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Delivery {
     pub users: Vec<UserId>,
@@ -82,7 +82,7 @@ pub struct Delivery {
 #[derive(Clone, Default)]
 pub struct Directory {
     users: Arc<RwLock<HashMap<UserId, (ActorId, Arc<Devices>)>>>,
-    /// In a cluster, the other nodes, whose devices get every event too.
+    /// In a cluster, the other nodes, whose devices get events too.
     peers: Option<Peers>,
 }
 
@@ -112,7 +112,8 @@ impl Directory {
     }
 
     /// Queues `frame` on every device of the online ones among `users`,
-    /// except `except`'s, here and, in a cluster, on every other node.
+    /// except `except`'s, here and, in a cluster, on every other node that
+    /// has (or may have) a device of one of them.
     pub fn deliver(
         &self,
         users: &[UserId],
@@ -122,22 +123,29 @@ impl Directory {
     ) {
         self.deliver_here(users, except, frame, metrics);
         let Some(peers) = &self.peers else { return };
-        let nodes = peers.all();
-        if nodes.is_empty() {
-            return;
-        }
-        let delivery = Delivery {
-            users: users.to_vec(),
-            except: except.cloned(),
-            frame: frame.to_vec(),
-        };
-        match codec::encode(&delivery) {
-            Ok(bytes) => {
-                for node in nodes {
-                    let _ = node.cast(PeerMsg::Deliver(bytes.clone()));
+        for (name, node) in peers.each() {
+            let Some(users) = peers.locations().recipients(&name, users) else {
+                continue;
+            };
+            let delivery = Delivery {
+                users,
+                except: except.cloned(),
+                frame: frame.to_vec(),
+            };
+            match codec::encode(&delivery) {
+                Ok(bytes) => {
+                    let _ = node.cast(PeerMsg::Deliver(bytes));
                 }
+                Err(err) => tracing::error!(error = %err, "cannot encode a delivery"),
             }
-            Err(err) => tracing::error!(error = %err, "cannot encode a delivery"),
+        }
+    }
+
+    /// In a cluster: tells the other nodes whether `user` has a device
+    /// here (they send its events here only if so).
+    pub(crate) fn announce(&self, user: &UserId, online: bool) {
+        if let Some(peers) = &self.peers {
+            peers.locations().announce(user, online, &peers.all());
         }
     }
 
@@ -153,6 +161,7 @@ impl Directory {
 
     /// Queues a [`Delivery`] from another node on the devices here.
     pub fn deliver_from_peer(&self, bytes: &[u8], metrics: &Metrics) {
+        metrics.peer_deliveries_received.inc();
         match codec::decode::<Delivery>(bytes) {
             Ok(d) => self.deliver_here(&d.users, d.except.as_ref(), &d.frame.into(), metrics),
             Err(err) => tracing::warn!(error = %err, "undecodable delivery dropped"),

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub events_committed: Counter,
     pub notifications_committed: Counter,
     pub deliveries: Counter,
+    pub peer_deliveries_received: Counter,
     pub slow_consumer_closes: Counter,
     pub errors: Family<CodeLabel, Counter>,
     pub entity_actors: Family<KindLabel, Gauge>,
@@ -49,6 +50,7 @@ impl Metrics {
             events_committed: Counter::default(),
             notifications_committed: Counter::default(),
             deliveries: Counter::default(),
+            peer_deliveries_received: Counter::default(),
             slow_consumer_closes: Counter::default(),
             errors: Family::default(),
             entity_actors: Family::default(),
@@ -74,6 +76,11 @@ impl Metrics {
             "notifications_committed",
             "Notifications made durable",
             metrics.notifications_committed.clone(),
+        );
+        registry.register(
+            "peer_deliveries_received",
+            "Events another node sent here for the devices connected here",
+            metrics.peer_deliveries_received.clone(),
         );
         registry.register(
             "deliveries",

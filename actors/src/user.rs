@@ -78,6 +78,7 @@ impl Actor for UserActor {
         state: &mut User,
     ) -> std::result::Result<(), ActorProcessingErr> {
         state.directory.remove(&state.id, myself.get_id());
+        state.directory.announce(&state.id, false);
         state.metrics.entity_gauge("user").dec();
         Ok(())
     }
@@ -91,6 +92,9 @@ impl Actor for UserActor {
         match message {
             UserMsg::Tick => {
                 let busy = state.devices.prune() > 0;
+                if !busy {
+                    state.directory.announce(&state.id, false);
+                }
                 state.idle.tick(&state.router, busy);
                 return Ok(());
             }
@@ -103,9 +107,16 @@ impl Actor for UserActor {
         match message {
             UserMsg::Subscribe { outbound, reply } => {
                 state.devices.add(outbound);
+                // Before the reply: the device's first sync comes after it.
+                state.directory.announce(&state.id, true);
                 let _ = reply.send(());
             }
-            UserMsg::Unsubscribe { id } => state.devices.remove(id),
+            UserMsg::Unsubscribe { id } => {
+                state.devices.remove(id);
+                if state.devices.prune() == 0 {
+                    state.directory.announce(&state.id, false);
+                }
+            }
             UserMsg::Notify { payload, reply } => {
                 // Boxed so that an idle user actor's task stays small.
                 let _ = reply.send(Box::pin(state.notify(payload)).await);

@@ -3,7 +3,7 @@
 //! exactly as on one node.
 
 use serde_json::{json, Value};
-use tidings_tests::cluster::start_cluster;
+use tidings_tests::cluster::{start_cluster, Member};
 use tidings_tests::{http, API_KEY};
 
 #[tokio::test]
@@ -261,4 +261,57 @@ async fn four_nodes_keep_three_copies_of_each_shard_and_serve_every_request() {
             .unwrap();
         assert_eq!(pushed["payload"]["via"], node.id);
     }
+}
+
+/// How many events other nodes sent `node` for its devices.
+async fn peer_deliveries(node: &Member) -> u64 {
+    let text = http()
+        .get(format!("http://{}/metrics", node.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("tidings_peer_deliveries_received_total "))
+        .expect("the metric is listed")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn events_cross_only_to_nodes_with_a_recipient() {
+    let nodes = start_cluster(&["n1", "n2", "n3"]).await;
+    let mut alice = nodes[0].connect("alice").await;
+    let mut bob = nodes[0].connect("bob").await;
+    let mut carol = nodes[1].connect("carol").await;
+    let conv = alice
+        .ok(json!({"type":"create","members":["bob"]}), "created")
+        .await["conv"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 0..5 {
+        let ack = alice
+            .ok(json!({"type":"send","conv":conv,"body":format!("m{i}")}), "ack")
+            .await;
+        bob.event(&conv, ack["version"].as_u64().unwrap()).await;
+    }
+    // Whichever node leads the conversation, only n1 has its members.
+    assert_eq!(peer_deliveries(&nodes[1]).await, 0, "n2 has no member");
+    assert_eq!(peer_deliveries(&nodes[2]).await, 0, "n3 has no device");
+
+    // Carol joins from n2: from now on n2 gets the conversation's events
+    // (from the leader, or itself if it leads).
+    alice
+        .ok(json!({"type":"members","conv":conv,"add":["carol"]}), "ack")
+        .await;
+    let ack = alice
+        .ok(json!({"type":"send","conv":conv,"body":"hi carol"}), "ack")
+        .await;
+    let event = carol.event(&conv, ack["version"].as_u64().unwrap()).await;
+    assert_eq!(event["body"], "hi carol");
+    assert_eq!(peer_deliveries(&nodes[2]).await, 0, "n3 still has no device");
 }

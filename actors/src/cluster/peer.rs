@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 
+use crate::cluster::Peers;
 use crate::messages::RouterMsg;
 use crate::replication::Replicator;
 use crate::service::Service;
@@ -37,6 +38,9 @@ pub enum PeerMsg {
     /// An event for the devices connected here
     /// ([`crate::directory::Delivery`]).
     Deliver(Vec<u8>),
+    /// Which users have devices on the sending node
+    /// ([`crate::cluster::locations`]).
+    Located(Vec<u8>),
 }
 
 /// What the peer actor serves with, installed once the node's service is
@@ -53,20 +57,25 @@ pub struct PeerActor;
 pub struct PeerState {
     node_id: String,
     handlers: Arc<OnceLock<Handlers>>,
+    peers: Peers,
 }
 
 impl Actor for PeerActor {
     type Msg = PeerMsg;
     type State = PeerState;
-    type Arguments = (String, Arc<OnceLock<Handlers>>);
+    type Arguments = (String, Arc<OnceLock<Handlers>>, Peers);
 
     async fn pre_start(
         &self,
         myself: ActorRef<PeerMsg>,
-        (node_id, handlers): (String, Arc<OnceLock<Handlers>>),
+        (node_id, handlers, peers): (String, Arc<OnceLock<Handlers>>, Peers),
     ) -> Result<PeerState, ActorProcessingErr> {
         ractor::pg::join(GROUP.to_owned(), vec![myself.get_cell()]);
-        Ok(PeerState { node_id, handlers })
+        Ok(PeerState {
+            node_id,
+            handlers,
+            peers,
+        })
     }
 
     async fn handle(
@@ -75,9 +84,23 @@ impl Actor for PeerActor {
         message: PeerMsg,
         state: &mut PeerState,
     ) -> Result<(), ActorProcessingErr> {
-        if let PeerMsg::Ping(_from, reply) = message {
-            let _ = reply.send(state.node_id.clone());
-            return Ok(());
+        match message {
+            PeerMsg::Ping(_from, reply) => {
+                let _ = reply.send(state.node_id.clone());
+                return Ok(());
+            }
+            // At once, in order: a request the same node sends after this
+            // must find the location in place.
+            PeerMsg::Located(bytes) => {
+                let locations = state.peers.locations();
+                if let Some(from) = locations.apply(&bytes) {
+                    if let Some(peer) = state.peers.get(&from) {
+                        locations.introduce(&peer, false);
+                    }
+                }
+                return Ok(());
+            }
+            _ => {}
         }
         let Some(handlers) = state.handlers.get().cloned() else {
             return Ok(());
@@ -85,7 +108,7 @@ impl Actor for PeerActor {
         // Raft and forwarded requests wait on disks and other nodes: they
         // run beside the actor, which keeps answering heartbeats.
         match message {
-            PeerMsg::Ping(..) => unreachable!("answered above"),
+            PeerMsg::Ping(..) | PeerMsg::Located(_) => unreachable!("handled above"),
             PeerMsg::Raft(bytes, reply) => {
                 tokio::spawn(async move {
                     let _ = reply.send(handlers.replicator.serve(bytes).await);
