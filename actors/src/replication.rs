@@ -147,6 +147,9 @@ struct Inner {
     ready: Vec<AtomicU64>,
     /// Per shard, held while a leader confirms it is caught up.
     confirming: Vec<tokio::sync::Mutex<()>>,
+    /// A leader serves a shard only while a majority has acknowledged it
+    /// within this long: no other leader can have been elected since.
+    lease: Duration,
     peers: Peers,
     router: ActorRef<RouterMsg>,
     timeout: Duration,
@@ -211,6 +214,7 @@ impl Replicator {
                 storage: storage.clone(),
                 ready: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
                 confirming: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
+                lease: timing.election_min,
                 rafts,
                 peers,
                 router: router.clone(),
@@ -359,18 +363,26 @@ impl Replicator {
         }
         let index = shard.0 as usize;
         let raft = &self.inner.rafts[index];
-        let (state, term, leader, leader_name) = {
+        let (state, term, leader, leader_name, leased) = {
             let metrics = raft.metrics();
             let m = metrics.borrow();
-            let name = m.current_leader.and_then(|id| {
-                m.membership_config
-                    .membership()
-                    .get_node(&id)
-                    .map(|n| n.addr.clone())
-            });
-            (m.state, m.current_term, m.current_leader, name)
+            let membership = m.membership_config.membership();
+            let name = m
+                .current_leader
+                .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()));
+            let alone = membership.voter_ids().count() == 1;
+            let lease = self.inner.lease.as_millis() as u64;
+            let leased = alone || m.millis_since_quorum_ack.is_some_and(|ms| ms < lease);
+            (m.state, m.current_term, m.current_leader, name, leased)
         };
         if state == ServerState::Leader {
+            // Cut off from the majority for longer than a follower waits
+            // before electing another leader: its state may be stale, so
+            // it serves nothing, reads included, until it hears again or
+            // steps down.
+            if !leased {
+                return Route::Unknown;
+            }
             if self.inner.ready[index].load(Ordering::Acquire) == term {
                 return Route::Local;
             }

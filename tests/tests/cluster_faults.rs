@@ -272,10 +272,35 @@ async fn a_partitioned_minority_refuses_writes_and_heals_into_one_history() {
     );
 
     net.isolate(cut);
+    let led_inside = |c: &&String| leaders[&u64::from(shard_of(c).0)] == nodes[cut].id;
+    // The majority side goes on.
+    for conv in &convs {
+        let cmid = format!("outside-{conv}");
+        let reply = until_acked(&mut outside, conv, &cmid).await;
+        assert_eq!(reply["type"], "ack", "{reply}");
+    }
+    // The cut-off side does not serve reads it can no longer vouch for: a
+    // conversation it led has moved on without it.
+    if let Some(conv) = convs.iter().find(led_inside) {
+        let outside_cmid = format!("outside-{conv}");
+        let (reply, took) = timed(
+            &mut inside,
+            json!({"type":"history","conv":conv,"after":0}),
+        )
+        .await;
+        let stale = reply["type"] == "history"
+            && !reply["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["cmid"] == outside_cmid.as_str());
+        assert!(!stale, "the cut-off node served a stale history: {reply}");
+        assert!(took < Duration::from_secs(8), "answered after {took:?}");
+    }
+
     // The minority side refuses writes, in bounded time, whether it led
     // the conversation's shard or not. (A connection serves its requests in
     // turn: one led inside, two led outside keep this short.)
-    let led_inside = |c: &&String| leaders[&u64::from(shard_of(c).0)] == nodes[cut].id;
     let probes: Vec<&String> = convs
         .iter()
         .filter(led_inside)
@@ -291,12 +316,6 @@ async fn a_partitioned_minority_refuses_writes_and_heals_into_one_history() {
         .await;
         assert_eq!(reply["code"], "unavailable", "{reply}");
         assert!(took < Duration::from_secs(8), "refused after {took:?}");
-    }
-    // The majority side goes on.
-    for conv in &convs {
-        let cmid = format!("outside-{conv}");
-        let reply = until_acked(&mut outside, conv, &cmid).await;
-        assert_eq!(reply["type"], "ack", "{reply}");
     }
 
     net.heal(cut);
