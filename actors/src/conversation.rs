@@ -281,6 +281,9 @@ impl Conversation {
                 .put(Cf::ConvLog, keys::versioned(conv, *version), event)
                 .map_err(internal)?;
         }
+        // In a cluster, a replica applies this only if the log still ends
+        // where this actor believes it does.
+        writes.expect(Cf::ConvLog, conv, first - 1, last);
         if let Some(meta) = &mut changed {
             meta.version = last;
             writes

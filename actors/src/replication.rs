@@ -55,7 +55,8 @@ openraft::declare_raft_types!(
     /// Tidings' Raft types: a log entry carries one entity write set.
     pub TypeConfig:
         D = WriteSet,
-        R = (),
+        // Whether the entry's write set applied (its expectations held).
+        R = bool,
         NodeId = u64,
         Node = BasicNode,
         Entry = openraft::Entry<TypeConfig>,
@@ -515,7 +516,11 @@ impl ReplicatedLog for Replicator {
                 inner.ready[shard.0 as usize].store(0, Ordering::Release);
             }
             match written {
-                Ok(Ok(_)) => Ok(()),
+                Ok(Ok(response)) if response.data => Ok(()),
+                Ok(Ok(_)) => {
+                    inner.ready[shard.0 as usize].store(0, Ordering::Release);
+                    Err(StorageError::Superseded)
+                }
                 // Even "not leader" may come after the entry was appended
                 // (a leader that stepped down): its fate is unknown.
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(

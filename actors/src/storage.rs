@@ -113,13 +113,21 @@ pub enum StorageError {
     /// same `cmid` is safe.
     #[error("replication did not confirm the write: {0}")]
     Unconfirmed(String),
+    /// In a cluster: the entity's log had moved past what the writer
+    /// loaded (an entry it did not know of was applied first); nothing
+    /// was written.
+    #[error("the entity's log moved on before this write; nothing was written")]
+    Superseded,
 }
 
 impl StorageError {
     /// Whether the entity's in-memory state may no longer match storage:
     /// the actor must reload before it writes again.
     pub fn leaves_state_unknown(&self) -> bool {
-        matches!(self, StorageError::Unconfirmed(_))
+        matches!(
+            self,
+            StorageError::Unconfirmed(_) | StorageError::Superseded
+        )
     }
 }
 
@@ -140,6 +148,18 @@ pub enum Write {
         cf: Cf,
         from: Vec<u8>,
         to: Vec<u8>,
+    },
+    /// Not a write: a condition on the set. `entity`'s log in `cf` must end
+    /// at version `last` (0: empty) for the set to apply, and ends at
+    /// `then` after it. A replica checks it when it applies a Raft entry,
+    /// so an actor that loaded the log before an entry it did not know of
+    /// was applied cannot reuse that entry's versions. (On a single node
+    /// the entity's one actor already guarantees it.)
+    Expect {
+        cf: Cf,
+        entity: String,
+        last: u64,
+        then: u64,
     },
 }
 
@@ -163,6 +183,17 @@ impl WriteSet {
 
     pub fn delete_range(&mut self, cf: Cf, from: Vec<u8>, to: Vec<u8>) {
         self.writes.push(Write::DeleteRange { cf, from, to });
+    }
+
+    /// Applies the set only if `entity`'s log in `cf` still ends at `last`;
+    /// it ends at `then` after (see [`Write::Expect`]).
+    pub fn expect(&mut self, cf: Cf, entity: &str, last: u64, then: u64) {
+        self.writes.push(Write::Expect {
+            cf,
+            entity: entity.to_owned(),
+            last,
+            then,
+        });
     }
 }
 

@@ -184,6 +184,7 @@ impl User {
         writes
             .put(Cf::UserMeta, keys::entity(user), &meta)
             .map_err(internal)?;
+        writes.expect(Cf::UserLog, user, version - 1, version);
         self.storage
             .commit(self.shard, writes)
             .await

@@ -11,6 +11,7 @@
 //! Snapshots are not built: the log is kept whole, and a replica that
 //! falls behind catches up from it.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
@@ -24,7 +25,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::TypeConfig;
 use crate::codec;
-use crate::storage::{keys, Cf, Storage, WriteSet};
+use crate::storage::{keys, Cf, Storage, Write, WriteSet};
 
 type Result<T> = std::result::Result<T, StorageError<u64>>;
 
@@ -195,6 +196,38 @@ impl RaftLogStorage<TypeConfig> for ShardStore {
     }
 }
 
+impl ShardStore {
+    /// Whether `set`'s expectations hold, given where earlier entries of
+    /// the batch left each log (`ends`, updated if they hold).
+    fn holds(&self, set: &WriteSet, ends: &mut HashMap<(Cf, String), u64>) -> Result<bool> {
+        for write in &set.writes {
+            let Write::Expect {
+                cf,
+                entity,
+                last,
+                then,
+            } = write
+            else {
+                continue;
+            };
+            let key = (*cf, entity.clone());
+            let end = match ends.get(&key) {
+                Some(end) => *end,
+                None => self
+                    .storage
+                    .last_version(*cf, entity)
+                    .map_err(read_err)?
+                    .unwrap_or(0),
+            };
+            if end != *last {
+                return Ok(false);
+            }
+            ends.insert(key, *then);
+        }
+        Ok(true)
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for ShardStore {
     type SnapshotBuilder = ShardStore;
 
@@ -210,31 +243,43 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
         ))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>>
+    /// Applies `entries` in one write. An entity write set whose
+    /// [`Write::Expect`] no longer holds (checked against storage and the
+    /// entries before it in this batch) is skipped, on every replica alike,
+    /// and answered `false`.
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<bool>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut writes = WriteSet::default();
-        let mut applied = 0;
+        let mut answers = Vec::new();
         let mut last = None;
+        // Where this batch leaves each expected log.
+        let mut ends: HashMap<(Cf, String), u64> = HashMap::new();
         for entry in entries {
+            let mut applied = true;
             match entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(set) => writes.writes.extend(set.writes),
+                EntryPayload::Normal(set) => {
+                    applied = self.holds(&set, &mut ends)?;
+                    if applied {
+                        writes.writes.extend(set.writes);
+                    }
+                }
                 EntryPayload::Membership(membership) => {
                     let stored = StoredMembership::new(Some(entry.log_id), membership);
                     self.put(&mut writes, MEMBERSHIP, &stored)?;
                 }
             }
             last = Some(entry.log_id);
-            applied += 1;
+            answers.push(applied);
         }
         if let Some(last) = last {
             self.put(&mut writes, APPLIED, &last)?;
             self.storage.write_unsynced(writes).map_err(write_err)?;
         }
-        Ok(vec![(); applied])
+        Ok(answers)
     }
 
     async fn get_snapshot_builder(&mut self) -> ShardStore {
@@ -277,9 +322,11 @@ mod tests {
     use openraft::testing::{StoreBuilder, Suite};
     use openraft::StorageError;
 
+    use openraft::storage::RaftStateMachine;
+
     use super::ShardStore;
     use crate::replication::TypeConfig;
-    use crate::storage::Storage;
+    use crate::storage::{keys, Cf, Storage, WriteSet};
 
     struct Builder;
 
@@ -296,6 +343,42 @@ mod tests {
     }
 
     type S = Suite<TypeConfig, ShardStore, ShardStore, Builder, tempfile::TempDir>;
+
+    /// A message at `version` of conversation "c", written by a writer that
+    /// believes the log ends at `version - 1`.
+    fn message(index: u64, version: u64, body: &str) -> openraft::Entry<TypeConfig> {
+        let mut set = WriteSet::default();
+        set.expect(Cf::ConvLog, "c", version - 1, version);
+        set.put(Cf::ConvLog, keys::versioned("c", version), &body.to_owned())
+            .unwrap();
+        openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(set),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_set_whose_log_moved_on_is_skipped_on_apply() {
+        let (_dir, _log, mut machine) = Builder.build().await.unwrap();
+        // In one batch: the second writer of version 1 is too late.
+        let answers = machine
+            .apply([message(1, 1, "first"), message(2, 1, "reused"), message(3, 2, "next")])
+            .await
+            .unwrap();
+        assert_eq!(answers, [true, false, true]);
+        // And across batches, against what is stored.
+        let answers = machine
+            .apply([message(4, 2, "again"), message(5, 3, "third")])
+            .await
+            .unwrap();
+        assert_eq!(answers, [false, true]);
+        let storage = machine.storage.clone();
+        let log: Vec<(u64, String)> = storage
+            .log_range(Cf::ConvLog, "c", 0, u64::MAX, 10, false)
+            .unwrap();
+        let bodies: Vec<&str> = log.iter().map(|(_, b)| b.as_str()).collect();
+        assert_eq!(bodies, ["first", "next", "third"]);
+    }
 
     macro_rules! suite {
         ($($case:ident),* $(,)?) => {$(

@@ -158,6 +158,7 @@ pub(super) fn add(db: &DB, batch: &mut WriteBatch, writes: WriteSet) {
             Write::DeleteRange { cf, from, to } => {
                 batch.delete_range_cf(cf_handle(db, cf), from, to);
             }
+            Write::Expect { .. } => {}
         }
     }
 }
