@@ -626,8 +626,12 @@ impl Driver {
                     for n in notifications.events {
                         self.deliver(Push::Notification(n));
                     }
-                    if paging.is_empty() {
-                        self.release(&mut held);
+                    if paging.is_empty()
+                        && !self
+                            .release_or_resync(&mut socket, &mut held, &mut sync_req)
+                            .await
+                    {
+                        return End::Dropped;
                     }
                 }
                 (
@@ -656,8 +660,12 @@ impl Driver {
                         }
                         paging.insert(req, conv);
                     }
-                    if paging.is_empty() {
-                        self.release(&mut held);
+                    if paging.is_empty()
+                        && !self
+                            .release_or_resync(&mut socket, &mut held, &mut sync_req)
+                            .await
+                    {
+                        return End::Dropped;
                     }
                 }
                 (Some(req), ServerFrame::Error(err)) if req == sync_req => {
@@ -669,7 +677,7 @@ impl Driver {
                         }
                     } else {
                         tracing::warn!(error = %err.message, "sync refused");
-                        self.release(&mut held);
+                        self.release_all(&mut held);
                     }
                 }
                 (Some(req), ServerFrame::Error(err)) if paging.contains_key(&req) => {
@@ -679,7 +687,7 @@ impl Driver {
                     tracing::debug!(error = %err.message, "history page refused");
                     paging.remove(&req);
                     if paging.is_empty() {
-                        self.release(&mut held);
+                        self.release_all(&mut held);
                         match self.send_sync(&mut socket).await {
                             Some(req) => sync_req = req,
                             None => return End::Dropped,
@@ -733,7 +741,45 @@ impl Driver {
         }
     }
 
-    fn release(&mut self, held: &mut Option<Vec<Push>>) {
+    /// Delivers what was held during a sync, in order. If a held event
+    /// skips a version the sync did not bring (an event lost on its way
+    /// here), that event and the rest stay held and this returns `false`:
+    /// the caller syncs again.
+    fn release(&mut self, held: &mut Option<Vec<Push>>) -> bool {
+        let mut pushes = held.take().unwrap_or_default().into_iter();
+        while let Some(push) = pushes.next() {
+            if matches!(&push, Push::Event(event) if self.seen.skips(event)) {
+                *held = Some(std::iter::once(push).chain(pushes).collect());
+                return false;
+            }
+            self.deliver(push);
+        }
+        true
+    }
+
+    /// [`Self::release`], syncing again on a gap; `false` if the socket
+    /// failed.
+    async fn release_or_resync(
+        &mut self,
+        socket: &mut Socket,
+        held: &mut Option<Vec<Push>>,
+        sync_req: &mut String,
+    ) -> bool {
+        if self.release(held) {
+            return true;
+        }
+        match self.send_sync(socket).await {
+            Some(req) => {
+                *sync_req = req;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Delivers everything held, gaps or not (a sync the node refused
+    /// cannot fill them).
+    fn release_all(&mut self, held: &mut Option<Vec<Push>>) {
         for push in held.take().unwrap_or_default() {
             self.deliver(push);
         }
@@ -781,6 +827,41 @@ mod tests {
                 cmid: None,
             },
         }
+    }
+
+    #[test]
+    fn held_events_after_a_gap_stay_held_until_a_sync_fills_it() {
+        let (pushes, mut received) = mpsc::unbounded_channel();
+        let (state, _) = watch::channel(ConnState::Connecting);
+        let config = ClientConfig::new(["ws://127.0.0.1:1"], "t");
+        let mut driver = Driver::new(config, pushes, state);
+        driver.seen.admit_event(&event("g:x", 2));
+        let mut held = Some(
+            [3, 5, 6]
+                .into_iter()
+                .map(|v| Push::Event(event("g:x", v)))
+                .collect(),
+        );
+        assert!(!driver.release(&mut held), "4 is missing");
+        let versions = |held: &Option<Vec<Push>>| -> Vec<u64> {
+            held.iter()
+                .flatten()
+                .filter_map(|p| match p {
+                    Push::Event(e) => Some(e.version),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(versions(&held), [5, 6]);
+        // The next sync brings 4; then the rest goes out in order.
+        driver.deliver(Push::Event(event("g:x", 4)));
+        assert!(driver.release(&mut held));
+        assert!(held.is_none());
+        let mut delivered = Vec::new();
+        while let Ok(Push::Event(e)) = received.try_recv() {
+            delivered.push(e.version);
+        }
+        assert_eq!(delivered, [3, 4, 5, 6]);
     }
 
     #[test]
