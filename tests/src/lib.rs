@@ -300,3 +300,36 @@ impl Ws {
 pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
+
+/// The value of the `/metrics` line that starts with `series ` on the node
+/// at `addr` (host:port), if listed.
+pub async fn metric(addr: &str, series: &str) -> Option<u64> {
+    let text = http()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|n| n.trim().parse().unwrap())
+}
+
+/// A backend's notification for `user` through the node at `addr`
+/// (host:port); returns its version.
+pub async fn notify(addr: &str, user: &str, payload: Value) -> u64 {
+    let accepted: Value = http()
+        .post(format!("http://{addr}/v1/users/{user}/notifications"))
+        .bearer_auth(API_KEY)
+        .json(&json!({ "payload": payload }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    accepted["version"].as_u64().expect("a notification version")
+}

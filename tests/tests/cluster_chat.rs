@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 use tidings_tests::cluster::{start_cluster, Member};
-use tidings_tests::{http, API_KEY};
+use tidings_tests::{metric, notify};
 
 #[tokio::test]
 async fn users_on_different_nodes_chat_as_on_one() {
@@ -123,22 +123,7 @@ async fn users_on_different_nodes_chat_as_on_one() {
     assert_eq!(histories[1], histories[2]);
 
     // A backend notifies bob through n3; his device on n2 gets it.
-    let accepted: Value = http()
-        .post(format!(
-            "http://{}/v1/users/bob/notifications",
-            nodes[2].http
-        ))
-        .bearer_auth(API_KEY)
-        .json(&json!({"payload":{"kind":"invoice"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let n = accepted["version"]
-        .as_u64()
-        .expect("a notification version");
+    let n = notify(&nodes[2].http, "bob", json!({"kind":"invoice"})).await;
     let pushed = bob
         .take("bob's notification", |v| {
             v["type"] == "notification" && v["version"] == n
@@ -242,17 +227,7 @@ async fn four_nodes_keep_three_copies_of_each_shard_and_serve_every_request() {
     }
     // A notification through each node reaches dan's device on n4.
     for node in &nodes {
-        let accepted: Value = http()
-            .post(format!("http://{}/v1/users/dan/notifications", node.http))
-            .bearer_auth(API_KEY)
-            .json(&json!({"payload":{"via":node.id}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let n = accepted["version"].as_u64().expect("a version");
+        let n = notify(&node.http, "dan", json!({"via":node.id})).await;
         let pushed = sockets[3]
             .take("dan's notification", |v| {
                 v["type"] == "notification" && v["version"] == n
@@ -265,20 +240,9 @@ async fn four_nodes_keep_three_copies_of_each_shard_and_serve_every_request() {
 
 /// How many events other nodes sent `node` for its devices.
 async fn peer_deliveries(node: &Member) -> u64 {
-    let text = http()
-        .get(format!("http://{}/metrics", node.http))
-        .send()
+    metric(&node.http, "tidings_peer_deliveries_received_total")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("tidings_peer_deliveries_received_total "))
         .expect("the metric is listed")
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test]

@@ -3,21 +3,11 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tidings_tests::{http, TestNode, WAIT};
+use tidings_tests::{metric, TestNode, WAIT};
 
 async fn live_actors(node: &TestNode, kind: &str) -> u64 {
-    let text = http()
-        .get(node.http("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("tidings_entity_actors{{kind=\"{kind}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map_or(0, |n| n.trim().parse().unwrap())
+    let series = format!("tidings_entity_actors{{kind=\"{kind}\"}}");
+    metric(&node.addr.to_string(), &series).await.unwrap_or(0)
 }
 
 #[tokio::test]
