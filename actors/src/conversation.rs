@@ -81,7 +81,10 @@ impl Actor for ConversationActor {
         }
         let outbox = args
             .storage
-            .get(Cf::ConvMeta, &keys::index_outbox(args.id.as_str()))?
+            .get(
+                Cf::ConvMeta,
+                &keys::index_outbox(shard_of(args.id.as_str()).0, args.id.as_str()),
+            )?
             .unwrap_or_default();
         let audience = meta
             .as_ref()
@@ -204,6 +207,7 @@ impl Actor for ConversationActor {
                 let _ = reply.send(state.catchup(&by, after, limit));
             }
             ConvMsg::Typing { by } => state.typing(by),
+            ConvMsg::Settle => state.send_outbox().await,
             ConvMsg::Tick | ConvMsg::Shutdown => unreachable!("handled above"),
         }
         // After the reply: the outbox is cleared once its changes are in.
@@ -357,7 +361,7 @@ impl Conversation {
     /// indexes follow ([`Self::send_outbox`]).
     fn stage_outbox(&self, outbox: &IndexOutbox, writes: &mut WriteSet) -> Result<()> {
         writes
-            .put(Cf::ConvMeta, keys::index_outbox(self.id.as_str()), outbox)
+            .put(Cf::ConvMeta, keys::index_outbox(self.shard.0, self.id.as_str()), outbox)
             .map_err(internal)
     }
 
@@ -398,7 +402,7 @@ impl Conversation {
             return;
         }
         let mut writes = WriteSet::default();
-        writes.delete(Cf::ConvMeta, keys::index_outbox(self.id.as_str()));
+        writes.delete(Cf::ConvMeta, keys::index_outbox(self.shard.0, self.id.as_str()));
         match self.storage.commit(self.shard, writes).await {
             Ok(()) => {
                 self.outbox = IndexOutbox::default();

@@ -93,3 +93,33 @@ pub async fn start_router(
     let _ = router.cast(RouterMsg::Serve(Service::new(router.clone(), timeout)));
     Ok((router, task))
 }
+
+/// Wakes every conversation of `shard` (of every shard if `None`) whose
+/// stored outbox still owes its members' indexes, so that it finishes:
+/// after a restart on a single node, or when this node starts leading the
+/// shard in a cluster.
+pub fn settle_outboxes(
+    router: &ActorRef<RouterMsg>,
+    storage: &Storage,
+    shard: Option<shard::ShardId>,
+) -> Result<usize, StorageError> {
+    let shards = match shard {
+        Some(shard) => shard.0..shard.0 + 1,
+        None => 0..shard::SHARDS,
+    };
+    let mut woken = 0;
+    for shard in shards {
+        let from = storage::keys::outboxes(shard);
+        let to = storage::keys::outboxes(shard + 1);
+        for (key, _) in storage.scan_raw(storage::Cf::ConvMeta, &from, &to, usize::MAX)? {
+            let conv = std::str::from_utf8(&key[from.len()..])
+                .ok()
+                .and_then(|id| tidings_protocol::ConvId::try_from(id).ok());
+            if let Some(conv) = conv {
+                let _ = router.cast(RouterMsg::Conv(conv, messages::ConvMsg::Settle));
+                woken += 1;
+            }
+        }
+    }
+    Ok(woken)
+}

@@ -107,6 +107,9 @@ pub enum ConvMsg {
     Typing {
         by: UserId,
     },
+    /// Finish the index changes a stored outbox still owes (after a
+    /// restart, or on a shard's new leader).
+    Settle,
     /// Internal: check whether the actor has been idle long enough to stop.
     Tick,
     /// Internal, from the router: stop now.

@@ -408,6 +408,12 @@ impl Replicator {
                     // unconfirmed entry was applied, go first: the router
                     // handles this before any request routed from now on.
                     let _ = self.inner.router.cast(RouterMsg::ShardLost(shard));
+                    // Index changes an earlier leader left owing.
+                    if let Err(err) =
+                        crate::settle_outboxes(&self.inner.router, &self.inner.storage, Some(shard))
+                    {
+                        tracing::error!(shard = shard.0, error = %err, "reading outboxes failed");
+                    }
                     self.inner.ready[index].store(term, Ordering::Release);
                     Route::Local
                 }

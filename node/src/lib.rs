@@ -114,7 +114,15 @@ impl Node {
         .await
         .context("starting the router")?;
         let (service, replicator) = match &cluster {
-            None => (Service::new(router.clone(), config.call_timeout), None),
+            None => {
+                // Index changes a crash left owing are finished now.
+                let owing = tidings_actors::settle_outboxes(&router, &storage, None)
+                    .context("reading conversations' outboxes")?;
+                if owing > 0 {
+                    tracing::info!(owing, "finishing conversations' index changes");
+                }
+                (Service::new(router.clone(), config.call_timeout), None)
+            }
             Some(cluster) => {
                 if config.replicas > config.cluster_nodes() {
                     tracing::warn!(

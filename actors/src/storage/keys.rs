@@ -29,10 +29,21 @@ pub fn named(id: &str, name: &str) -> Vec<u8> {
     key
 }
 
-/// `[len][conv]` + a suffix no name uses: a conversation's
-/// [`IndexOutbox`](super::records::IndexOutbox), beside its meta.
-pub fn index_outbox(conv: &str) -> Vec<u8> {
-    named(conv, "\0index-outbox")
+/// `[0][shard be][conv]`: a conversation's
+/// [`IndexOutbox`](super::records::IndexOutbox), in the conversation meta
+/// family. No entity key starts with 0 (ids are not empty), and a shard's
+/// outboxes are contiguous, so a new leader finds them with one scan.
+pub fn index_outbox(shard: u16, conv: &str) -> Vec<u8> {
+    let mut key = outboxes(shard);
+    key.extend_from_slice(conv.as_bytes());
+    key
+}
+
+/// `[0][shard be]`: the prefix of a shard's outboxes.
+pub fn outboxes(shard: u16) -> Vec<u8> {
+    let mut key = vec![0];
+    key.extend_from_slice(&shard.to_be_bytes());
+    key
 }
 
 /// `[shard be][index be]`: one entry of a shard's Raft log.
