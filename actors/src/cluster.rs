@@ -27,6 +27,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use serde::Serialize;
+use tidings_protocol::UserId;
 use tokio::sync::watch;
 
 use locations::Locations;
@@ -129,13 +130,22 @@ impl Peers {
         self.losses.subscribe()
     }
 
-    /// Every linked node's name and peer actor.
-    pub fn each(&self) -> Vec<(String, ActorRef<PeerMsg>)> {
+    /// For an event to `users`: each linked node that has (or may have) a
+    /// device of one of them, with those of them.
+    pub fn recipients(&self, users: &[UserId]) -> Vec<(ActorRef<PeerMsg>, Vec<UserId>)> {
         let linked = self.linked.read().expect("peers lock");
         linked
             .iter()
-            .map(|(name, peer)| (name.clone(), peer.clone()))
+            .filter_map(|(name, peer)| {
+                Some((peer.clone(), self.locations.recipients(name, users)?))
+            })
             .collect()
+    }
+
+    /// Tells the linked nodes whether `user` has a device here, if that
+    /// changed ([`Locations::announce`]).
+    pub fn announce(&self, user: &UserId, online: bool) {
+        self.locations.announce(user, online, || self.all());
     }
 
     /// Publishes the nodes linked now. A node whose link is gone or new
@@ -146,12 +156,18 @@ impl Peers {
         {
             let mut linked = self.linked.write().expect("peers lock");
             for (name, old) in linked.iter() {
-                if peers.get(name).is_none_or(|new| new.get_id() != old.get_id()) {
+                if peers
+                    .get(name)
+                    .is_none_or(|new| new.get_id() != old.get_id())
+                {
                     self.locations.forget(name);
                 }
             }
             for (name, new) in &peers {
-                if linked.get(name).is_none_or(|old| old.get_id() != new.get_id()) {
+                if linked
+                    .get(name)
+                    .is_none_or(|old| old.get_id() != new.get_id())
+                {
                     fresh.push(new.clone());
                 }
             }

@@ -20,11 +20,10 @@ use crate::directory::Directory;
 use crate::entity::{now_ms, EntityArgs, IdleClock};
 use crate::messages::{Ack, ConvMsg, Created, EntityKey, HistoryPage, Page, RouterMsg};
 use crate::metrics::Metrics;
-use crate::shard::{shard_of, ShardId};
 use crate::service::Service;
+use crate::shard::{shard_of, ShardId};
 use crate::storage::records::{
-    CmidRecord, ConvMeta, IndexChange, IndexEntry, IndexOutbox, MessageState, StoredEvent,
-    StoredKind,
+    CmidRecord, ConvMeta, IndexOutbox, MessageState, StoredEvent, StoredKind,
 };
 use crate::storage::{keys, Cf, Storage, StorageError, WriteSet};
 
@@ -131,13 +130,10 @@ impl Actor for ConversationActor {
                 // retried, and keeps the actor alive until it is done.
                 if !state.outbox.changes.is_empty() && Instant::now() >= state.outbox_retry {
                     state.send_outbox().await;
-                    state.clear_outbox().await;
                 }
+                state.finish(&myself).await;
                 let busy = !state.outbox.changes.is_empty();
                 state.idle.tick(&state.router, busy);
-                if state.stale {
-                    myself.stop(Some("a write was not confirmed".into()));
-                }
                 return Ok(());
             }
             ConvMsg::Shutdown => {
@@ -210,11 +206,8 @@ impl Actor for ConversationActor {
             ConvMsg::Settle => state.send_outbox().await,
             ConvMsg::Tick | ConvMsg::Shutdown => unreachable!("handled above"),
         }
-        // After the reply: the outbox is cleared once its changes are in.
-        state.clear_outbox().await;
-        if state.stale {
-            myself.stop(Some("a write was not confirmed".into()));
-        }
+        // After the reply.
+        state.finish(&myself).await;
         Ok(())
     }
 }
@@ -342,15 +335,6 @@ impl Conversation {
             .deliver(&audience, None, &frame, &self.metrics);
     }
 
-    /// Queues `users`' index changes in the outbox, to be committed with
-    /// the change at `version`.
-    fn index_members(&self, outbox: &mut IndexOutbox, users: &[UserId], version: u64, member: bool) {
-        outbox.merge(users.iter().map(|user| IndexChange {
-            user: user.clone(),
-            entry: IndexEntry { version, member },
-        }));
-    }
-
     /// The version the next committed event gets.
     fn next_version(&self) -> u64 {
         self.meta.as_ref().map_or(0, |m| m.version) + 1
@@ -361,7 +345,11 @@ impl Conversation {
     /// indexes follow ([`Self::send_outbox`]).
     fn stage_outbox(&self, outbox: &IndexOutbox, writes: &mut WriteSet) -> Result<()> {
         writes
-            .put(Cf::ConvMeta, keys::index_outbox(self.shard.0, self.id.as_str()), outbox)
+            .put(
+                Cf::ConvMeta,
+                keys::index_outbox(self.shard.0, self.id.as_str()),
+                outbox,
+            )
             .map_err(internal)
     }
 
@@ -396,13 +384,25 @@ impl Conversation {
         }
     }
 
+    /// Ends a message: clears the outbox if it was sent, and stops the
+    /// actor if a write left its state unknown (it reloads from storage).
+    async fn finish(&mut self, myself: &ActorRef<ConvMsg>) {
+        self.clear_outbox().await;
+        if self.stale {
+            myself.stop(Some("a write was not confirmed".into()));
+        }
+    }
+
     /// Deletes the stored outbox once every change in it is written.
     async fn clear_outbox(&mut self) {
         if !self.outbox_sent {
             return;
         }
         let mut writes = WriteSet::default();
-        writes.delete(Cf::ConvMeta, keys::index_outbox(self.shard.0, self.id.as_str()));
+        writes.delete(
+            Cf::ConvMeta,
+            keys::index_outbox(self.shard.0, self.id.as_str()),
+        );
         match self.storage.commit(self.shard, writes).await {
             Ok(()) => {
                 self.outbox = IndexOutbox::default();
@@ -427,7 +427,7 @@ impl Conversation {
             version: 0,
         };
         let mut outbox = self.outbox.clone();
-        self.index_members(&mut outbox, &members, self.next_version(), true);
+        outbox.index(&members, self.next_version(), true);
         let event = StoredEvent {
             ts: now_ms(),
             from: by,
@@ -676,7 +676,7 @@ impl Conversation {
         if !joining.is_empty() {
             meta.members.extend(joining.iter().cloned());
             tidings_protocol::frames::validate_members(&meta.members)?;
-            self.index_members(&mut outbox, &joining, self.next_version(), true);
+            outbox.index(&joining, self.next_version(), true);
             let event = StoredEvent {
                 ts,
                 from: by.clone(),
@@ -688,7 +688,7 @@ impl Conversation {
             let before: Arc<[UserId]> = Arc::from(meta.members.clone());
             meta.members.retain(|u| !leaving.contains(u));
             let version = self.next_version() + events.len() as u64;
-            self.index_members(&mut outbox, &leaving, version, false);
+            outbox.index(&leaving, version, false);
             let event = StoredEvent {
                 ts,
                 from: by.clone(),

@@ -79,6 +79,15 @@ pub struct Delivery {
     pub frame: Vec<u8>,
 }
 
+/// A [`Delivery`] as it is sent: encodes the same, without copying the
+/// frame or the recipients for each node.
+#[derive(Serialize)]
+struct DeliveryRef<'a> {
+    users: &'a [UserId],
+    except: Option<&'a UserId>,
+    frame: &'a [u8],
+}
+
 #[derive(Clone, Default)]
 pub struct Directory {
     users: Arc<RwLock<HashMap<UserId, (ActorId, Arc<Devices>)>>>,
@@ -123,14 +132,11 @@ impl Directory {
     ) {
         self.deliver_here(users, except, frame, metrics);
         let Some(peers) = &self.peers else { return };
-        for (name, node) in peers.each() {
-            let Some(users) = peers.locations().recipients(&name, users) else {
-                continue;
-            };
-            let delivery = Delivery {
-                users,
-                except: except.cloned(),
-                frame: frame.to_vec(),
+        for (node, users) in peers.recipients(users) {
+            let delivery = DeliveryRef {
+                users: &users,
+                except,
+                frame: frame.as_ref(),
             };
             match codec::encode(&delivery) {
                 Ok(bytes) => {
@@ -145,7 +151,7 @@ impl Directory {
     /// here (they send its events here only if so).
     pub(crate) fn announce(&self, user: &UserId, online: bool) {
         if let Some(peers) = &self.peers {
-            peers.locations().announce(user, online, &peers.all());
+            peers.announce(user, online);
         }
     }
 
@@ -194,5 +200,28 @@ impl Directory {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_sent_by_reference_reads_back_as_a_delivery() {
+        let users = [
+            UserId::try_from("al").unwrap(),
+            UserId::try_from("bo").unwrap(),
+        ];
+        let sent = codec::encode(&DeliveryRef {
+            users: &users,
+            except: Some(&users[1]),
+            frame: b"{\"type\":\"event\"}",
+        })
+        .unwrap();
+        let read: Delivery = codec::decode(&sent).unwrap();
+        assert_eq!(read.users, users);
+        assert_eq!(read.except.as_ref(), Some(&users[1]));
+        assert_eq!(read.frame, b"{\"type\":\"event\"}");
     }
 }

@@ -68,13 +68,14 @@ pub use service::Service;
 pub use storage::{Storage, StorageError};
 
 /// Starts the node's router over `storage`; fan-out reaches `peers` too.
+/// Send it [`RouterMsg::Serve`] before any request: entities reach each
+/// other through that service.
 pub async fn start_router(
     storage: Storage,
     config: EntityConfig,
     metrics: Arc<Metrics>,
     peers: Option<cluster::Peers>,
 ) -> Result<(ActorRef<RouterMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
-    let timeout = config.call_timeout;
     let (router, task) = Actor::spawn(
         None,
         router::Router,
@@ -88,9 +89,6 @@ pub async fn start_router(
         },
     )
     .await?;
-    // Entities reach each other through this node until a cluster's
-    // service replaces it (before any request).
-    let _ = router.cast(RouterMsg::Serve(Service::new(router.clone(), timeout)));
     Ok((router, task))
 }
 

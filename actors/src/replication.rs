@@ -134,9 +134,9 @@ struct Inner {
     id: u64,
     /// Copies of each shard (at most the number of nodes).
     replicas: usize,
-    /// Every node's name, sorted, once the groups have formed (or from
-    /// storage after a restart): the placement of every shard.
-    nodes: std::sync::RwLock<Vec<String>>,
+    /// Per shard, the nodes that hold it (founder first), once the cluster's
+    /// nodes are known: at formation, or from storage after a restart.
+    placement: std::sync::OnceLock<Vec<Vec<String>>>,
     /// Per shard this node holds no replica of: the leader it last heard of.
     hints: Vec<std::sync::Mutex<Option<String>>>,
     /// Turns the replica a request without a known leader goes to.
@@ -197,19 +197,18 @@ impl Replicator {
                 })?;
             rafts.push(raft);
         }
-        let nodes: Vec<String> = storage
+        let nodes: Option<Vec<String>> = storage
             .get(Cf::RaftState, &keys::cluster_nodes())
             .map_err(|e| ReplicationError::Start {
                 shard: u16::MAX,
                 message: format!("reading the cluster's nodes: {e}"),
-            })?
-            .unwrap_or_default();
+            })?;
         let replicator = Replicator {
             inner: Arc::new(Inner {
                 node,
                 id,
                 replicas: replicas.max(1),
-                nodes: std::sync::RwLock::new(nodes),
+                placement: std::sync::OnceLock::new(),
                 hints: (0..SHARDS).map(|_| std::sync::Mutex::new(None)).collect(),
                 turn: AtomicUsize::new(0),
                 storage: storage.clone(),
@@ -222,6 +221,9 @@ impl Replicator {
                 timeout,
             }),
         };
+        if let Some(nodes) = nodes {
+            replicator.place(&nodes);
+        }
         for shard in 0..SHARDS {
             tokio::spawn(watch_leadership(
                 replicator.inner.rafts[shard as usize].clone(),
@@ -277,29 +279,38 @@ impl Replicator {
     /// Keeps the node names the groups are placed by. A restarted node
     /// keeps the names it first stored, so placement never moves.
     async fn remember_nodes(&self, names: &[String]) -> Result<(), StorageError> {
-        if !self.inner.nodes.read().expect("not poisoned").is_empty() {
+        if self.inner.placement.get().is_some() {
             return Ok(());
         }
         let mut writes = WriteSet::default();
         writes.put(Cf::RaftState, keys::cluster_nodes(), &names.to_vec())?;
         self.inner.storage.commit_local(writes).await?;
-        *self.inner.nodes.write().expect("not poisoned") = names.to_vec();
+        self.place(names);
         Ok(())
+    }
+
+    /// Places every shard on `--replicas` of `nodes` (sorted names): shard
+    /// `s` on the nodes from position `s` on.
+    fn place(&self, nodes: &[String]) {
+        if nodes.is_empty() {
+            return;
+        }
+        let copies = self.inner.replicas.min(nodes.len());
+        let placement = (0..SHARDS as usize)
+            .map(|shard| {
+                (0..copies)
+                    .map(|i| nodes[(shard + i) % nodes.len()].clone())
+                    .collect()
+            })
+            .collect();
+        let _ = self.inner.placement.set(placement);
     }
 
     /// The nodes that hold `shard`, founder first; `None` until the
     /// cluster's nodes are known.
-    fn placement(&self, shard: u16) -> Option<Vec<String>> {
-        let nodes = self.inner.nodes.read().expect("not poisoned");
-        if nodes.is_empty() {
-            return None;
-        }
-        let copies = self.inner.replicas.min(nodes.len());
-        Some(
-            (0..copies)
-                .map(|i| nodes[(shard as usize + i) % nodes.len()].clone())
-                .collect(),
-        )
+    fn placement(&self, shard: u16) -> Option<&[String]> {
+        let placement = self.inner.placement.get()?;
+        Some(&placement[shard as usize])
     }
 
     /// Whether this node holds (or may come to hold) a replica of `shard`.
@@ -467,7 +478,7 @@ impl Replicator {
             .enumerate()
             .map(|(shard, raft)| {
                 if !self.holds(shard as u16) {
-                    let mut replicas = self.placement(shard as u16).unwrap_or_default();
+                    let mut replicas = self.placement(shard as u16).unwrap_or_default().to_vec();
                     replicas.sort();
                     return ShardView {
                         shard: shard as u16,
@@ -516,17 +527,9 @@ impl ReplicatedLog for Replicator {
         let inner = self.inner.clone();
         Box::pin(async move {
             let written = tokio::time::timeout(timeout, raft.client_write(writes)).await;
-            if !matches!(written, Ok(Ok(_))) {
-                // The entry may still commit: serve nothing more from this
-                // shard until it is applied (see `route`).
-                inner.ready[shard.0 as usize].store(0, Ordering::Release);
-            }
-            match written {
+            let result = match written {
                 Ok(Ok(response)) if response.data => Ok(()),
-                Ok(Ok(_)) => {
-                    inner.ready[shard.0 as usize].store(0, Ordering::Release);
-                    Err(StorageError::Superseded)
-                }
+                Ok(Ok(_)) => Err(StorageError::Superseded),
                 // Even "not leader" may come after the entry was appended
                 // (a leader that stepped down): its fate is unknown.
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(
@@ -537,7 +540,14 @@ impl ReplicatedLog for Replicator {
                     "shard {} did not commit within {timeout:?}",
                     shard.0
                 ))),
+            };
+            if result.is_err() {
+                // The entry may still commit, or the log held one this
+                // writer did not know: serve nothing more from this shard
+                // until every entry is applied (see `route`).
+                inner.ready[shard.0 as usize].store(0, Ordering::Release);
             }
+            result
         })
     }
 }

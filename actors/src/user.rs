@@ -270,11 +270,10 @@ impl User {
             .storage
             .get_raw(Cf::UserConvs, &key)
             .map_err(internal)?
-            .map(|bytes| crate::codec::decode::<IndexEntry>(&bytes).ok());
-        if let Some(Some(current)) = current {
-            if current.version > entry.version || current == entry {
-                return Ok(());
-            }
+            .and_then(|bytes| crate::codec::decode::<IndexEntry>(&bytes).ok());
+        // A legacy entry (no version) reads as none and is replaced.
+        if current.is_some_and(|c| c.version > entry.version || c == entry) {
+            return Ok(());
         }
         let mut writes = WriteSet::default();
         writes.put(Cf::UserConvs, key, &entry).map_err(internal)?;

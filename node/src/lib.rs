@@ -114,15 +114,7 @@ impl Node {
         .await
         .context("starting the router")?;
         let (service, replicator) = match &cluster {
-            None => {
-                // Index changes a crash left owing are finished now.
-                let owing = tidings_actors::settle_outboxes(&router, &storage, None)
-                    .context("reading conversations' outboxes")?;
-                if owing > 0 {
-                    tracing::info!(owing, "finishing conversations' index changes");
-                }
-                (Service::new(router.clone(), config.call_timeout), None)
-            }
+            None => (Service::new(router.clone(), config.call_timeout), None),
             Some(cluster) => {
                 if config.replicas > config.cluster_nodes() {
                     tracing::warn!(
@@ -146,17 +138,28 @@ impl Node {
                 storage.replicate_through(Arc::new(replicator.clone()));
                 let service =
                     Service::clustered(router.clone(), config.call_timeout, replicator.clone());
-                // Before any request: entities reach each other where their
-                // shards are led.
-                let _ = router.cast(RouterMsg::Serve(service.clone()));
-                cluster.serve(Handlers {
-                    replicator: replicator.clone(),
-                    service: service.clone(),
-                    router: router.clone(),
-                });
                 (service, Some(replicator))
             }
         };
+        // Before any request: entities reach each other through the service
+        // (in a cluster, where their shards are led).
+        let _ = router.cast(RouterMsg::Serve(service.clone()));
+        match (&cluster, &replicator) {
+            (Some(cluster), Some(replicator)) => cluster.serve(Handlers {
+                replicator: replicator.clone(),
+                service: service.clone(),
+                router: router.clone(),
+            }),
+            _ => {
+                // Index changes a crash left owing are finished now (a
+                // cluster node does so for each shard it comes to lead).
+                let owing = tidings_actors::settle_outboxes(&router, &storage, None)
+                    .context("reading conversations' outboxes")?;
+                if owing > 0 {
+                    tracing::info!(owing, "finishing conversations' index changes");
+                }
+            }
+        }
         let state = AppState {
             cluster,
             replicator,

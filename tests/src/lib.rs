@@ -331,5 +331,7 @@ pub async fn notify(addr: &str, user: &str, payload: Value) -> u64 {
         .json()
         .await
         .unwrap();
-    accepted["version"].as_u64().expect("a notification version")
+    accepted["version"]
+        .as_u64()
+        .expect("a notification version")
 }

@@ -162,11 +162,21 @@ async fn users_on_different_nodes_chat_as_on_one() {
         let new = created["conv"].as_str().unwrap().to_owned();
         bob_expects.push(new.clone());
         bob_expects.sort();
-        assert_eq!(bob.conv_ids().await, bob_expects, "round {round}, bob on n2");
-        assert!(carol.conv_ids().await.contains(&new), "round {round}, carol");
+        assert_eq!(
+            bob.conv_ids().await,
+            bob_expects,
+            "round {round}, bob on n2"
+        );
+        assert!(
+            carol.conv_ids().await.contains(&new),
+            "round {round}, carol"
+        );
         // And leaving is gone from the list at once.
         carol
-            .ok(json!({"type":"members","conv":new,"remove":["carol"]}), "ack")
+            .ok(
+                json!({"type":"members","conv":new,"remove":["carol"]}),
+                "ack",
+            )
             .await;
         assert!(!carol.conv_ids().await.contains(&new), "round {round}");
     }
@@ -217,12 +227,17 @@ async fn four_nodes_keep_three_copies_of_each_shard_and_serve_every_request() {
             .await;
         version = ack["version"].as_u64().unwrap();
         for ws in &mut sockets {
-            assert_eq!(ws.event(&conv, version).await["body"], format!("from {}", users[i]));
+            assert_eq!(
+                ws.event(&conv, version).await["body"],
+                format!("from {}", users[i])
+            );
         }
     }
     for ws in &mut sockets {
         assert_eq!(ws.conv_ids().await, [conv.clone()]);
-        let page = ws.ok(json!({"type":"history","conv":conv}), "history").await;
+        let page = ws
+            .ok(json!({"type":"history","conv":conv}), "history")
+            .await;
         assert_eq!(page["version"], version);
     }
     // A notification through each node reaches dan's device on n4.
@@ -259,7 +274,10 @@ async fn events_cross_only_to_nodes_with_a_recipient() {
         .to_owned();
     for i in 0..5 {
         let ack = alice
-            .ok(json!({"type":"send","conv":conv,"body":format!("m{i}")}), "ack")
+            .ok(
+                json!({"type":"send","conv":conv,"body":format!("m{i}")}),
+                "ack",
+            )
             .await;
         bob.event(&conv, ack["version"].as_u64().unwrap()).await;
     }
@@ -277,5 +295,9 @@ async fn events_cross_only_to_nodes_with_a_recipient() {
         .await;
     let event = carol.event(&conv, ack["version"].as_u64().unwrap()).await;
     assert_eq!(event["body"], "hi carol");
-    assert_eq!(peer_deliveries(&nodes[2]).await, 0, "n3 still has no device");
+    assert_eq!(
+        peer_deliveries(&nodes[2]).await,
+        0,
+        "n3 still has no device"
+    );
 }

@@ -283,11 +283,8 @@ async fn a_partitioned_minority_refuses_writes_and_heals_into_one_history() {
     // conversation it led has moved on without it.
     if let Some(conv) = convs.iter().find(led_inside) {
         let outside_cmid = format!("outside-{conv}");
-        let (reply, took) = timed(
-            &mut inside,
-            json!({"type":"history","conv":conv,"after":0}),
-        )
-        .await;
+        let (reply, took) =
+            timed(&mut inside, json!({"type":"history","conv":conv,"after":0})).await;
         let stale = reply["type"] == "history"
             && !reply["events"]
                 .as_array()

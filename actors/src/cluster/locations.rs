@@ -36,7 +36,10 @@ struct Located {
 enum News {
     /// Every user with a device on the sender; `answer` asks for the
     /// receiver's own set in return.
-    All { users: Vec<UserId>, answer: bool },
+    All {
+        users: Vec<UserId>,
+        answer: bool,
+    },
     Online(UserId),
     Offline(UserId),
 }
@@ -59,16 +62,25 @@ impl Locations {
         }
     }
 
-    /// Tells `peers` that `user` now has (or no longer has) a device here,
-    /// if that changed.
-    pub fn announce(&self, user: &UserId, online: bool, peers: &[ActorRef<PeerMsg>]) {
+    /// Tells the nodes `peers` lists that `user` now has (or no longer has)
+    /// a device here, if that changed.
+    pub fn announce(
+        &self,
+        user: &UserId,
+        online: bool,
+        peers: impl FnOnce() -> Vec<ActorRef<PeerMsg>>,
+    ) {
         let mut here = self.here.lock().expect("locations lock");
         let changed = if online {
             here.insert(user.clone())
         } else {
             here.remove(user)
         };
-        if !changed || peers.is_empty() {
+        if !changed {
+            return;
+        }
+        let peers = peers();
+        if peers.is_empty() {
             return;
         }
         let news = if online {
@@ -77,7 +89,7 @@ impl Locations {
             News::Offline(user.clone())
         };
         if let Some(bytes) = self.encode(news) {
-            for peer in peers {
+            for peer in &peers {
                 let _ = peer.cast(PeerMsg::Located(bytes.clone()));
             }
         }
@@ -140,7 +152,11 @@ impl Locations {
         let there = self.there.read().expect("locations lock");
         let chosen: Vec<UserId> = match there.get(node) {
             None => users.to_vec(),
-            Some(online) => users.iter().filter(|u| online.contains(*u)).cloned().collect(),
+            Some(online) => users
+                .iter()
+                .filter(|u| online.contains(*u))
+                .cloned()
+                .collect(),
         };
         (!chosen.is_empty()).then_some(chosen)
     }

@@ -362,7 +362,11 @@ mod tests {
         let (_dir, _log, mut machine) = Builder.build().await.unwrap();
         // In one batch: the second writer of version 1 is too late.
         let answers = machine
-            .apply([message(1, 1, "first"), message(2, 1, "reused"), message(3, 2, "next")])
+            .apply([
+                message(1, 1, "first"),
+                message(2, 1, "reused"),
+                message(3, 2, "next"),
+            ])
             .await
             .unwrap();
         assert_eq!(answers, [true, false, true]);

@@ -5,9 +5,10 @@
 //! actor, which runs it through its own service and sends the [`Answer`]
 //! back. A node that turns out not to lead the shard says
 //! [`Forwarded::NotLeader`] without running anything, naming the leader it
-//! knows, and the sender asks again where the leader is. They travel as JSON: notification payloads
-//! are arbitrary JSON values, which a non-self-describing format cannot
-//! read back.
+//! knows, and the sender asks again where the leader is.
+//!
+//! They travel as JSON: notification payloads are arbitrary JSON values,
+//! which a non-self-describing format cannot read back.
 
 use std::time::Duration;
 
@@ -118,7 +119,9 @@ pub enum Forwarded {
     Ran(Result<Answer, ErrorFrame>),
     /// This node does not lead the shard; nothing was run. The leader as
     /// this node knows it, if any.
-    NotLeader { leader: Option<String> },
+    NotLeader {
+        leader: Option<String>,
+    },
 }
 
 /// What became of a forwarded request, as the sender sees it.

@@ -130,6 +130,15 @@ pub struct IndexOutbox {
 }
 
 impl IndexOutbox {
+    /// Queues `users`' index changes, to be committed with the change at
+    /// `version`.
+    pub fn index(&mut self, users: &[UserId], version: u64, member: bool) {
+        self.merge(users.iter().map(|user| IndexChange {
+            user: user.clone(),
+            entry: IndexEntry { version, member },
+        }));
+    }
+
     /// Adds `changes`; a newer change for a user replaces an older one.
     pub fn merge(&mut self, changes: impl IntoIterator<Item = IndexChange>) {
         for change in changes {
