@@ -12,6 +12,8 @@ run: deps build
 	$(BIN) --dev --listen 127.0.0.1:8080 --data-dir ./data
 
 test: test-deps build
+	@if $(CARGO) fmt --version >/dev/null 2>&1; then $(CARGO) fmt --all --check; \
+	else echo "rustfmt is missing: formatting not checked"; fi
 	$(CARGO) test --workspace
 	$(MAKE) browser-test
 
