@@ -26,8 +26,13 @@
 //! A node that holds no replica of a shard forwards its requests to the
 //! leader it last heard of, or else to one of the replicas, which either
 //! serves the request or answers with the leader it knows.
+//!
+//! Logs are compacted every `RaftSettings::snapshot_every` entries: a
+//! snapshot only notes the applied position, and a replica that needs
+//! entries already purged is sent the shard's records ([`snapshot`]).
 
 pub mod network;
+pub mod snapshot;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -71,22 +76,34 @@ pub fn raft_id(node: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(node.as_bytes())
 }
 
-/// Timing of every group.
+/// Timing and log compaction of every group.
 #[derive(Debug, Clone)]
-pub struct RaftTiming {
+pub struct RaftSettings {
     pub heartbeat: Duration,
     /// A follower that hears nothing for a random time in this range
     /// stands for election.
     pub election_min: Duration,
     pub election_max: Duration,
+    /// A shard takes a snapshot every this many applied entries and purges
+    /// its log up to it, keeping the last tenth (at least one entry) for
+    /// replicas that are only a little behind.
+    pub snapshot_every: u64,
 }
 
-impl Default for RaftTiming {
+impl RaftSettings {
+    /// Entries kept after a snapshot.
+    fn keep_after_snapshot(&self) -> u64 {
+        (self.snapshot_every / 10).max(1)
+    }
+}
+
+impl Default for RaftSettings {
     fn default() -> Self {
-        RaftTiming {
+        RaftSettings {
             heartbeat: Duration::from_millis(150),
             election_min: Duration::from_millis(750),
             election_max: Duration::from_millis(1500),
+            snapshot_every: 10_000,
         }
     }
 }
@@ -111,6 +128,10 @@ pub struct ShardView {
     pub term: u64,
     /// The last index this node knows committed and has applied.
     pub committed: Option<u64>,
+    /// The index of this replica's last snapshot, and the last index it
+    /// has purged from its log.
+    pub snapshot: Option<u64>,
+    pub purged: Option<u64>,
     /// Whether this node holds a replica of the shard.
     pub held: bool,
 }
@@ -168,15 +189,19 @@ impl Replicator {
         expected: usize,
         replicas: usize,
         router: ActorRef<RouterMsg>,
-        timing: RaftTiming,
+        settings: RaftSettings,
         timeout: Duration,
     ) -> Result<Replicator, ReplicationError> {
         let config = Config {
             cluster_name: "tidings".into(),
-            heartbeat_interval: timing.heartbeat.as_millis() as u64,
-            election_timeout_min: timing.election_min.as_millis() as u64,
-            election_timeout_max: timing.election_max.as_millis() as u64,
-            snapshot_policy: SnapshotPolicy::Never,
+            heartbeat_interval: settings.heartbeat.as_millis() as u64,
+            election_timeout_min: settings.election_min.as_millis() as u64,
+            election_timeout_max: settings.election_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: settings.keep_after_snapshot(),
+            // A snapshot crosses in chunks of 1 MiB, each within this long.
+            snapshot_max_chunk_size: 1 << 20,
+            install_snapshot_timeout: timeout.as_millis() as u64,
             max_payload_entries: 512,
             ..Config::default()
         };
@@ -189,12 +214,13 @@ impl Replicator {
                 shard,
                 peers: peers.clone(),
             };
-            let raft = Raft::new(id, config.clone(), network, store.clone(), store)
+            let raft = Raft::new(id, config.clone(), network, store.clone(), store.clone())
                 .await
                 .map_err(|e| ReplicationError::Start {
                     shard,
                     message: e.to_string(),
                 })?;
+            store.send_snapshots();
             rafts.push(raft);
         }
         let nodes: Option<Vec<String>> = storage
@@ -214,7 +240,7 @@ impl Replicator {
                 storage: storage.clone(),
                 ready: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
                 confirming: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
-                lease: timing.election_min,
+                lease: settings.election_min,
                 rafts,
                 peers,
                 router: router.clone(),
@@ -464,6 +490,10 @@ impl Replicator {
                 Some(raft) => RaftResponse::Vote(raft.vote(rpc).await),
                 None => return Vec::new(),
             },
+            RaftRequest::Snapshot(shard, rpc) => match self.inner.rafts.get(shard as usize) {
+                Some(raft) => RaftResponse::Snapshot(raft.install_snapshot(rpc).await),
+                None => return Vec::new(),
+            },
         };
         codec::encode(&response).unwrap_or_default()
     }
@@ -486,6 +516,8 @@ impl Replicator {
                         leader: self.leader_of(ShardId(shard as u16)),
                         term: 0,
                         committed: None,
+                        snapshot: None,
+                        purged: None,
                         held: false,
                     };
                 }
@@ -502,6 +534,8 @@ impl Replicator {
                     leader: m.current_leader.as_ref().and_then(name),
                     term: m.current_term,
                     committed: m.last_applied.map(|id| id.index),
+                    snapshot: m.snapshot.map(|id| id.index),
+                    purged: m.purged.map(|id| id.index),
                     held: true,
                 }
             })

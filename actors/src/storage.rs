@@ -48,6 +48,18 @@ pub enum Cf {
 }
 
 impl Cf {
+    /// The families that hold entities' records (all but Raft's own),
+    /// under keys that [`keys::shard_of_key`] places in a shard.
+    pub const ENTITIES: [Cf; 7] = [
+        Cf::ConvMeta,
+        Cf::ConvLog,
+        Cf::ConvMessages,
+        Cf::ConvCmids,
+        Cf::UserMeta,
+        Cf::UserLog,
+        Cf::UserConvs,
+    ];
+
     pub const ALL: [Cf; 9] = [
         Cf::ConvMeta,
         Cf::ConvLog,
@@ -197,6 +209,38 @@ impl WriteSet {
     }
 }
 
+/// A read of the storage as of one moment ([`Storage::read_at_once`]).
+pub struct View<'a> {
+    storage: &'a Storage,
+    snapshot: rocksdb::SnapshotWithThreadMode<'a, DB>,
+}
+
+impl View<'_> {
+    pub fn get<T: DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>, StorageError> {
+        match self.snapshot.get_pinned_cf(self.storage.cf(cf), key)? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Calls `each` with every record of `cf` as of this view, in key
+    /// order; stops at its first error.
+    pub fn for_each_raw<E: From<StorageError>>(
+        &self,
+        cf: Cf,
+        mut each: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let iter = self
+            .snapshot
+            .iterator_cf(self.storage.cf(cf), IteratorMode::Start);
+        for item in iter {
+            let (key, value) = item.map_err(StorageError::from)?;
+            each(&key, &value)?;
+        }
+        Ok(())
+    }
+}
+
 /// Where a shard's writes go in a cluster: through the shard's Raft log.
 pub trait ReplicatedLog: Send + Sync + 'static {
     /// Returns once `writes` are committed on a majority and applied here.
@@ -326,6 +370,30 @@ impl Storage {
             return Ok((&*key >= from).then_some((key, value)));
         }
         Ok(None)
+    }
+
+    /// Reads through `read` as of one moment: writes made meanwhile are
+    /// not seen, so records written together are read together.
+    pub fn read_at_once<T>(&self, read: impl FnOnce(&View<'_>) -> T) -> T {
+        let view = View {
+            storage: self,
+            snapshot: self.db.snapshot(),
+        };
+        read(&view)
+    }
+
+    /// Calls `each` with every record of `cf`, in key order; stops at its
+    /// first error.
+    pub fn for_each_raw<E: From<StorageError>>(
+        &self,
+        cf: Cf,
+        mut each: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+            let (key, value) = item.map_err(StorageError::from)?;
+            each(&key, &value)?;
+        }
+        Ok(())
     }
 
     /// Group commit figures since start.

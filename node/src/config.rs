@@ -97,6 +97,12 @@ pub struct Config {
     /// down and its link is closed and dialled again.
     #[arg(long, env = "TIDINGS_PEER_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub peer_timeout: Duration,
+
+    /// Each shard compacts its Raft log every this many entries: it notes a
+    /// snapshot and drops the entries before it but the last tenth. A
+    /// replica that missed dropped entries is sent the shard's records.
+    #[arg(long, env = "TIDINGS_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub snapshot_every: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,8 +176,10 @@ impl Config {
         if !id_ok {
             return Err(ConfigError::BadNodeId(self.node_id.clone()));
         }
-        if self.replicas == 0 || self.peer_timeout.is_zero() {
-            return Err(ConfigError::NotPositive("--replicas and --peer-timeout"));
+        if self.replicas == 0 || self.peer_timeout.is_zero() || self.snapshot_every == 0 {
+            return Err(ConfigError::NotPositive(
+                "--replicas, --peer-timeout and --snapshot-every",
+            ));
         }
         match self.cluster_listen {
             None if !self.join.is_empty() => return Err(ConfigError::JoinWithoutListen),
@@ -255,6 +263,10 @@ mod tests {
         ));
         assert!(matches!(
             parse(&["--replicas", "0"]),
+            Err(ConfigError::NotPositive(_))
+        ));
+        assert!(matches!(
+            parse(&["--snapshot-every", "0"]),
             Err(ConfigError::NotPositive(_))
         ));
     }

@@ -24,7 +24,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use rand::RngCore;
 use tidings_actors::cluster::peer::Handlers;
 use tidings_actors::cluster::{Cluster, ClusterConfig};
-use tidings_actors::replication::{RaftTiming, Replicator};
+use tidings_actors::replication::{RaftSettings, Replicator};
 use tidings_actors::{EntityConfig, Metrics, RouterMsg, Service, Storage};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -130,7 +130,10 @@ impl Node {
                     cluster.expected_peers(),
                     config.replicas,
                     router.clone(),
-                    RaftTiming::default(),
+                    RaftSettings {
+                        snapshot_every: config.snapshot_every,
+                        ..RaftSettings::default()
+                    },
                     config.call_timeout,
                 )
                 .await

@@ -23,6 +23,8 @@ pub struct Member {
     pub child: Option<Child>,
     /// The HTTP address of the running process.
     pub http: String,
+    /// Flags added to every start.
+    pub args: Vec<String>,
 }
 
 /// A free loopback port for a node's cluster address, which the other
@@ -49,6 +51,7 @@ impl Member {
             data: tempfile::tempdir().unwrap(),
             child: None,
             http: String::new(),
+            args: Vec::new(),
         }
     }
 
@@ -59,25 +62,28 @@ impl Member {
             Some((ns, ip)) => (Some(ns.as_str()), format!("{ip}:0")),
             None => (None, "127.0.0.1:0".to_owned()),
         };
+        let flags = [
+            "--node-id",
+            self.id,
+            "--cluster-listen",
+            &self.cluster.to_string(),
+            "--join",
+            &join.join(","),
+            "--cluster-cookie",
+            COOKIE,
+            "--peer-timeout",
+            "1s",
+            // Writes without a majority give up quickly.
+            "--call-timeout",
+            "3s",
+        ];
         let (child, http) = process::spawn_in(
             netns,
             &listen,
             self.data.path(),
-            [
-                "--node-id",
-                self.id,
-                "--cluster-listen",
-                &self.cluster.to_string(),
-                "--join",
-                &join.join(","),
-                "--cluster-cookie",
-                COOKIE,
-                "--peer-timeout",
-                "1s",
-                // Writes without a majority give up quickly.
-                "--call-timeout",
-                "3s",
-            ],
+            flags
+                .into_iter()
+                .chain(self.args.iter().map(String::as_str)),
         )
         .await;
         self.child = Some(child);
@@ -112,6 +118,18 @@ impl Member {
                 })
                 .collect(),
         )
+    }
+
+    /// Stops the process as an operator would (SIGTERM), and waits for it
+    /// to exit cleanly.
+    pub async fn stop(&mut self) {
+        self.signal("-TERM");
+        let mut child = self.child.take().unwrap();
+        let exit = tokio::time::timeout(crate::WAIT, child.wait())
+            .await
+            .expect("the node exits after SIGTERM")
+            .unwrap();
+        assert!(exit.success(), "{} exited with {exit}", self.id);
     }
 
     /// Stops the process at once, as a crash would.

@@ -27,6 +27,8 @@ use crate::codec;
 pub enum RaftRequest {
     Append(u16, AppendEntriesRequest<TypeConfig>),
     Vote(u16, VoteRequest<u64>),
+    /// One chunk of a snapshot.
+    Snapshot(u16, InstallSnapshotRequest<TypeConfig>),
 }
 
 /// The answer to a [`RaftRequest`].
@@ -34,6 +36,7 @@ pub enum RaftRequest {
 pub enum RaftResponse {
     Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
 }
 
 /// Makes a [`Link`] to each member of one shard's group.
@@ -138,14 +141,20 @@ impl RaftNetwork<TypeConfig> for Link {
         }
     }
 
+    /// One chunk of a snapshot, for a replica missing entries the log no
+    /// longer holds.
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Rpc<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        // Logs are kept whole (see `store`): there is never a snapshot to send.
-        Err(RPCError::Unreachable(Unreachable::new(
-            &std::io::Error::other("Tidings sends no snapshots"),
-        )))
+        match self
+            .call(RaftRequest::Snapshot(self.shard, rpc), option.hard_ttl())
+            .await
+        {
+            Ok(RaftResponse::Snapshot(answer)) => self.remote(answer),
+            Ok(_) => Err(self.failed(LinkError::Mismatch(self.node.clone()))),
+            Err(err) => Err(self.failed(err)),
+        }
     }
 }

@@ -8,13 +8,17 @@
 //! after a crash the position and the data are lost together, and Raft
 //! applies the entries again from the synced log.
 //!
-//! Snapshots are not built: the log is kept whole, and a replica that
-//! falls behind catches up from it.
+//! Snapshots hold no copy of the state (see [`super::snapshot`]): building
+//! one notes the applied position so that the log before it can be purged,
+//! and a replica too far behind for the log is sent the shard's records as
+//! they are when it asks.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -23,6 +27,9 @@ use openraft::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 
+use tokio::sync::watch;
+
+use super::snapshot::{self, Positions, ShardDump, SnapshotError};
 use super::TypeConfig;
 use crate::codec;
 use crate::storage::{keys, Cf, Storage, Write, WriteSet};
@@ -43,16 +50,74 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
     StorageIOError::write(AnyError::new(&e)).into()
 }
 
-/// One shard's view of the node's storage.
+/// How far a replica has applied its log ([`ShardStore::purge`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Applied {
+    index: Option<u64>,
+    snapshot: Incoming,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Incoming {
+    #[default]
+    None,
+    Receiving,
+    Failed,
+}
+
+/// One shard's view of the node's storage. Its clones (the log and the
+/// state machine) share what is below.
 #[derive(Clone)]
 pub struct ShardStore {
     shard: u16,
     storage: Storage,
+    /// The last index applied here, and whether a snapshot is coming in:
+    /// openraft asks to purge the log behind a snapshot before the state
+    /// machine has installed it, and the purge must wait for that.
+    applied: Arc<watch::Sender<Applied>>,
+    /// Whether a request for the current snapshot reads the shard's
+    /// records: not while openraft starts, when it wants only the position.
+    sends_snapshots: Arc<AtomicBool>,
 }
 
 impl ShardStore {
     pub fn new(shard: u16, storage: Storage) -> ShardStore {
-        ShardStore { shard, storage }
+        ShardStore {
+            shard,
+            storage,
+            applied: Arc::new(watch::channel(Applied::default()).0),
+            sends_snapshots: Arc::default(),
+        }
+    }
+
+    /// From now on a snapshot asked for carries the shard's records (call
+    /// once the shard's Raft has started).
+    pub fn send_snapshots(&self) {
+        self.sends_snapshots.store(true, Ordering::Release);
+    }
+
+    fn positions(&self) -> Positions {
+        Positions {
+            applied: keys::raft_state(self.shard, APPLIED),
+            membership: keys::raft_state(self.shard, MEMBERSHIP),
+        }
+    }
+
+    /// The snapshot's description of `dump`'s position.
+    fn meta_of(
+        &self,
+        applied: Option<LogId<u64>>,
+        membership: StoredMembership<u64, openraft::BasicNode>,
+    ) -> SnapshotMeta<u64, openraft::BasicNode> {
+        let snapshot_id = match &applied {
+            Some(id) => format!("{}-{}-{}", self.shard, id.leader_id.term, id.index),
+            None => format!("{}-empty", self.shard),
+        };
+        SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id,
+        }
     }
 
     fn get<T: DeserializeOwned>(&self, tag: u8) -> Result<Option<T>> {
@@ -184,7 +249,25 @@ impl RaftLogStorage<TypeConfig> for ShardStore {
         self.storage.commit_local(writes).await.map_err(write_err)
     }
 
+    /// Purges the log up to `log_id`, once it is applied: openraft asks for
+    /// the purge behind a snapshot while the state machine may still be
+    /// installing it, and a crash in between must not leave a replica whose
+    /// log starts past its state. (The purge's synced write also makes the
+    /// unsynced applied state before it durable: the WAL is one sequence.)
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<()> {
+        let upto = Some(log_id.index);
+        let applied = *self
+            .applied
+            .subscribe()
+            .wait_for(|a| a.index >= upto || a.snapshot != Incoming::Receiving)
+            .await
+            .map_err(write_err)?;
+        if applied.index < upto && applied.snapshot == Incoming::Failed {
+            return Err(write_err(std::io::Error::other(format!(
+                "shard {}: not purging up to {} after a snapshot failed to install",
+                self.shard, log_id.index
+            ))));
+        }
         let mut writes = WriteSet::default();
         self.put(&mut writes, PURGED, &log_id)?;
         writes.delete_range(
@@ -228,6 +311,33 @@ impl ShardStore {
     }
 }
 
+impl ShardStore {
+    /// Installs a received snapshot ([`snapshot::install`]), synced.
+    async fn install(
+        &self,
+        meta: &SnapshotMeta<u64, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<()> {
+        let dump: ShardDump = codec::decode(snapshot.get_ref()).map_err(read_err)?;
+        if dump.applied != meta.last_log_id {
+            return Err(read_err(SnapshotError::Mismatch {
+                shard: self.shard,
+                meta: format!("{:?}", meta.last_log_id),
+                dump: format!("{:?}", dump.applied),
+            }));
+        }
+        let (storage, shard, at) = (self.storage.clone(), self.shard, self.positions());
+        let writes =
+            tokio::task::spawn_blocking(move || snapshot::install(&storage, shard, dump, &at))
+                .await
+                .map_err(|e| write_err(std::io::Error::other(e.to_string())))?
+                .map_err(write_err)?;
+        self.storage.commit_local(writes).await.map_err(write_err)?;
+        tracing::info!(shard, snapshot = %meta.snapshot_id, "installed a snapshot");
+        Ok(())
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for ShardStore {
     type SnapshotBuilder = ShardStore;
 
@@ -237,10 +347,10 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
         Option<LogId<u64>>,
         StoredMembership<u64, openraft::BasicNode>,
     )> {
-        Ok((
-            self.get(APPLIED)?,
-            self.get(MEMBERSHIP)?.unwrap_or_default(),
-        ))
+        let applied: Option<LogId<u64>> = self.get(APPLIED)?;
+        self.applied
+            .send_modify(|a| a.index = applied.as_ref().map(|id| id.index));
+        Ok((applied, self.get(MEMBERSHIP)?.unwrap_or_default()))
     }
 
     /// Applies `entries` in one write. An entity write set whose
@@ -278,6 +388,7 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
         if let Some(last) = last {
             self.put(&mut writes, APPLIED, &last)?;
             self.storage.write_unsynced(writes).map_err(write_err)?;
+            self.applied.send_modify(|a| a.index = Some(last.index));
         }
         Ok(answers)
     }
@@ -287,29 +398,70 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>> {
+        self.applied
+            .send_modify(|a| a.snapshot = Incoming::Receiving);
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
+    /// Makes this replica's shard what the snapshot holds, in one synced
+    /// write.
     async fn install_snapshot(
         &mut self,
-        _meta: &SnapshotMeta<u64, openraft::BasicNode>,
-        _snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &SnapshotMeta<u64, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<()> {
-        Err(write_err(std::io::Error::other(
-            "Tidings keeps whole Raft logs and installs no snapshots",
-        )))
+        let installed = self.install(meta, snapshot).await;
+        self.applied.send_modify(|a| match &installed {
+            Ok(()) => {
+                a.index = meta.last_log_id.as_ref().map(|id| id.index);
+                a.snapshot = Incoming::None;
+            }
+            Err(_) => a.snapshot = Incoming::Failed,
+        });
+        installed
     }
 
+    /// The shard's records as they are now, with the position they reflect
+    /// (see [`super::snapshot`]); nothing while openraft starts.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
-        Ok(None)
+        if !self.sends_snapshots.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let (storage, shard, at) = (self.storage.clone(), self.shard, self.positions());
+        let dump = tokio::task::spawn_blocking(move || snapshot::read(&storage, shard, &at))
+            .await
+            .map_err(|e| read_err(std::io::Error::other(e.to_string())))?
+            .map_err(read_err)?;
+        if dump.applied.is_none() {
+            return Ok(None);
+        }
+        let meta = self.meta_of(dump.applied, dump.membership.clone());
+        let bytes = codec::encode(&dump).map_err(read_err)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ShardStore {
+    /// Notes the applied position only: the records stay where they are.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
-        Err(read_err(std::io::Error::other(
-            "Tidings keeps whole Raft logs and builds no snapshots",
-        )))
+        let (applied_key, membership_key) = (self.positions().applied, self.positions().membership);
+        let (applied, membership) = self
+            .storage
+            .read_at_once(|view| {
+                Ok::<_, crate::storage::StorageError>((
+                    view.get(Cf::RaftState, &applied_key)?,
+                    view.get(Cf::RaftState, &membership_key)?
+                        .unwrap_or_default(),
+                ))
+            })
+            .map_err(read_err)?;
+        Ok(Snapshot {
+            meta: self.meta_of(applied, membership),
+            snapshot: Box::new(Cursor::new(Vec::new())),
+        })
     }
 }
 
@@ -322,10 +474,12 @@ mod tests {
     use openraft::testing::{StoreBuilder, Suite};
     use openraft::StorageError;
 
-    use openraft::storage::RaftStateMachine;
+    use futures_util::FutureExt;
+    use openraft::storage::{RaftLogStorage, RaftStateMachine};
 
     use super::ShardStore;
     use crate::replication::TypeConfig;
+    use crate::shard::shard_of;
     use crate::storage::{keys, Cf, Storage, WriteSet};
 
     struct Builder;
@@ -382,6 +536,153 @@ mod tests {
             .unwrap();
         let bodies: Vec<&str> = log.iter().map(|(_, b)| b.as_str()).collect();
         assert_eq!(bodies, ["first", "next", "third"]);
+    }
+
+    /// An id of shard 7 (the tests' shard), or of another, starting with
+    /// `prefix`.
+    fn id_in_shard(prefix: &str, seven: bool) -> String {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|id| (shard_of(id).0 == 7) == seven)
+            .unwrap()
+    }
+
+    fn entry(index: u64, set: WriteSet) -> openraft::Entry<TypeConfig> {
+        openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(set),
+        }
+    }
+
+    /// Every record of `storage`'s entity families: (family, key, value).
+    fn records(storage: &Storage) -> Vec<(Cf, Vec<u8>, Vec<u8>)> {
+        let mut all = Vec::new();
+        for cf in Cf::ENTITIES {
+            storage
+                .for_each_raw(cf, |k, v| {
+                    all.push((cf, k.to_vec(), v.to_vec()));
+                    Ok::<_, crate::storage::StorageError>(())
+                })
+                .unwrap();
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_gives_a_replica_exactly_the_shards_records() {
+        let (conv, user) = (id_in_shard("g:", true), id_in_shard("u", true));
+        let elsewhere = id_in_shard("g:", false);
+        let (_a, _, mut leader) = Builder.build().await.unwrap();
+        let mut sets = Vec::new();
+        for version in 1..=3 {
+            let mut set = WriteSet::default();
+            set.put(Cf::ConvLog, keys::versioned(&conv, version), &version)
+                .unwrap();
+            sets.push(set);
+        }
+        let mut set = WriteSet::default();
+        set.put(Cf::UserConvs, keys::named(&user, &conv), &())
+            .unwrap();
+        set.put(Cf::ConvMeta, keys::index_outbox(7, &conv), &1u8)
+            .unwrap();
+        // Another shard's record on this node is not part of shard 7.
+        set.put(Cf::ConvLog, keys::versioned(&elsewhere, 1), &9u64)
+            .unwrap();
+        sets.push(set);
+        let entries: Vec<_> = sets
+            .into_iter()
+            .enumerate()
+            .map(|(i, set)| entry(i as u64 + 1, set))
+            .collect();
+        leader.apply(entries).await.unwrap();
+
+        // Nothing is read while openraft starts.
+        assert!(leader.get_current_snapshot().await.unwrap().is_none());
+        leader.send_snapshots();
+        let snapshot = leader.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(snapshot.meta.last_log_id.unwrap().index, 4);
+
+        // A replica with a stale record of shard 7 and one of another shard.
+        let (_b, _, mut replica) = Builder.build().await.unwrap();
+        let mut stale = WriteSet::default();
+        stale
+            .put(Cf::ConvLog, keys::versioned(&conv, 9), &0u64)
+            .unwrap();
+        stale
+            .put(Cf::UserLog, keys::versioned(&elsewhere, 1), &5u64)
+            .unwrap();
+        replica.storage.commit_local(stale).await.unwrap();
+        replica.begin_receiving_snapshot().await.unwrap();
+        replica
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+
+        let in_shard = |storage: &Storage| -> Vec<_> {
+            records(storage)
+                .into_iter()
+                .filter(|(_, key, _)| keys::shard_of_key(key) == Some(7))
+                .collect()
+        };
+        let expected = in_shard(&leader.storage);
+        assert_eq!(expected.len(), 5, "three messages, an index, an outbox");
+        assert_eq!(in_shard(&replica.storage), expected);
+        let kept: Option<u64> = replica
+            .storage
+            .get(Cf::UserLog, &keys::versioned(&elsewhere, 1))
+            .unwrap();
+        assert_eq!(kept, Some(5), "other shards are left alone");
+        let (applied, membership) = replica.applied_state().await.unwrap();
+        assert_eq!(applied, snapshot.meta.last_log_id);
+        assert_eq!(membership, snapshot.meta.last_membership);
+    }
+
+    #[tokio::test]
+    async fn the_log_behind_an_incoming_snapshot_is_purged_only_once_it_is_installed() {
+        let (_a, _, mut leader) = Builder.build().await.unwrap();
+        let set = |v: u64| {
+            let mut set = WriteSet::default();
+            set.put(
+                Cf::ConvLog,
+                keys::versioned(&id_in_shard("g:", true), v),
+                &v,
+            )
+            .unwrap();
+            set
+        };
+        leader
+            .apply((1..=5).map(|i| entry(i, set(i))).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        leader.send_snapshots();
+        let snapshot = leader.get_current_snapshot().await.unwrap().unwrap();
+        let upto = snapshot.meta.last_log_id.unwrap();
+
+        let (_b, log, mut replica) = Builder.build().await.unwrap();
+        replica.begin_receiving_snapshot().await.unwrap();
+        let mut purging = log.clone();
+        let mut purge = Box::pin(async move { purging.purge(upto).await });
+        assert!(
+            purge.as_mut().now_or_never().is_none(),
+            "the purge waits for the snapshot"
+        );
+        replica
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        purge.await.unwrap();
+
+        // A snapshot that fails to install leaves the log unpurged.
+        let (_c, log, mut replica) = Builder.build().await.unwrap();
+        replica.begin_receiving_snapshot().await.unwrap();
+        let mut purging = log.clone();
+        let purge = tokio::spawn(async move { purging.purge(upto).await });
+        let garbage = Box::new(std::io::Cursor::new(b"not a snapshot".to_vec()));
+        assert!(replica
+            .install_snapshot(&snapshot.meta, garbage)
+            .await
+            .is_err());
+        assert!(purge.await.unwrap().is_err());
     }
 
     macro_rules! suite {

@@ -67,6 +67,20 @@ pub fn cluster_nodes() -> Vec<u8> {
     raft_state(u16::MAX, b'n')
 }
 
+/// The shard a key of an entity family belongs to: its entity's, or for
+/// an outbox the shard in the key. `None` for a key of no known form.
+pub fn shard_of_key(key: &[u8]) -> Option<u16> {
+    match key {
+        [0, hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
+        [0, ..] => None,
+        [len, rest @ ..] => {
+            let id = std::str::from_utf8(rest.get(..usize::from(*len))?).ok()?;
+            Some(crate::shard::shard_of(id).0)
+        }
+        [] => None,
+    }
+}
+
 /// The version at the end of a `versioned` key.
 pub fn version_of(key: &[u8]) -> Option<u64> {
     let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
@@ -99,6 +113,22 @@ mod tests {
         assert!(!versioned("abc", 1).starts_with(&short));
         assert!(!named("abc", "x").starts_with(&short));
         assert!(versioned("ab", u64::MAX).starts_with(&short));
+    }
+
+    #[test]
+    fn every_key_of_an_entity_is_in_its_shard() {
+        let shard = crate::shard::shard_of("g:1").0;
+        for key in [
+            entity("g:1"),
+            versioned("g:1", 7),
+            named("g:1", "cmid-1"),
+            index_outbox(shard, "g:1"),
+        ] {
+            assert_eq!(shard_of_key(&key), Some(shard), "{key:?}");
+        }
+        assert_eq!(shard_of_key(&index_outbox(5, "g:1")), Some(5));
+        assert_eq!(shard_of_key(&[9, b'x']), None, "an id cut short");
+        assert_eq!(shard_of_key(&[]), None);
     }
 
     #[test]
