@@ -48,6 +48,9 @@ pub struct Conversation {
     outbox: IndexOutbox,
     /// Whether the outbox was written out and may be cleared.
     outbox_sent: bool,
+    /// The version since which `audience` has been the audience: the last
+    /// change of the stored meta (members or title) this actor knows of.
+    audience_since: u64,
     /// When to try the outbox again after a failure.
     outbox_retry: Instant,
     service: Option<Service>,
@@ -74,6 +77,7 @@ impl Actor for ConversationActor {
             .get(Cf::ConvMeta, &keys::entity(args.id.as_str()))?;
         // The stored meta is rewritten only when members or title change;
         // the version is the last one in the log.
+        let audience_since = meta.as_ref().map_or(0, |m| m.version);
         if let Some(meta) = &mut meta {
             let last = args.storage.last_version(Cf::ConvLog, args.id.as_str())?;
             meta.version = meta.version.max(last.unwrap_or(0));
@@ -96,6 +100,7 @@ impl Actor for ConversationActor {
             id: args.id,
             meta,
             audience,
+            audience_since,
             storage: args.storage,
             router: args.router,
             directory: args.directory,
@@ -298,6 +303,7 @@ impl Conversation {
                 if self.meta.as_ref().map(|m| &m.members) != Some(&meta.members) {
                     self.audience = Arc::from(meta.members.clone());
                 }
+                self.audience_since = last;
                 self.meta = Some(meta);
             }
             None => {
@@ -327,6 +333,27 @@ impl Conversation {
         self.outbox = outbox;
         self.send_outbox().await;
         Ok(versions)
+    }
+
+    /// Pushes the event at `version` once more, for a send that came again
+    /// (the sender never saw its ack): the first push may have been lost
+    /// with the node or the leader that committed it. Devices drop what
+    /// they already have by version. Only while the members are those the
+    /// event went to.
+    fn deliver_again(&self, version: u64) -> Result<()> {
+        if version < self.audience_since {
+            return Ok(());
+        }
+        let key = keys::versioned(self.id.as_str(), version);
+        if let Some(event) = self
+            .storage
+            .get::<StoredEvent>(Cf::ConvLog, &key)
+            .map_err(internal)?
+        {
+            let event = event.into_event(self.id.clone(), version);
+            self.publish(event, self.audience.clone());
+        }
+        Ok(())
     }
 
     fn publish(&self, event: Event, audience: Arc<[UserId]>) {
@@ -493,6 +520,7 @@ impl Conversation {
                 .get::<CmidRecord>(Cf::ConvCmids, &key)
                 .map_err(internal)?
             {
+                self.deliver_again(seen.version)?;
                 return Ok(Ack {
                     conv: self.id.clone(),
                     version: seen.version,

@@ -326,3 +326,49 @@ async fn presence_and_typing() {
     bob.err(json!({"type":"presence","users":too_many}), "bad_request")
         .await;
 }
+
+#[tokio::test]
+async fn a_send_that_comes_again_is_pushed_again_to_the_members_it_went_to() {
+    let node = TestNode::start().await;
+    let mut alice = node.connect("alice").await;
+    let mut bob = node.connect("bob").await;
+    let mut carol = node.connect("carol").await;
+    let conv = alice
+        .ok(json!({"type":"create","members":["bob"]}), "created")
+        .await["conv"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let send = json!({"type":"send","conv":conv,"body":"hello","cmid":"k1"});
+    let first = alice.ok(send.clone(), "ack").await;
+    let version = first["version"].as_u64().unwrap();
+    bob.event(&conv, version).await;
+
+    // The sender never saw its ack and sends again. The first push may
+    // have been lost with the node that made it, so it goes out again.
+    let again = alice.ok(send.clone(), "ack").await;
+    assert_eq!(
+        (again["dup"].clone(), again["version"].clone()),
+        (json!(true), json!(version))
+    );
+    assert_eq!(bob.event(&conv, version).await["body"], "hello");
+
+    // Once the members have changed, an old message is not pushed to the
+    // member who joined since.
+    alice
+        .ok(json!({"type":"members","conv":conv,"add":["carol"]}), "ack")
+        .await;
+    assert_eq!(alice.ok(send, "ack").await["dup"], true);
+    let next = alice
+        .ok(
+            json!({"type":"send","conv":conv,"body":"welcome","cmid":"k2"}),
+            "ack",
+        )
+        .await;
+    carol.event(&conv, next["version"].as_u64().unwrap()).await;
+    assert!(
+        carol.events().iter().all(|e| e["version"] != version),
+        "{:?}",
+        carol.events()
+    );
+}
