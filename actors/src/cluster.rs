@@ -75,6 +75,9 @@ pub struct NodeView {
     /// Whether this is the node answering.
     #[serde(rename = "self")]
     pub local: bool,
+    /// How many nodes it was started with (itself and its `--join`), once
+    /// a heartbeat has told; the same on every node of a healthy cluster.
+    pub nodes: Option<usize>,
 }
 
 /// The cluster as this node sees it.
@@ -93,15 +96,66 @@ pub struct Peers {
     /// Counts links lost: whatever was queued on them is gone.
     losses: Arc<watch::Sender<u64>>,
     locations: Arc<Locations>,
+    /// How many nodes this node's cluster has (itself and its `--join`).
+    size: usize,
+    /// How many each other node says its cluster has, from heartbeats.
+    sizes: Arc<RwLock<HashMap<String, usize>>>,
+}
+
+/// Whether the linked nodes were started with as many cluster nodes as
+/// this one ([`Peers::agreement`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Agreement {
+    /// Every one of them has said so.
+    Agreed,
+    /// Some have not said yet.
+    Unknown,
+    /// These nodes (and their counts) differ.
+    Disagree(Vec<(String, usize)>),
 }
 
 impl Peers {
-    /// The peers of the node named `node`.
-    pub fn new(node: String) -> Peers {
+    /// The peers of the node named `node`, in a cluster of `size` nodes.
+    pub fn new(node: String, size: usize) -> Peers {
         Peers {
             linked: Arc::default(),
             losses: Arc::new(watch::Sender::new(0)),
             locations: Arc::new(Locations::new(node)),
+            size,
+            sizes: Arc::default(),
+        }
+    }
+
+    /// How many nodes this node's cluster has.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Notes how many nodes `node` says its cluster has; true if that
+    /// differs from this node's count.
+    pub fn heard_size(&self, node: &str, size: usize) -> bool {
+        let mut sizes = self.sizes.write().expect("peers lock");
+        sizes.insert(node.to_owned(), size);
+        size != self.size
+    }
+
+    /// Whether `nodes` were all started with as many cluster nodes as this
+    /// one. Shards are placed by the node list, so nodes that disagree on
+    /// it must not form groups together.
+    pub fn agreement(&self, nodes: &[String]) -> Agreement {
+        let sizes = self.sizes.read().expect("peers lock");
+        let mut differ = Vec::new();
+        for node in nodes {
+            match sizes.get(node) {
+                None => return Agreement::Unknown,
+                Some(&size) if size != self.size => differ.push((node.clone(), size)),
+                Some(_) => {}
+            }
+        }
+        if differ.is_empty() {
+            Agreement::Agreed
+        } else {
+            Agreement::Disagree(differ)
         }
     }
 
@@ -214,7 +268,7 @@ impl Cluster {
         .with_listen_addr(config.listen.ip());
         let (server, _) = Actor::spawn(None, server, ()).await?;
         let handlers = Arc::new(OnceLock::new());
-        let peers = Peers::new(config.node_id.clone());
+        let peers = Peers::new(config.node_id.clone(), config.join.len() + 1);
         let (peer, _) = Actor::spawn(
             None,
             PeerActor,

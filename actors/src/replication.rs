@@ -48,7 +48,7 @@ use ractor::ActorRef;
 use serde::Serialize;
 
 use crate::cluster::peer::PeerMsg;
-use crate::cluster::Peers;
+use crate::cluster::{Agreement, Peers};
 use crate::codec;
 use crate::messages::RouterMsg;
 use crate::shard::{ShardId, SHARDS};
@@ -266,10 +266,27 @@ impl Replicator {
     /// the groups this node is the founder of. A group that already exists
     /// (a restart) refuses, which is fine.
     async fn form(self, expected: usize) {
+        let mut told = None;
         let mut names = loop {
             let names = self.inner.peers.names();
             if names.len() >= expected {
-                break names;
+                // Nodes started with different node lists would place the
+                // shards differently: wait until every one agrees.
+                match self.inner.peers.agreement(&names) {
+                    Agreement::Agreed => break names,
+                    Agreement::Unknown => {}
+                    Agreement::Disagree(differ) => {
+                        if told.as_ref() != Some(&differ) {
+                            tracing::error!(
+                                ?differ,
+                                nodes = self.inner.peers.size(),
+                                "not forming shard groups: nodes were started with \
+                                 different numbers of cluster nodes (--join)"
+                            );
+                            told = Some(differ);
+                        }
+                    }
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };

@@ -162,7 +162,7 @@ impl Member {
     }
 
     /// `GET /v1/cluster`, if the node answers.
-    async fn cluster_json(&self) -> Option<Value> {
+    pub async fn cluster_json(&self) -> Option<Value> {
         let response = http()
             .get(format!("http://{}/v1/cluster", self.http))
             .send()

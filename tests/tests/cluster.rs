@@ -77,3 +77,48 @@ async fn a_node_alone_lists_only_itself() {
     assert_eq!(view["nodes"].as_array().unwrap().len(), 1);
     assert_eq!(view["nodes"][0]["self"], true);
 }
+
+#[tokio::test]
+async fn nodes_started_with_different_node_lists_form_no_groups_until_they_agree() {
+    let mut members = [Member::new("n1"), Member::new("n2"), Member::new("n3")];
+    let all: Vec<SocketAddr> = members.iter().map(|m| m.cluster).collect();
+    members[0].start(&all).await;
+    members[1].start(&all).await;
+    // n3 is given n1's address and its own only: a cluster of two.
+    members[2].start(&[all[0], all[2]]).await;
+
+    // Every node hears the others' counts: n3 counts 2, n1 and n2 count 3.
+    for observer in &members {
+        eventually(&format!("{} to hear every count", observer.id), || async {
+            let view = observer.cluster_json().await?;
+            let counts: BTreeMap<String, u64> = view["nodes"]
+                .as_array()?
+                .iter()
+                .map(|n| Some((n["id"].as_str()?.to_owned(), n["nodes"].as_u64()?)))
+                .collect::<Option<_>>()?;
+            let want = BTreeMap::from([("n1".into(), 3), ("n2".into(), 3), ("n3".into(), 2)]);
+            (counts == want).then_some(())
+        })
+        .await;
+    }
+    // Shards would be placed differently on each side: no node forms them.
+    for node in &members {
+        let shards = node.shards().await.unwrap();
+        assert!(!shards.is_empty());
+        assert!(
+            shards.iter().all(|s| s["leader"].is_null()),
+            "{} formed groups",
+            node.id
+        );
+    }
+
+    // Given the same list, n3 joins and the groups form.
+    members[2].kill().await;
+    members[2].start(&all).await;
+    for node in &members {
+        eventually(&format!("{} to see every shard led", node.id), || {
+            node.leaders()
+        })
+        .await;
+    }
+}

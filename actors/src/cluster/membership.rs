@@ -11,7 +11,7 @@ use ractor_cluster::RactorMessage;
 use ractor_cluster::{NodeEventSubscription, NodeServerMessage, NodeSessionMessage};
 use rand::Rng;
 
-use super::peer::{PeerMsg, GROUP};
+use super::peer::{Hello, PeerMsg, GROUP};
 use super::{ClusterConfig, ClusterView, NodeState, NodeView, Peers};
 use crate::entity::now_ms;
 
@@ -44,6 +44,7 @@ pub enum MembershipMsg {
     /// The peer on link `node` answered a heartbeat.
     Heard {
         node: u64,
+        hello: Hello,
     },
     View(RpcReplyPort<ClusterView>),
 }
@@ -66,6 +67,8 @@ struct Peer {
     next_dial: Instant,
     /// A dial under way, since when.
     dialing: Option<Instant>,
+    /// How many nodes it says its cluster has, once heard.
+    nodes: Option<usize>,
 }
 
 impl Peer {
@@ -78,6 +81,7 @@ impl Peer {
             link: None,
             attempts: 0,
             next_dial: Instant::now(),
+            nodes: None,
             dialing: None,
         }
     }
@@ -196,9 +200,23 @@ impl Actor for Membership {
                     }
                 }
             }
-            MembershipMsg::Heard { node } => {
-                if let Some(link) = state.linked(node).and_then(|p| p.link.as_mut()) {
-                    link.last_heard = Instant::now();
+            MembershipMsg::Heard { node, hello } => {
+                let differs = state.published.heard_size(&hello.node, hello.nodes);
+                let size = state.published.size();
+                if let Some(peer) = state.linked(node) {
+                    if differs && peer.nodes != Some(hello.nodes) {
+                        tracing::error!(
+                            peer = %hello.node,
+                            its_nodes = hello.nodes,
+                            our_nodes = size,
+                            "this node and its peer were started with different --join lists; \
+                             shard groups will not form until every node gets the same list"
+                        );
+                    }
+                    peer.nodes = Some(hello.nodes);
+                    if let Some(link) = peer.link.as_mut() {
+                        link.last_heard = Instant::now();
+                    }
                 }
             }
             MembershipMsg::View(reply) => {
@@ -284,14 +302,20 @@ impl MembershipState {
                 let node = link.node;
                 if let Some(cell) = members.iter().find(|c| is_peer_of(c, node)) {
                     let remote: ActorRef<PeerMsg> = cell.clone().into();
-                    let me = self.config.node_id.clone();
+                    let me = Hello {
+                        node: self.config.node_id.clone(),
+                        nodes: self.published.size(),
+                    }
+                    .encode();
                     let myself = myself.clone();
                     tokio::spawn(async move {
                         let answer = remote
                             .call(|reply| PeerMsg::Ping(me, reply), Some(timeout / 2))
                             .await;
-                        if let Ok(CallResult::Success(_)) = answer {
-                            let _ = myself.cast(MembershipMsg::Heard { node });
+                        if let Ok(CallResult::Success(bytes)) = answer {
+                            if let Some(hello) = Hello::decode(&bytes) {
+                                let _ = myself.cast(MembershipMsg::Heard { node, hello });
+                            }
                         }
                     });
                 }
@@ -329,6 +353,7 @@ impl MembershipState {
             state: NodeState::Up,
             since: self.started,
             local: true,
+            nodes: Some(self.published.size()),
         }];
         nodes.extend(self.peers.iter().map(|p| NodeView {
             id: p.id.clone(),
@@ -336,6 +361,7 @@ impl MembershipState {
             state: p.state,
             since: p.since,
             local: false,
+            nodes: p.nodes,
         }));
         nodes.sort_by_key(|n| n.addr);
         ClusterView {

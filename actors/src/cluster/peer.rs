@@ -8,11 +8,31 @@ use std::sync::{Arc, OnceLock};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::Peers;
 use crate::messages::RouterMsg;
 use crate::replication::Replicator;
 use crate::service::Service;
+
+/// What a heartbeat says of its node: its id, and how many nodes its
+/// cluster has (itself and its `--join`), which must be the same on every
+/// node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub node: String,
+    pub nodes: usize,
+}
+
+impl Hello {
+    pub fn encode(&self) -> Vec<u8> {
+        crate::codec::encode(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Hello> {
+        crate::codec::decode(bytes).ok()
+    }
+}
 
 /// The process group every node's peer actor joins.
 pub const GROUP: &str = "tidings.peers";
@@ -21,9 +41,10 @@ pub const GROUP: &str = "tidings.peers";
 /// cluster running mixed versions.
 #[derive(RactorClusterMessage)]
 pub enum PeerMsg {
-    /// A heartbeat from the node named in it; answered with this node's id.
+    /// A heartbeat carrying the sender's [`Hello`]; answered with this
+    /// node's.
     #[rpc]
-    Ping(String, RpcReplyPort<String>),
+    Ping(Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// A Raft request for one shard ([`crate::replication::network`]).
     #[rpc]
     Raft(Vec<u8>, RpcReplyPort<Vec<u8>>),
@@ -85,8 +106,15 @@ impl Actor for PeerActor {
         state: &mut PeerState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            PeerMsg::Ping(_from, reply) => {
-                let _ = reply.send(state.node_id.clone());
+            PeerMsg::Ping(hello, reply) => {
+                if let Some(hello) = Hello::decode(&hello) {
+                    state.peers.heard_size(&hello.node, hello.nodes);
+                }
+                let mine = Hello {
+                    node: state.node_id.clone(),
+                    nodes: state.peers.size(),
+                };
+                let _ = reply.send(mine.encode());
                 return Ok(());
             }
             // At once, in order: a request the same node sends after this
