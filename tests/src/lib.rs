@@ -247,6 +247,18 @@ impl Ws {
         reply
     }
 
+    /// Creates a group conversation with `members` and returns its id.
+    pub async fn create<S: AsRef<str>>(&mut self, members: impl IntoIterator<Item = S>) -> String {
+        let members: Vec<String> = members.into_iter().map(|m| m.as_ref().to_owned()).collect();
+        let created = self
+            .ok(json!({"type":"create","members":members}), "created")
+            .await;
+        created["conv"]
+            .as_str()
+            .expect("a conversation id")
+            .to_owned()
+    }
+
     /// The ids of the conversations `convs` lists for this user, sorted.
     pub async fn conv_ids(&mut self) -> Vec<String> {
         let listed = self.ok(json!({"type":"convs"}), "convs").await;

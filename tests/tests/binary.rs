@@ -87,10 +87,7 @@ async fn every_acknowledged_event_survives_sigkill() {
     let members: Vec<String> = (0..4).map(|i| format!("writer{i}")).collect();
     let mut convs = Vec::new();
     for _ in 0..3 {
-        let created = owner
-            .ok(json!({"type":"create","members":members}), "created")
-            .await;
-        convs.push(created["conv"].as_str().unwrap().to_owned());
+        convs.push(owner.create(&members).await);
     }
     let senders: Vec<_> = members
         .iter()

@@ -266,12 +266,7 @@ async fn events_cross_only_to_nodes_with_a_recipient() {
     let mut alice = nodes[0].connect("alice").await;
     let mut bob = nodes[0].connect("bob").await;
     let mut carol = nodes[1].connect("carol").await;
-    let conv = alice
-        .ok(json!({"type":"create","members":["bob"]}), "created")
-        .await["conv"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let conv = alice.create(["bob"]).await;
     for i in 0..5 {
         let ack = alice
             .ok(

@@ -172,10 +172,7 @@ async fn without_a_majority_writes_are_refused_and_nothing_acknowledged_is_lost(
     let mut alice = nodes[0].connect("alice").await;
     let mut convs = Vec::new();
     for _ in 0..6 {
-        let created = alice
-            .ok(json!({"type":"create","members":["bob"]}), "created")
-            .await;
-        convs.push(created["conv"].as_str().unwrap().to_owned());
+        convs.push(alice.create(["bob"]).await);
     }
     for conv in &convs {
         alice
@@ -259,10 +256,7 @@ async fn a_partitioned_minority_refuses_writes_and_heals_into_one_history() {
     let mut outside = nodes[other].connect("alice").await;
     let mut convs = Vec::new();
     for _ in 0..6 {
-        let created = outside
-            .ok(json!({"type":"create","members":["bob"]}), "created")
-            .await;
-        convs.push(created["conv"].as_str().unwrap().to_owned());
+        convs.push(outside.create(["bob"]).await);
     }
     assert!(
         convs

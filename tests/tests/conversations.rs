@@ -208,11 +208,7 @@ async fn members_join_and_leave_under_the_rules() {
     let mut alice = node.connect("alice").await;
     let mut bob = node.connect("bob").await;
     let mut carol = node.connect("carol").await;
-    let conv = alice
-        .ok(json!({"type":"create","members":["bob"]}), "created")
-        .await["conv"]
-        .clone();
-    let conv = conv.as_str().unwrap().to_owned();
+    let conv = alice.create(["bob"]).await;
 
     // Any member may add; the joiner gets the join event and later events.
     let ack = bob
@@ -333,12 +329,7 @@ async fn a_send_that_comes_again_is_pushed_again_to_the_members_it_went_to() {
     let mut alice = node.connect("alice").await;
     let mut bob = node.connect("bob").await;
     let mut carol = node.connect("carol").await;
-    let conv = alice
-        .ok(json!({"type":"create","members":["bob"]}), "created")
-        .await["conv"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let conv = alice.create(["bob"]).await;
     let send = json!({"type":"send","conv":conv,"body":"hello","cmid":"k1"});
     let first = alice.ok(send.clone(), "ack").await;
     let version = first["version"].as_u64().unwrap();
