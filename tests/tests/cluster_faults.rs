@@ -254,19 +254,18 @@ async fn a_partitioned_minority_refuses_writes_and_heals_into_one_history() {
     let other = (cut + 1) % 3;
     let mut inside = nodes[cut].connect("alice").await;
     let mut outside = nodes[other].connect("alice").await;
+    // Conversation ids are random, so their shards are too: create until
+    // both sides lead a few of them (bounded).
+    let led_inside = |c: &&String| leaders[&u64::from(shard_of(c).0)] == nodes[cut].id;
     let mut convs = Vec::new();
-    for _ in 0..6 {
+    while convs.iter().filter(led_inside).count() < 2
+        || convs.iter().filter(|c| !led_inside(c)).count() < 2
+    {
+        assert!(convs.len() < 60, "no shard led on both sides: {leaders:?}");
         convs.push(outside.create(["bob"]).await);
     }
-    assert!(
-        convs
-            .iter()
-            .any(|c| leaders[&u64::from(shard_of(c).0)] == nodes[cut].id),
-        "some conversation is led on the side that will be cut off"
-    );
 
     net.isolate(cut);
-    let led_inside = |c: &&String| leaders[&u64::from(shard_of(c).0)] == nodes[cut].id;
     // The majority side goes on.
     for conv in &convs {
         let cmid = format!("outside-{conv}");
@@ -275,19 +274,17 @@ async fn a_partitioned_minority_refuses_writes_and_heals_into_one_history() {
     }
     // The cut-off side does not serve reads it can no longer vouch for: a
     // conversation it led has moved on without it.
-    if let Some(conv) = convs.iter().find(led_inside) {
-        let outside_cmid = format!("outside-{conv}");
-        let (reply, took) =
-            timed(&mut inside, json!({"type":"history","conv":conv,"after":0})).await;
-        let stale = reply["type"] == "history"
-            && !reply["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["cmid"] == outside_cmid.as_str());
-        assert!(!stale, "the cut-off node served a stale history: {reply}");
-        assert!(took < Duration::from_secs(8), "answered after {took:?}");
-    }
+    let conv = convs.iter().find(led_inside).expect("created above");
+    let outside_cmid = format!("outside-{conv}");
+    let (reply, took) = timed(&mut inside, json!({"type":"history","conv":conv,"after":0})).await;
+    let stale = reply["type"] == "history"
+        && !reply["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["cmid"] == outside_cmid.as_str());
+    assert!(!stale, "the cut-off node served a stale history: {reply}");
+    assert!(took < Duration::from_secs(8), "answered after {took:?}");
 
     // The minority side refuses writes, in bounded time, whether it led
     // the conversation's shard or not. (A connection serves its requests in
