@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use ractor::ActorRef;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::RngCore;
@@ -178,6 +179,13 @@ impl Node {
         let app = http::app(state.clone());
         let stop = stop_accepting.clone();
         let server = tokio::spawn(async move {
+            // No Nagle: a small frame (an ack, then the event) must not wait
+            // for the peer's delayed ack of the one before it.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::warn!(%error, "TCP_NODELAY not set on a connection");
+                }
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await

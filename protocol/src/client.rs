@@ -466,7 +466,8 @@ impl Driver {
                 url.trim_end_matches('/'),
                 self.config.token
             );
-            match tokio_tungstenite::connect_async(url.as_str()).await {
+            // No Nagle: a request must not wait for the ack of the last one.
+            match tokio_tungstenite::connect_async_with_config(url.as_str(), None, true).await {
                 Ok((socket, _)) => {
                     attempt = 0;
                     let _ = self.state.send(ConnState::Connected);
