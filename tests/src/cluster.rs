@@ -13,6 +13,16 @@ use crate::{eventually, http, process, token, Ws};
 
 pub const COOKIE: &str = "cluster-test-cookie";
 
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Held for the whole of a test that runs a cluster, so that the tests of
+/// one binary run their clusters one at a time. Their timeouts are short
+/// (a peer is down after 1 s of silence, a request gives up after 3 s);
+/// two clusters of debug binaries on two cores stall each other past them.
+pub async fn one_cluster_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    TURN.lock().await
+}
+
 pub struct Member {
     pub id: &'static str,
     pub cluster: SocketAddr,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde_json::Value;
-use tidings_tests::cluster::Member;
+use tidings_tests::cluster::{one_cluster_at_a_time, Member};
 use tidings_tests::{eventually, http, process};
 
 /// Waits until `observer` sees every node of `members` as `expected[i]`.
@@ -30,6 +30,7 @@ async fn sees(observer: &Member, members: &[Member], expected: &[&str]) {
 
 #[tokio::test]
 async fn nodes_form_one_cluster_in_any_order_and_notice_loss_and_return() {
+    let _turn = one_cluster_at_a_time().await;
     let mut members = [Member::new("n1"), Member::new("n2"), Member::new("n3")];
     let all: Vec<SocketAddr> = members.iter().map(|m| m.cluster).collect();
     // Started out of order: whoever comes first dials peers not yet there.
@@ -80,6 +81,7 @@ async fn a_node_alone_lists_only_itself() {
 
 #[tokio::test]
 async fn nodes_started_with_different_node_lists_form_no_groups_until_they_agree() {
+    let _turn = one_cluster_at_a_time().await;
     let mut members = [Member::new("n1"), Member::new("n2"), Member::new("n3")];
     let all: Vec<SocketAddr> = members.iter().map(|m| m.cluster).collect();
     members[0].start(&all).await;

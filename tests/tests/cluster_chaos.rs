@@ -12,7 +12,9 @@ use std::time::Duration;
 use tidings_actors::shard::shard_of;
 use tidings_protocol::client::{Client, Push};
 use tidings_protocol::{Cmid, ConvId, Event, EventKind, UserId};
-use tidings_tests::cluster::{all_leaders, busiest, client, start_cluster, Member};
+use tidings_tests::cluster::{
+    all_leaders, busiest, client, one_cluster_at_a_time, start_cluster, Member,
+};
 use tidings_tests::eventually;
 use tokio::time::Instant;
 
@@ -45,6 +47,7 @@ async fn with_shards_on_three_of_four_nodes_a_kill_loses_nothing() {
 }
 
 async fn chaos(ids: &[&'static str]) {
+    let _turn = one_cluster_at_a_time().await;
     let mut nodes = start_cluster(ids).await;
     let leaders = all_leaders(&nodes).await;
     let victim = busiest(&nodes, &leaders);

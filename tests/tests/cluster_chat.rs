@@ -3,11 +3,12 @@
 //! exactly as on one node.
 
 use serde_json::{json, Value};
-use tidings_tests::cluster::{start_cluster, Member};
+use tidings_tests::cluster::{one_cluster_at_a_time, start_cluster, Member};
 use tidings_tests::{metric, notify};
 
 #[tokio::test]
 async fn users_on_different_nodes_chat_as_on_one() {
+    let _turn = one_cluster_at_a_time().await;
     let nodes = start_cluster(&["n1", "n2", "n3"]).await;
     let mut alice = nodes[0].connect("alice").await;
     let mut alice_laptop = nodes[2].connect("alice").await;
@@ -184,6 +185,7 @@ async fn users_on_different_nodes_chat_as_on_one() {
 
 #[tokio::test]
 async fn four_nodes_keep_three_copies_of_each_shard_and_serve_every_request() {
+    let _turn = one_cluster_at_a_time().await;
     let nodes = start_cluster(&["n1", "n2", "n3", "n4"]).await;
     // Every node agrees on the placement: three replicas per shard, each
     // node holding three quarters of the shards.
@@ -262,6 +264,7 @@ async fn peer_deliveries(node: &Member) -> u64 {
 
 #[tokio::test]
 async fn events_cross_only_to_nodes_with_a_recipient() {
+    let _turn = one_cluster_at_a_time().await;
     let nodes = start_cluster(&["n1", "n2", "n3"]).await;
     let mut alice = nodes[0].connect("alice").await;
     let mut bob = nodes[0].connect("bob").await;

@@ -10,7 +10,7 @@ use tidings_actors::shard::shard_of;
 use tidings_actors::storage::records::{StoredEvent, StoredKind};
 use tidings_actors::storage::{Cf, Storage};
 use tidings_protocol::{ConvId, UserId};
-use tidings_tests::cluster::{client, form, Member};
+use tidings_tests::cluster::{client, form, one_cluster_at_a_time, Member};
 use tidings_tests::eventually;
 
 /// Entries a shard applies between snapshots in this test.
@@ -46,6 +46,7 @@ async fn catch_up(node: &Member, reference: &Member, shards: &[u64]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_missed_purged_entries_catches_up_from_a_snapshot() {
+    let _turn = one_cluster_at_a_time().await;
     let members = ["n1", "n2", "n3"].map(|id| {
         let mut member = Member::new(id);
         member.args = vec!["--snapshot-every".into(), SNAPSHOT_EVERY.to_string()];

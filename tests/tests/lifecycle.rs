@@ -12,7 +12,7 @@ async fn live_actors(node: &TestNode, kind: &str) -> u64 {
 
 #[tokio::test]
 async fn idle_conversations_stop_and_start_again_from_storage() {
-    let node = TestNode::start_with(|c| c.entity_idle = Duration::from_millis(100)).await;
+    let node = TestNode::start_with(|c| c.entity_idle = Duration::from_secs(1)).await;
     let mut alice = node.connect("alice").await;
     let conv = alice
         .ok(json!({"type":"create","members":["bob"]}), "created")
