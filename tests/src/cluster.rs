@@ -149,11 +149,10 @@ impl Member {
         }
     }
 
-    /// A WebSocket connection to this node as `user`.
+    /// A WebSocket connection to this node as `user`, subscribed: see
+    /// [`Ws::subscribed`].
     pub async fn connect(&self, user: &str) -> Ws {
-        Ws::connect(&format!("ws://{}/v1/ws", self.http), &token(user))
-            .await
-            .unwrap()
+        Ws::subscribed(&format!("ws://{}/v1/ws", self.http), &token(user)).await
     }
 
     /// This node's view of the shards' groups, if it answers.

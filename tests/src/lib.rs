@@ -75,9 +75,9 @@ impl TestNode {
         format!("ws://{}/v1/ws", self.addr)
     }
 
-    /// A WebSocket connection as `user`.
+    /// A WebSocket connection as `user`, subscribed: see [`Ws::subscribed`].
     pub async fn connect(&self, user: &str) -> Ws {
-        Ws::connect(&self.ws_url(), &token(user)).await.unwrap()
+        Ws::subscribed(&self.ws_url(), &token(user)).await
     }
 
     pub async fn shutdown(&mut self) {
@@ -154,6 +154,15 @@ impl Ws {
             next_req: 0,
             closed: None,
         })
+    }
+
+    /// Connects and returns once a `sync` is answered. The node subscribes
+    /// a connection a moment after the upgrade; the reply to `sync` is built
+    /// after that, so no push to this user after this returns is missed.
+    pub async fn subscribed(url: &str, token: &str) -> Ws {
+        let mut ws = Ws::connect(url, token).await.unwrap();
+        ws.ok(json!({"type":"sync"}), "synced").await;
+        ws
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
