@@ -131,12 +131,26 @@ impl Peers {
         self.size
     }
 
-    /// Notes how many nodes `node` says its cluster has; true if that
-    /// differs from this node's count.
-    pub fn heard_size(&self, node: &str, size: usize) -> bool {
+    /// Notes how many nodes `node` says its cluster has (from its
+    /// heartbeat or its answer to ours); says so once if that differs from
+    /// this node's count.
+    pub fn heard_size(&self, node: &str, size: usize) {
         let mut sizes = self.sizes.write().expect("peers lock");
-        sizes.insert(node.to_owned(), size);
-        size != self.size
+        let before = sizes.insert(node.to_owned(), size);
+        if size != self.size && before != Some(size) {
+            tracing::error!(
+                peer = %node,
+                its_nodes = size,
+                our_nodes = self.size,
+                "this node and its peer were started with different --join lists; \
+                 shard groups will not form until every node gets the same list"
+            );
+        }
+    }
+
+    /// How many nodes `node` said its cluster has, once heard.
+    pub fn size_of(&self, node: &str) -> Option<usize> {
+        self.sizes.read().expect("peers lock").get(node).copied()
     }
 
     /// Whether `nodes` were all started with as many cluster nodes as this

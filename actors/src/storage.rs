@@ -48,18 +48,6 @@ pub enum Cf {
 }
 
 impl Cf {
-    /// The families that hold entities' records (all but Raft's own),
-    /// under keys that [`keys::shard_of_key`] places in a shard.
-    pub const ENTITIES: [Cf; 7] = [
-        Cf::ConvMeta,
-        Cf::ConvLog,
-        Cf::ConvMessages,
-        Cf::ConvCmids,
-        Cf::UserMeta,
-        Cf::UserLog,
-        Cf::UserConvs,
-    ];
-
     pub const ALL: [Cf; 9] = [
         Cf::ConvMeta,
         Cf::ConvLog,
@@ -71,6 +59,22 @@ impl Cf {
         Cf::RaftLog,
         Cf::RaftState,
     ];
+
+    /// Whether the family holds entities' records, under keys that
+    /// [`keys::shard_of_key`] places in a shard (all but Raft's own). A
+    /// shard's snapshot carries exactly these.
+    pub fn in_shard(self) -> bool {
+        match self {
+            Cf::ConvMeta
+            | Cf::ConvLog
+            | Cf::ConvMessages
+            | Cf::ConvCmids
+            | Cf::UserMeta
+            | Cf::UserLog
+            | Cf::UserConvs => true,
+            Cf::RaftLog | Cf::RaftState => false,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -223,19 +227,24 @@ impl View<'_> {
         }
     }
 
-    /// Calls `each` with every record of `cf` as of this view, in key
-    /// order; stops at its first error.
-    pub fn for_each_raw<E: From<StorageError>>(
+    /// Calls `each` with every record of `shard`'s entities as of this
+    /// view ([`Cf::in_shard`]), family by family in key order. Scans every
+    /// such family whole.
+    pub fn for_each_in_shard(
         &self,
-        cf: Cf,
-        mut each: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let iter = self
-            .snapshot
-            .iterator_cf(self.storage.cf(cf), IteratorMode::Start);
-        for item in iter {
-            let (key, value) = item.map_err(StorageError::from)?;
-            each(&key, &value)?;
+        shard: u16,
+        mut each: impl FnMut(Cf, &[u8], &[u8]),
+    ) -> Result<(), StorageError> {
+        for cf in Cf::ALL.into_iter().filter(|cf| cf.in_shard()) {
+            let iter = self
+                .snapshot
+                .iterator_cf(self.storage.cf(cf), IteratorMode::Start);
+            for item in iter {
+                let (key, value) = item?;
+                if keys::shard_of_key(&key) == Some(shard) {
+                    each(cf, &key, &value);
+                }
+            }
         }
         Ok(())
     }
@@ -380,20 +389,6 @@ impl Storage {
             snapshot: self.db.snapshot(),
         };
         read(&view)
-    }
-
-    /// Calls `each` with every record of `cf`, in key order; stops at its
-    /// first error.
-    pub fn for_each_raw<E: From<StorageError>>(
-        &self,
-        cf: Cf,
-        mut each: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
-        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
-            let (key, value) = item.map_err(StorageError::from)?;
-            each(&key, &value)?;
-        }
-        Ok(())
     }
 
     /// Group commit figures since start.

@@ -67,8 +67,6 @@ struct Peer {
     next_dial: Instant,
     /// A dial under way, since when.
     dialing: Option<Instant>,
-    /// How many nodes it says its cluster has, once heard.
-    nodes: Option<usize>,
 }
 
 impl Peer {
@@ -81,7 +79,6 @@ impl Peer {
             link: None,
             attempts: 0,
             next_dial: Instant::now(),
-            nodes: None,
             dialing: None,
         }
     }
@@ -201,22 +198,9 @@ impl Actor for Membership {
                 }
             }
             MembershipMsg::Heard { node, hello } => {
-                let differs = state.published.heard_size(&hello.node, hello.nodes);
-                let size = state.published.size();
-                if let Some(peer) = state.linked(node) {
-                    if differs && peer.nodes != Some(hello.nodes) {
-                        tracing::error!(
-                            peer = %hello.node,
-                            its_nodes = hello.nodes,
-                            our_nodes = size,
-                            "this node and its peer were started with different --join lists; \
-                             shard groups will not form until every node gets the same list"
-                        );
-                    }
-                    peer.nodes = Some(hello.nodes);
-                    if let Some(link) = peer.link.as_mut() {
-                        link.last_heard = Instant::now();
-                    }
+                state.published.heard_size(&hello.node, hello.nodes);
+                if let Some(link) = state.linked(node).and_then(|p| p.link.as_mut()) {
+                    link.last_heard = Instant::now();
                 }
             }
             MembershipMsg::View(reply) => {
@@ -361,7 +345,7 @@ impl MembershipState {
             state: p.state,
             since: p.since,
             local: false,
-            nodes: p.nodes,
+            nodes: p.id.as_deref().and_then(|id| self.published.size_of(id)),
         }));
         nodes.sort_by_key(|n| n.addr);
         ClusterView {

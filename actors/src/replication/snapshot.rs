@@ -13,7 +13,7 @@
 use openraft::{BasicNode, LogId, StoredMembership};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{keys, Cf, Storage, StorageError, Write, WriteSet};
+use crate::storage::{keys, Cf, Storage, StorageError, View, Write, WriteSet};
 
 /// One shard's state as of `applied`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,27 +46,37 @@ pub struct Positions {
     pub membership: Vec<u8>,
 }
 
+impl Positions {
+    /// The applied position and membership as of `view`.
+    pub fn read(
+        &self,
+        view: &View<'_>,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError> {
+        Ok((
+            view.get(Cf::RaftState, &self.applied)?,
+            view.get(Cf::RaftState, &self.membership)?
+                .unwrap_or_default(),
+        ))
+    }
+}
+
 /// Reads `shard`'s records, applied position and membership as of one
 /// moment. Scans every entity family: it runs only when a replica is
 /// too far behind for the log.
 pub fn read(storage: &Storage, shard: u16, at: &Positions) -> Result<ShardDump, SnapshotError> {
     storage.read_at_once(|view| {
         let mut records = WriteSet::default();
-        for cf in Cf::ENTITIES {
-            view.for_each_raw(cf, |key, value| {
-                if keys::shard_of_key(key) == Some(shard) {
-                    records.writes.push(Write::Put {
-                        cf,
-                        key: key.to_vec(),
-                        value: value.to_vec(),
-                    });
-                }
-                Ok::<_, StorageError>(())
-            })?;
-        }
+        view.for_each_in_shard(shard, |cf, key, value| {
+            records.writes.push(Write::Put {
+                cf,
+                key: key.to_vec(),
+                value: value.to_vec(),
+            });
+        })?;
+        let (applied, membership) = at.read(view)?;
         Ok(ShardDump {
-            applied: view.get(Cf::RaftState, &at.applied)?,
-            membership: view.get(Cf::RaftState, &at.membership)?.unwrap_or_default(),
+            applied,
+            membership,
             records,
         })
     })
@@ -84,18 +94,13 @@ pub fn install(
 ) -> Result<WriteSet, SnapshotError> {
     let applied = dump.applied.ok_or(SnapshotError::Unplaced(shard))?;
     let mut writes = WriteSet::default();
-    for cf in Cf::ENTITIES {
-        storage.for_each_raw(cf, |key, _| {
-            if keys::shard_of_key(key) == Some(shard) {
-                writes.delete(cf, key.to_vec());
-            }
-            Ok::<_, StorageError>(())
-        })?;
-    }
+    storage.read_at_once(|view| {
+        view.for_each_in_shard(shard, |cf, key, _| writes.delete(cf, key.to_vec()))
+    })?;
     for write in dump.records.writes {
         match write {
             Write::Put { cf, ref key, .. }
-                if Cf::ENTITIES.contains(&cf) && keys::shard_of_key(&key) == Some(shard) =>
+                if cf.in_shard() && keys::shard_of_key(key) == Some(shard) =>
             {
                 writes.writes.push(write)
             }

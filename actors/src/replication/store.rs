@@ -447,16 +447,10 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
 impl RaftSnapshotBuilder<TypeConfig> for ShardStore {
     /// Notes the applied position only: the records stay where they are.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
-        let (applied_key, membership_key) = (self.positions().applied, self.positions().membership);
+        let at = self.positions();
         let (applied, membership) = self
             .storage
-            .read_at_once(|view| {
-                Ok::<_, crate::storage::StorageError>((
-                    view.get(Cf::RaftState, &applied_key)?,
-                    view.get(Cf::RaftState, &membership_key)?
-                        .unwrap_or_default(),
-                ))
-            })
+            .read_at_once(|view| at.read(view))
             .map_err(read_err)?;
         Ok(Snapshot {
             meta: self.meta_of(applied, membership),
@@ -554,17 +548,14 @@ mod tests {
         }
     }
 
-    /// Every record of `storage`'s entity families: (family, key, value).
-    fn records(storage: &Storage) -> Vec<(Cf, Vec<u8>, Vec<u8>)> {
+    /// Every record of `shard` in `storage`: (family, key, value).
+    fn records(storage: &Storage, shard: u16) -> Vec<(Cf, Vec<u8>, Vec<u8>)> {
         let mut all = Vec::new();
-        for cf in Cf::ENTITIES {
-            storage
-                .for_each_raw(cf, |k, v| {
-                    all.push((cf, k.to_vec(), v.to_vec()));
-                    Ok::<_, crate::storage::StorageError>(())
-                })
-                .unwrap();
-        }
+        storage
+            .read_at_once(|view| {
+                view.for_each_in_shard(shard, |cf, k, v| all.push((cf, k.to_vec(), v.to_vec())))
+            })
+            .unwrap();
         all
     }
 
@@ -618,15 +609,9 @@ mod tests {
             .await
             .unwrap();
 
-        let in_shard = |storage: &Storage| -> Vec<_> {
-            records(storage)
-                .into_iter()
-                .filter(|(_, key, _)| keys::shard_of_key(key) == Some(7))
-                .collect()
-        };
-        let expected = in_shard(&leader.storage);
+        let expected = records(&leader.storage, 7);
         assert_eq!(expected.len(), 5, "three messages, an index, an outbox");
-        assert_eq!(in_shard(&replica.storage), expected);
+        assert_eq!(records(&replica.storage, 7), expected);
         let kept: Option<u64> = replica
             .storage
             .get(Cf::UserLog, &keys::versioned(&elsewhere, 1))
