@@ -138,10 +138,7 @@ async fn a_retried_cmid_returns_the_original_ack_even_after_restart() {
     let mut node = TestNode::start().await;
     let dir = node.dir.path().to_owned();
     let mut alice = node.connect("alice").await;
-    let conv = alice
-        .ok(json!({"type":"create","members":["bob"]}), "created")
-        .await["conv"]
-        .clone();
+    let conv = alice.create(["bob"]).await;
     let first = alice
         .ok(
             json!({"type":"send","conv":conv,"body":"once","cmid":"k1"}),
@@ -209,15 +206,12 @@ async fn sync_returns_exactly_what_was_missed() {
     let node = TestNode::start().await;
     let mut alice = node.connect("alice").await;
     let mut bob = node.connect("bob").await;
-    let conv = alice
-        .ok(json!({"type":"create","members":["bob"]}), "created")
-        .await["conv"]
-        .clone();
+    let conv = alice.create(["bob"]).await;
     let dm = alice.ok(json!({"type":"dm","user":"bob"}), "created").await["conv"].clone();
     alice
         .ok(json!({"type":"send","conv":conv,"body":"seen"}), "ack")
         .await;
-    bob.event(conv.as_str().unwrap(), 2).await;
+    bob.event(conv.as_str(), 2).await;
     drop(bob);
     for i in 0..5 {
         alice
@@ -233,7 +227,10 @@ async fn sync_returns_exactly_what_was_missed() {
 
     let mut bob = node.connect("bob").await;
     let synced = bob
-        .ok(json!({"type":"sync","convs":{conv.as_str().unwrap(): 2, dm.as_str().unwrap(): 1},"limit":3}), "synced")
+        .ok(
+            json!({"type":"sync","convs":{conv.as_str(): 2, dm.as_str().unwrap(): 1},"limit":3}),
+            "synced",
+        )
         .await;
     let convs = synced["convs"].as_array().unwrap();
     assert_eq!(convs.len(), 2);
@@ -263,5 +260,5 @@ async fn sync_returns_exactly_what_was_missed() {
     alice
         .ok(json!({"type":"send","conv":conv,"body":"live"}), "ack")
         .await;
-    assert_eq!(bob.event(conv.as_str().unwrap(), 8).await["body"], "live");
+    assert_eq!(bob.event(conv.as_str(), 8).await["body"], "live");
 }

@@ -103,10 +103,7 @@ async fn direct_conversations_are_derived_and_idempotent() {
 async fn history_pages_after_before_and_latest() {
     let node = TestNode::start().await;
     let mut alice = node.connect("alice").await;
-    let conv = alice
-        .ok(json!({"type":"create","members":[]}), "created")
-        .await["conv"]
-        .clone();
+    let conv = alice.create::<&str>([]).await;
     for i in 0..30 {
         alice
             .ok(

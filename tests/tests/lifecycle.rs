@@ -14,10 +14,7 @@ async fn live_actors(node: &TestNode, kind: &str) -> u64 {
 async fn idle_conversations_stop_and_start_again_from_storage() {
     let node = TestNode::start_with(|c| c.entity_idle = Duration::from_secs(1)).await;
     let mut alice = node.connect("alice").await;
-    let conv = alice
-        .ok(json!({"type":"create","members":["bob"]}), "created")
-        .await["conv"]
-        .clone();
+    let conv = alice.create(["bob"]).await;
     alice
         .ok(
             json!({"type":"send","conv":conv,"body":"one","cmid":"c1"}),
@@ -52,7 +49,7 @@ async fn idle_conversations_stop_and_start_again_from_storage() {
         .ok(json!({"type":"send","conv":conv,"body":"two"}), "ack")
         .await;
     assert_eq!(next["version"], 3);
-    alice.event(conv.as_str().unwrap(), 3).await;
+    alice.event(conv.as_str(), 3).await;
 }
 
 /// A conversation committed with its outbox, whose members' indexes were

@@ -54,10 +54,7 @@ async fn bad_frames_get_bad_request_and_the_connection_stays_open() {
 async fn a_body_over_16_kib_is_too_large_and_appends_nothing() {
     let node = TestNode::start().await;
     let mut alice = node.connect("alice").await;
-    let conv = alice
-        .ok(json!({"type":"create","members":[]}), "created")
-        .await["conv"]
-        .clone();
+    let conv = alice.create::<&str>([]).await;
     alice
         .err(
             json!({"type":"send","conv":conv,"body":"x".repeat(16 * 1024 + 1)}),
@@ -163,10 +160,7 @@ async fn a_client_that_reads_too_slowly_is_closed_with_1013_and_loses_nothing() 
     })
     .await;
     let mut alice = node.connect("alice").await;
-    let conv = alice
-        .ok(json!({"type":"create","members":["bob"]}), "created")
-        .await["conv"]
-        .clone();
+    let conv = alice.create(["bob"]).await;
     let mut slow = node.connect("bob").await; // never reads until the end
     let body = "y".repeat(16 * 1024);
     let mut acked = 0u64;
@@ -192,7 +186,7 @@ async fn a_client_that_reads_too_slowly_is_closed_with_1013_and_loses_nothing() 
     let mut bob = node.connect("bob").await;
     let synced = bob
         .ok(
-            json!({"type":"sync","convs":{conv.as_str().unwrap(): 0},"limit":200}),
+            json!({"type":"sync","convs":{conv.as_str(): 0},"limit":200}),
             "synced",
         )
         .await;
