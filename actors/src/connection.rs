@@ -1,7 +1,9 @@
 //! The connection actor: one per WebSocket.
 //!
-//! It subscribes to its user's actor when it starts, so pushes begin as soon
-//! as the connection is open, and serves the client's frames one at a time,
+//! It subscribes its device to its user's fan-out list when it starts, so
+//! pushes begin as soon as the connection is open (the list is in the
+//! [`crate::directory`]; the device leaves it when the actor stops), and
+//! serves the client's frames one at a time,
 //! in order. Replies and pushes share the connection's bounded outbound
 //! queue ([`crate::outbound`]). A token bucket limits how fast one
 //! connection may send.
@@ -13,6 +15,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use tidings_protocol::{ClientEnvelope, ErrorCode, ErrorFrame, ServerFrame, UserId};
 
+use crate::directory::Subscription;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::service::Service;
@@ -80,6 +83,9 @@ pub struct Connection {
     outbound: Outbound,
     bucket: Bucket,
     metrics: Arc<Metrics>,
+    /// Held for the connection's life: dropped with the state, however the
+    /// actor ends, it takes the device out of the fan-out list.
+    _subscription: Subscription,
 }
 
 /// A text frame from the client; the reply port answers once it is served,
@@ -100,9 +106,7 @@ impl Actor for ConnectionActor {
         _myself: ActorRef<Inbound>,
         args: ConnectionArgs,
     ) -> Result<Connection, ActorProcessingErr> {
-        args.service
-            .subscribe(&args.user, args.outbound.clone())
-            .await?;
+        let subscription = args.service.subscribe(&args.user, args.outbound.clone());
         args.metrics.connections.inc();
         Ok(Connection {
             user: args.user,
@@ -110,6 +114,7 @@ impl Actor for ConnectionActor {
             outbound: args.outbound,
             bucket: Bucket::new(args.rate),
             metrics: args.metrics,
+            _subscription: subscription,
         })
     }
 
@@ -118,7 +123,6 @@ impl Actor for ConnectionActor {
         _myself: ActorRef<Inbound>,
         state: &mut Connection,
     ) -> Result<(), ActorProcessingErr> {
-        state.service.unsubscribe(&state.user, state.outbound.id());
         state.metrics.connections.dec();
         Ok(())
     }

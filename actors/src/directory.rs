@@ -1,24 +1,27 @@
-//! The directory of live users' devices, for fan-out.
+//! The directory of connected devices, by user: each user's fan-out list.
 //!
-//! Each user actor owns the list of its user's connected devices
-//! ([`Devices`]) and registers it here when it starts; it alone changes the
-//! list (a device subscribes, unsubscribes, or is found closed). Conversation
-//! actors push an event's frame, serialized once, straight into the queues of
-//! the members' devices through the directory: neither the router nor the
-//! user actor's mailbox carries a message per delivery. At a few thousand
-//! messages a second into groups of twenty, first the router and then the
-//! per-member casts to user actors were the node's largest costs.
+//! A connection subscribes its device here under its user when it opens
+//! ([`Directory::subscribe`]); the [`Subscription`] it holds takes the
+//! device out again when the connection ends, however it ends. Conversation
+//! actors push an event's frame, serialized once, straight into the queues
+//! of the members' devices, and a user actor pushes a notification into its
+//! user's: neither the router nor any mailbox carries a message per
+//! delivery. At a few thousand messages a second into groups of twenty,
+//! first the router and then per-member casts to user actors were the
+//! node's largest costs.
 //!
-//! A delivery needs no place in the router's idle accounting: a user actor
-//! with a device connected never stops, and one without devices has no one
-//! to deliver to (its devices get the event from storage when they sync).
+//! The list lives here and not in the user actor so that a user's actor
+//! need not run while the user is merely connected: it is started for the
+//! user's own log (notifications, the list of conversations) and stops when
+//! idle like every entity actor. An idle connection then costs its socket,
+//! its connection actor and one entry here. A delivery needs no place in the
+//! router's idle accounting: the list does not depend on any actor.
 //! Order holds: one conversation actor pushes its events in version order
 //! into each queue.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use ractor::ActorId;
 use tidings_protocol::UserId;
 
 use serde::{Deserialize, Serialize};
@@ -29,45 +32,17 @@ use crate::codec;
 use crate::metrics::Metrics;
 use crate::outbound::{Frame, Outbound};
 
-/// One user's connected devices: written by its user actor, read by
-/// everyone who delivers to it.
-#[derive(Default)]
-pub struct Devices {
-    queues: RwLock<Vec<Outbound>>,
-}
-
-impl Devices {
-    pub fn add(&self, device: Outbound) {
-        self.queues.write().expect("devices lock").push(device);
-    }
-
-    pub fn remove(&self, id: u64) {
-        self.queues
-            .write()
-            .expect("devices lock")
-            .retain(|d| d.id() != id);
-    }
-
-    /// Forgets closed devices; returns how many remain.
-    pub fn prune(&self) -> usize {
-        let mut queues = self.queues.write().expect("devices lock");
-        queues.retain(Outbound::is_open);
-        queues.len()
-    }
-
-    /// Queues `frame` on every device; returns how many took it.
-    pub fn push(&self, frame: &Frame, metrics: &Metrics) -> u64 {
-        let queues = self.queues.read().expect("devices lock");
-        let mut queued = 0;
-        for device in queues.iter() {
-            if device.push(frame.clone()) {
-                queued += 1;
-            } else if device.is_closed_for_slowness() {
-                metrics.slow_consumer_closes.inc();
-            }
+/// Queues `frame` on every device in `devices`; returns how many took it.
+fn push(devices: &[Outbound], frame: &Frame, metrics: &Metrics) -> u64 {
+    let mut queued = 0;
+    for device in devices {
+        if device.push(frame.clone()) {
+            queued += 1;
+        } else if device.is_closed_for_slowness() {
+            metrics.slow_consumer_closes.inc();
         }
-        queued
     }
+    queued
 }
 
 /// An event for the devices on another node: one message per node that has
@@ -90,9 +65,26 @@ struct DeliveryRef<'a> {
 
 #[derive(Clone, Default)]
 pub struct Directory {
-    users: Arc<RwLock<HashMap<UserId, (ActorId, Arc<Devices>)>>>,
+    /// Every user with a device connected here, with those devices. A user
+    /// whose last device leaves is removed.
+    users: Arc<RwLock<HashMap<UserId, Vec<Outbound>>>>,
     /// In a cluster, the other nodes, whose devices get events too.
     peers: Option<Peers>,
+}
+
+/// A device's place in its user's fan-out list; dropping it takes the
+/// device out.
+#[must_use = "the device leaves the fan-out list when this is dropped"]
+pub struct Subscription {
+    directory: Directory,
+    user: UserId,
+    device: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.directory.unsubscribe(&self.user, self.device);
+    }
 }
 
 impl Directory {
@@ -104,20 +96,44 @@ impl Directory {
         }
     }
 
-    /// Registers the devices of `user`, served by `actor`.
-    pub(crate) fn insert(&self, user: UserId, actor: ActorId, devices: Arc<Devices>) {
-        self.users
-            .write()
-            .expect("directory lock")
-            .insert(user, (actor, devices));
+    /// Adds `device` to `user`'s fan-out list: whatever is delivered to the
+    /// user from now on is queued on it. Devices found closed are dropped
+    /// on the way.
+    pub fn subscribe(&self, user: &UserId, device: Outbound) -> Subscription {
+        let id = device.id();
+        let mut users = self.users.write().expect("directory lock");
+        let devices = users.entry(user.clone()).or_default();
+        devices.retain(Outbound::is_open);
+        devices.push(device);
+        // Under the lock, so that announcements leave in the order of the
+        // changes; and before returning, so that the device's first `sync`
+        // comes after it (see [`crate::cluster::locations`]).
+        self.announce(user, true);
+        Subscription {
+            directory: self.clone(),
+            user: user.clone(),
+            device: id,
+        }
     }
 
-    /// Removes `user` if it is still served by `actor`.
-    pub(crate) fn remove(&self, user: &UserId, actor: ActorId) {
+    fn unsubscribe(&self, user: &UserId, device: u64) {
         let mut users = self.users.write().expect("directory lock");
-        if users.get(user).is_some_and(|(a, _)| *a == actor) {
+        let Some(devices) = users.get_mut(user) else {
+            return;
+        };
+        devices.retain(|d| d.id() != device && d.is_open());
+        if devices.is_empty() {
             users.remove(user);
+            self.announce(user, false);
         }
+    }
+
+    /// How many devices of `user` are connected here.
+    pub fn devices(&self, user: &UserId) -> usize {
+        let users = self.users.read().expect("directory lock");
+        users
+            .get(user)
+            .map_or(0, |devices| devices.iter().filter(|d| d.is_open()).count())
     }
 
     /// Queues `frame` on every device of the online ones among `users`,
@@ -149,7 +165,7 @@ impl Directory {
 
     /// In a cluster: tells the other nodes whether `user` has a device
     /// here (they send its events here only if so).
-    pub(crate) fn announce(&self, user: &UserId, online: bool) {
+    fn announce(&self, user: &UserId, online: bool) {
         if let Some(peers) = &self.peers {
             peers.announce(user, online);
         }
@@ -160,7 +176,7 @@ impl Directory {
         let live = self.users.read().expect("directory lock");
         let queued: u64 = live
             .values()
-            .map(|(_, devices)| devices.push(frame, metrics))
+            .map(|devices| push(devices, frame, metrics))
             .sum();
         metrics.deliveries.inc_by(queued);
     }
@@ -187,25 +203,70 @@ impl Directory {
             if Some(user) == except {
                 continue;
             }
-            if let Some((_, devices)) = live.get(user) {
-                queued += devices.push(frame, metrics);
+            if let Some(devices) = live.get(user) {
+                queued += push(devices, frame, metrics);
             }
         }
         metrics.deliveries.inc_by(queued);
-    }
-
-    pub fn len(&self) -> usize {
-        self.users.read().expect("directory lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::{self, CLOSE_GOING_AWAY};
+
+    fn user(name: &str) -> UserId {
+        UserId::try_from(name).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_device_gets_deliveries_while_its_subscription_is_held() {
+        let directory = Directory::default();
+        let metrics = Metrics::default();
+        let (al, bo) = (user("al"), user("bo"));
+        let (phone, mut phone_rx) = outbound::channel(8);
+        let (laptop, mut laptop_rx) = outbound::channel(8);
+        let phone_sub = directory.subscribe(&al, phone);
+        let laptop_sub = directory.subscribe(&al, laptop);
+        assert_eq!(directory.devices(&al), 2);
+        assert_eq!(directory.devices(&bo), 0);
+
+        directory.deliver(&[al.clone(), bo.clone()], None, &"one".into(), &metrics);
+        assert_eq!(&phone_rx.frames.recv().await.unwrap()[..], b"one");
+        assert_eq!(&laptop_rx.frames.recv().await.unwrap()[..], b"one");
+        directory.deliver(&[al.clone()], Some(&al), &"skipped".into(), &metrics);
+
+        drop(phone_sub);
+        assert_eq!(directory.devices(&al), 1);
+        directory.deliver(&[al.clone()], None, &"two".into(), &metrics);
+        assert_eq!(&laptop_rx.frames.recv().await.unwrap()[..], b"two");
+        assert!(
+            phone_rx.frames.try_recv().is_err(),
+            "unsubscribed: nothing more"
+        );
+
+        drop(laptop_sub);
+        assert_eq!(directory.devices(&al), 0);
+        assert!(
+            directory.users.read().unwrap().is_empty(),
+            "no device, no entry"
+        );
+    }
+
+    #[test]
+    fn a_closed_device_is_not_counted_and_is_dropped_by_the_next_subscription() {
+        let directory = Directory::default();
+        let al = user("al");
+        let (gone, _gone_rx) = outbound::channel(8);
+        let (here, _here_rx) = outbound::channel(8);
+        let _gone_sub = directory.subscribe(&al, gone.clone());
+        gone.close(CLOSE_GOING_AWAY);
+        assert_eq!(directory.devices(&al), 0);
+        let _here_sub = directory.subscribe(&al, here);
+        assert_eq!(directory.devices(&al), 1);
+        assert_eq!(directory.users.read().unwrap()[&al].len(), 1);
+    }
 
     #[test]
     fn a_delivery_sent_by_reference_reads_back_as_a_delivery() {

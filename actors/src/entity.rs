@@ -36,7 +36,7 @@ pub struct EntityArgs<Id> {
     pub id: Id,
     pub storage: Storage,
     pub router: ActorRef<RouterMsg>,
-    /// Live user actors, for fan-out.
+    /// Each user's connected devices, for fan-out.
     pub directory: Directory,
     pub config: EntityConfig,
     pub metrics: Arc<Metrics>,

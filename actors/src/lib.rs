@@ -8,11 +8,11 @@
 //! ├── Router                      one per node; every entity request passes through it
 //! │   ├── ConversationActor × n   started on demand from storage, stopped when idle;
 //! │   │                           owns one conversation's version counter and log
-//! │   └── UserActor × n           started on demand, kept alive while a device is
-//! │                               connected; owns the user's notification log and
-//! │                               keeps the list of the user's devices
-//! ├── ConnectionActor × n         one per WebSocket; subscribes to its UserActor
-//! │                               through the router and serves the client's frames
+//! │   └── UserActor × n           started on demand from storage, stopped when idle;
+//! │                               owns the user's notification log and counter
+//! ├── ConnectionActor × n         one per WebSocket; subscribes its device to the
+//! │                               user's fan-out list (the directory) and serves
+//! │                               the client's frames
 //! ├── NodeServer (ractor_cluster) in a cluster only: the links to the other
 //! │                               nodes, one NodeSession each
 //! ├── PeerActor                   in a cluster only: this node's face to the others,
@@ -67,14 +67,14 @@ pub use metrics::Metrics;
 pub use service::Service;
 pub use storage::{Storage, StorageError};
 
-/// Starts the node's router over `storage`; fan-out reaches `peers` too.
+/// Starts the node's router over `storage`, delivering through `directory`.
 /// Send it [`RouterMsg::Serve`] before any request: entities reach each
 /// other through that service.
 pub async fn start_router(
     storage: Storage,
     config: EntityConfig,
     metrics: Arc<Metrics>,
-    peers: Option<cluster::Peers>,
+    directory: directory::Directory,
 ) -> Result<(ActorRef<RouterMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
     let (router, task) = Actor::spawn(
         None,
@@ -83,9 +83,7 @@ pub async fn start_router(
             storage,
             config,
             metrics,
-            directory: peers
-                .map(directory::Directory::with_peers)
-                .unwrap_or_default(),
+            directory,
         },
     )
     .await?;

@@ -3,12 +3,11 @@
 
 use ractor::RpcReplyPort;
 use ractor_cluster::RactorMessage;
-use tidings_protocol::frames::{ConvSummary, PresenceInfo, SyncedConv, SyncedNotifications};
+use tidings_protocol::frames::{ConvSummary, SyncedConv, SyncedNotifications};
 use tidings_protocol::{Cmid, ConvId, ErrorFrame, Event, UserId};
 
 use serde::{Deserialize, Serialize};
 
-use crate::outbound::Outbound;
 use crate::service::Service;
 use crate::shard::ShardId;
 use crate::storage::records::IndexEntry;
@@ -119,14 +118,6 @@ pub enum ConvMsg {
 /// What a user actor is asked.
 #[derive(RactorMessage)]
 pub enum UserMsg {
-    /// A device connected: fan the user's events out to it.
-    Subscribe {
-        outbound: Outbound,
-        reply: RpcReplyPort<()>,
-    },
-    Unsubscribe {
-        id: u64,
-    },
     /// A backend's notification: append it to the user's log, then push it.
     Notify {
         payload: serde_json::Value,
@@ -147,9 +138,6 @@ pub enum UserMsg {
         entry: IndexEntry,
         reply: Reply<()>,
     },
-    Presence {
-        reply: RpcReplyPort<PresenceInfo>,
-    },
     Tick,
     Shutdown,
 }
@@ -166,11 +154,6 @@ pub enum EntityKey {
 pub enum RouterMsg {
     Conv(ConvId, ConvMsg),
     User(UserId, UserMsg),
-    /// Presence of one user; answered without waking an offline user.
-    Presence {
-        user: UserId,
-        reply: RpcReplyPort<PresenceInfo>,
-    },
     /// An entity actor has been idle after handling `handled` messages.
     Idle {
         key: EntityKey,

@@ -16,7 +16,6 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tidings_protocol::frames::PresenceInfo;
 use tidings_protocol::{ConvId, ServerFrame, UserId};
 
 use crate::conversation::ConversationActor;
@@ -191,16 +190,6 @@ impl Actor for Router {
         match message {
             RouterMsg::Conv(id, message) => state.to_conv(&myself, id, message).await,
             RouterMsg::User(id, message) => state.to_user(&myself, id, message).await,
-            RouterMsg::Presence { user, reply } => {
-                if let Err(UserMsg::Presence { reply }) =
-                    state.users.forward(&user, UserMsg::Presence { reply })
-                {
-                    let _ = reply.send(PresenceInfo {
-                        online: false,
-                        devices: 0,
-                    });
-                }
-            }
             RouterMsg::Idle { key, handled } => {
                 let retired = match &key {
                     EntityKey::Conv(id) => state.convs.retire(id, handled, ConvMsg::Shutdown),
@@ -208,9 +197,6 @@ impl Actor for Router {
                 };
                 if let Some(actor) = retired {
                     state.by_actor.remove(&actor);
-                    if let EntityKey::User(user) = &key {
-                        state.directory.remove(user, actor);
-                    }
                     tracing::trace!(?key, "idle entity stopped");
                 }
             }
@@ -266,10 +252,7 @@ impl Actor for Router {
             }
             match key {
                 EntityKey::Conv(conv) => state.convs.remove_actor(&conv, id),
-                EntityKey::User(user) => {
-                    state.directory.remove(&user, id);
-                    state.users.remove_actor(&user, id);
-                }
+                EntityKey::User(user) => state.users.remove_actor(&user, id),
             }
         }
         Ok(())

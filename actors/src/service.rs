@@ -26,6 +26,7 @@ use tidings_protocol::{
     DEFAULT_SYNC_LIMIT,
 };
 
+use crate::directory::{Directory, Subscription};
 use crate::messages::{Ack, ConvMsg, Created, HistoryPage, Page, Reply, RouterMsg, UserMsg};
 use crate::outbound::Outbound;
 use crate::replication::{Replicator, Route};
@@ -41,6 +42,7 @@ type Result<T> = std::result::Result<T, ErrorFrame>;
 #[derive(Clone)]
 pub struct Service {
     router: ActorRef<RouterMsg>,
+    directory: Directory,
     timeout: Duration,
     replicator: Option<Replicator>,
 }
@@ -63,9 +65,10 @@ const PRESENCE_WAIT: Duration = Duration::from_secs(2);
 const LEADER_POLL: Duration = Duration::from_millis(50);
 
 impl Service {
-    pub fn new(router: ActorRef<RouterMsg>, timeout: Duration) -> Service {
+    pub fn new(router: ActorRef<RouterMsg>, directory: Directory, timeout: Duration) -> Service {
         Service {
             router,
+            directory,
             timeout,
             replicator: None,
         }
@@ -75,11 +78,13 @@ impl Service {
     /// leads the entity's shard.
     pub fn clustered(
         router: ActorRef<RouterMsg>,
+        directory: Directory,
         timeout: Duration,
         replicator: Replicator,
     ) -> Service {
         Service {
             router,
+            directory,
             timeout,
             replicator: Some(replicator),
         }
@@ -531,7 +536,7 @@ impl Service {
                 tidings_protocol::MAX_PRESENCE_USERS
             )));
         }
-        let mut infos = self.local_presence(users).await?;
+        let mut infos = self.local_presence(users);
         if let Some(replicator) = &self.replicator {
             // Devices are where they connected: ask every other node. A node
             // that does not answer in time counts as having none.
@@ -552,22 +557,24 @@ impl Service {
     }
 
     /// The devices of `users` connected to this node.
-    async fn local_presence(&self, users: &[UserId]) -> Result<Vec<PresenceInfo>> {
-        let infos = join_all(users.iter().map(|user| {
-            self.call(|reply| RouterMsg::Presence {
-                user: user.clone(),
-                reply,
+    fn local_presence(&self, users: &[UserId]) -> Vec<PresenceInfo> {
+        users
+            .iter()
+            .map(|user| {
+                let devices = self.directory.devices(user);
+                PresenceInfo {
+                    online: devices > 0,
+                    devices: devices as u32,
+                }
             })
-        }))
-        .await;
-        infos.into_iter().collect()
+            .collect()
     }
 
     /// Answers another node's presence question about the devices here.
     pub async fn serve_presence(&self, bytes: &[u8]) -> Vec<u8> {
         let infos = match serde_json::from_slice::<Vec<UserId>>(bytes) {
             Ok(users) if users.len() <= tidings_protocol::MAX_PRESENCE_USERS => {
-                self.local_presence(&users).await.unwrap_or_default()
+                self.local_presence(&users)
             }
             _ => Vec::new(),
         };
@@ -588,17 +595,11 @@ impl Service {
         }
     }
 
-    /// Starts fanning `user`'s events out to `outbound`. Returns once the
-    /// subscription is in place: whatever commits after that is pushed.
-    pub async fn subscribe(&self, user: &UserId, outbound: Outbound) -> Result<()> {
-        self.call(|reply| RouterMsg::User(user.clone(), UserMsg::Subscribe { outbound, reply }))
-            .await
-    }
-
-    pub fn unsubscribe(&self, user: &UserId, id: u64) {
-        let _ = self
-            .router
-            .cast(RouterMsg::User(user.clone(), UserMsg::Unsubscribe { id }));
+    /// Starts fanning `user`'s events out to `outbound`, until the
+    /// subscription is dropped: whatever commits after this returns is
+    /// pushed.
+    pub fn subscribe(&self, user: &UserId, outbound: Outbound) -> Subscription {
+        self.directory.subscribe(user, outbound)
     }
 
     /// Serves one client frame from a connection of `by`: the reply frame,

@@ -1,17 +1,18 @@
 //! The user actor: owns one user's notification log and version counter,
-//! and fans every event of the user's conversations out to each of the
-//! user's connected devices.
+//! and the user's index of conversations. It pushes each notification to
+//! the user's devices, wherever they are connected.
 //!
-//! While a device is connected the actor stays alive; with none, it stops
-//! after the idle period like every entity actor.
+//! It stops after the idle period like every entity actor, whether or not a
+//! device is connected: the devices are subscribed in the
+//! [`crate::directory`], which conversations deliver through without it.
 
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tidings_protocol::frames::{PresenceInfo, SyncedNotifications};
+use tidings_protocol::frames::SyncedNotifications;
 use tidings_protocol::{ConvId, ErrorCode, ErrorFrame, Notification, ServerFrame, UserId};
 
-use crate::directory::{Devices, Directory};
+use crate::directory::Directory;
 use crate::entity::{now_ms, EntityArgs, IdleClock};
 use crate::messages::{EntityKey, RouterMsg, UserMsg};
 use crate::metrics::Metrics;
@@ -25,7 +26,6 @@ pub struct User {
     id: UserId,
     shard: ShardId,
     meta: UserMeta,
-    devices: Arc<Devices>,
     directory: Directory,
     storage: Storage,
     router: ActorRef<RouterMsg>,
@@ -47,7 +47,7 @@ impl Actor for UserActor {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<UserMsg>,
+        _myself: ActorRef<UserMsg>,
         args: EntityArgs<UserId>,
     ) -> std::result::Result<User, ActorProcessingErr> {
         let meta = args
@@ -56,14 +56,10 @@ impl Actor for UserActor {
             .unwrap_or_default();
         let idle = IdleClock::new(EntityKey::User(args.id.clone()), args.config.idle_after);
         args.metrics.entity_gauge("user").inc();
-        let devices = Arc::new(Devices::default());
-        args.directory
-            .insert(args.id.clone(), myself.get_id(), devices.clone());
         Ok(User {
             shard: shard_of(args.id.as_str()),
             id: args.id,
             meta,
-            devices,
             directory: args.directory,
             storage: args.storage,
             router: args.router,
@@ -74,11 +70,9 @@ impl Actor for UserActor {
 
     async fn post_stop(
         &self,
-        myself: ActorRef<UserMsg>,
+        _myself: ActorRef<UserMsg>,
         state: &mut User,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        state.directory.remove(&state.id, myself.get_id());
-        state.directory.announce(&state.id, false);
         state.metrics.entity_gauge("user").dec();
         Ok(())
     }
@@ -91,11 +85,7 @@ impl Actor for UserActor {
     ) -> std::result::Result<(), ActorProcessingErr> {
         match message {
             UserMsg::Tick => {
-                let busy = state.devices.prune() > 0;
-                if !busy {
-                    state.directory.announce(&state.id, false);
-                }
-                state.idle.tick(&state.router, busy);
+                state.idle.tick(&state.router, false);
                 return Ok(());
             }
             UserMsg::Shutdown => {
@@ -105,18 +95,6 @@ impl Actor for UserActor {
             _ => state.idle.handled(),
         }
         match message {
-            UserMsg::Subscribe { outbound, reply } => {
-                state.devices.add(outbound);
-                // Before the reply: the device's first sync comes after it.
-                state.directory.announce(&state.id, true);
-                let _ = reply.send(());
-            }
-            UserMsg::Unsubscribe { id } => {
-                state.devices.remove(id);
-                if state.devices.prune() == 0 {
-                    state.directory.announce(&state.id, false);
-                }
-            }
             UserMsg::Notify { payload, reply } => {
                 // Boxed so that an idle user actor's task stays small.
                 let _ = reply.send(Box::pin(state.notify(payload)).await);
@@ -134,9 +112,6 @@ impl Actor for UserActor {
             UserMsg::Index { conv, entry, reply } => {
                 let _ = reply.send(Box::pin(state.index(conv, entry)).await);
             }
-            UserMsg::Presence { reply } => {
-                let _ = reply.send(state.presence());
-            }
             UserMsg::Tick | UserMsg::Shutdown => {
                 unreachable!("handled above")
             }
@@ -146,14 +121,6 @@ impl Actor for UserActor {
 }
 
 impl User {
-    fn presence(&self) -> PresenceInfo {
-        let devices = self.devices.prune();
-        PresenceInfo {
-            online: devices > 0,
-            devices: devices as u32,
-        }
-    }
-
     /// Reads the user's meta again. In a cluster, another node may have
     /// led this user's shard since this actor loaded it.
     fn refresh(&mut self) -> Result<()> {

@@ -25,6 +25,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use rand::RngCore;
 use tidings_actors::cluster::peer::Handlers;
 use tidings_actors::cluster::{Cluster, ClusterConfig};
+use tidings_actors::directory::Directory;
 use tidings_actors::replication::{RaftSettings, Replicator};
 use tidings_actors::{EntityConfig, Metrics, RouterMsg, Service, Storage};
 use tokio::net::TcpListener;
@@ -106,16 +107,24 @@ impl Node {
             ),
             _ => None,
         };
+        // In a cluster, fan-out reaches the devices on the other nodes too.
+        let directory = cluster
+            .as_ref()
+            .map(|c| Directory::with_peers(c.peers().clone()))
+            .unwrap_or_default();
         let (router, router_task) = tidings_actors::start_router(
             storage.clone(),
             entity,
             metrics.clone(),
-            cluster.as_ref().map(|c| c.peers().clone()),
+            directory.clone(),
         )
         .await
         .context("starting the router")?;
         let (service, replicator) = match &cluster {
-            None => (Service::new(router.clone(), config.call_timeout), None),
+            None => (
+                Service::new(router.clone(), directory, config.call_timeout),
+                None,
+            ),
             Some(cluster) => {
                 if config.replicas > config.cluster_nodes() {
                     tracing::warn!(
@@ -140,8 +149,12 @@ impl Node {
                 .await
                 .context("starting the shard groups")?;
                 storage.replicate_through(Arc::new(replicator.clone()));
-                let service =
-                    Service::clustered(router.clone(), config.call_timeout, replicator.clone());
+                let service = Service::clustered(
+                    router.clone(),
+                    directory,
+                    config.call_timeout,
+                    replicator.clone(),
+                );
                 (service, Some(replicator))
             }
         };

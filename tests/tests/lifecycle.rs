@@ -3,11 +3,19 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tidings_tests::{metric, TestNode, WAIT};
+use tidings_tests::{eventually, metric, notify, TestNode, WAIT};
 
 async fn live_actors(node: &TestNode, kind: &str) -> u64 {
     let series = format!("tidings_entity_actors{{kind=\"{kind}\"}}");
     metric(&node.addr.to_string(), &series).await.unwrap_or(0)
+}
+
+/// Polls until no actor of `kind` is alive.
+async fn until_none_live(node: &TestNode, kind: &str) {
+    eventually(&format!("the idle {kind} actors to stop"), || async {
+        (live_actors(node, kind).await == 0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -22,17 +30,7 @@ async fn idle_conversations_stop_and_start_again_from_storage() {
         )
         .await;
     assert_eq!(live_actors(&node, "conversation").await, 1);
-
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while live_actors(&node, "conversation").await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the idle conversation never stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Alice is online, so her user actor stays.
-    assert_eq!(live_actors(&node, "user").await, 1);
+    until_none_live(&node, "conversation").await;
 
     // The next request starts it again from storage: versions and cmids hold.
     let dup = alice
@@ -50,6 +48,60 @@ async fn idle_conversations_stop_and_start_again_from_storage() {
         .await;
     assert_eq!(next["version"], 3);
     alice.event(conv.as_str(), 3).await;
+}
+
+#[tokio::test]
+async fn a_connected_users_actor_stops_when_idle_and_her_devices_still_get_everything() {
+    let node = TestNode::start_with(|c| c.entity_idle = Duration::from_secs(1)).await;
+    let mut alice = node.connect("alice").await;
+    let mut bob = node.connect("bob").await;
+    // Creating writes both users' indexes: their actors start.
+    let conv = bob.create(["alice"]).await;
+    alice.event(&conv, 1).await;
+    assert_eq!(live_actors(&node, "user").await, 2);
+    until_none_live(&node, "user").await;
+    until_none_live(&node, "conversation").await;
+
+    // Presence counts the devices subscribed, with no user actor running.
+    let presence = bob
+        .ok(json!({"type":"presence","users":["alice"]}), "presence")
+        .await;
+    assert_eq!(
+        presence["users"]["alice"],
+        json!({"online": true, "devices": 1})
+    );
+    // A message and a notification still reach her device.
+    bob.ok(
+        json!({"type":"send","conv":conv,"body":"still there?"}),
+        "ack",
+    )
+    .await;
+    let event = alice.event(&conv, 2).await;
+    assert_eq!(event["body"], "still there?");
+    let version = notify(&node.addr.to_string(), "alice", json!({"n": 1})).await;
+    let pushed = alice
+        .take("notification", |v| v["type"] == "notification")
+        .await
+        .unwrap();
+    assert_eq!(pushed["version"], version);
+    assert_eq!(pushed["payload"], json!({"n": 1}));
+
+    // Once her device has gone, she is offline.
+    drop(alice);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let presence = bob
+            .ok(json!({"type":"presence","users":["alice"]}), "presence")
+            .await;
+        if presence["users"]["alice"] == json!({"online": false, "devices": 0}) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice's closed device still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A conversation committed with its outbox, whose members' indexes were
