@@ -215,6 +215,7 @@ impl Directory {
 mod tests {
     use super::*;
     use crate::outbound::{self, CLOSE_GOING_AWAY};
+    use std::collections::VecDeque;
 
     fn user(name: &str) -> UserId {
         UserId::try_from(name).unwrap()
@@ -232,19 +233,28 @@ mod tests {
         assert_eq!(directory.devices(&al), 2);
         assert_eq!(directory.devices(&bo), 0);
 
+        let mut batch = VecDeque::new();
         directory.deliver(&[al.clone(), bo.clone()], None, &"one".into(), &metrics);
-        assert_eq!(&phone_rx.frames.recv().await.unwrap()[..], b"one");
-        assert_eq!(&laptop_rx.frames.recv().await.unwrap()[..], b"one");
+        phone_rx.next_batch(&mut batch).await;
+        assert_eq!(batch.drain(..).collect::<Vec<_>>(), ["one"]);
+        laptop_rx.next_batch(&mut batch).await;
+        assert_eq!(batch.drain(..).collect::<Vec<_>>(), ["one"]);
         directory.deliver(&[al.clone()], Some(&al), &"skipped".into(), &metrics);
 
         drop(phone_sub);
         assert_eq!(directory.devices(&al), 1);
         directory.deliver(&[al.clone()], None, &"two".into(), &metrics);
-        assert_eq!(&laptop_rx.frames.recv().await.unwrap()[..], b"two");
-        assert!(
-            phone_rx.frames.try_recv().is_err(),
-            "unsubscribed: nothing more"
+        laptop_rx.next_batch(&mut batch).await;
+        assert_eq!(
+            batch.drain(..).collect::<Vec<_>>(),
+            ["two"],
+            "not \"skipped\""
         );
+        let more = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            phone_rx.next_batch(&mut batch),
+        );
+        assert!(more.await.is_err(), "unsubscribed: nothing more");
 
         drop(laptop_sub);
         assert_eq!(directory.devices(&al), 0);

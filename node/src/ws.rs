@@ -8,6 +8,8 @@
 //! one flush, and pings on a timer. A socket silent for the heartbeat
 //! timeout is closed as dead.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -35,7 +37,9 @@ pub const CLOSE_NORMAL: u16 = 1000;
 /// Close code the node uses when it cannot serve the connection.
 pub const CLOSE_INTERNAL: u16 = 1011;
 /// Initial read buffer of each socket.
-const READ_BUFFER: usize = 2 * 1024;
+const READ_BUFFER: usize = 512;
+/// Frames' room the writer keeps between wake-ups.
+const BATCH_KEPT: usize = 64;
 /// How long a close frame may take to leave before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -79,43 +83,49 @@ pub async fn upgrade(
         .on_upgrade(move |socket| tracker.track_future(serve(state, user, socket)))
 }
 
-async fn serve(state: AppState, user: UserId, socket: WebSocket) {
-    let (outbound, receiver) = outbound::channel(state.config.outbound_queue);
+/// Serves one upgraded socket until it ends.
+///
+/// What can be done before the first await is done here, outside the
+/// returned future: that future lives as long as the connection, and
+/// whatever it captures (the socket before it is split, the whole state)
+/// would be part of every idle connection's memory.
+fn serve(state: AppState, user: UserId, socket: WebSocket) -> impl Future<Output = ()> {
+    let config = &state.config;
+    let (outbound, receiver) = outbound::channel(config.outbound_queue);
     let args = ConnectionArgs {
         user: user.clone(),
         service: state.service.clone(),
         outbound: outbound.clone(),
         rate: RateLimit {
-            per_second: state.config.rate_limit,
-            burst: state.config.rate_burst,
+            per_second: config.rate_limit,
+            burst: config.rate_burst,
         },
         metrics: state.metrics.clone(),
     };
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_frames(sink, receiver, state.config.ping_interval));
-    let (connection, handle) = match Actor::spawn(None, ConnectionActor, args).await {
-        Ok(started) => started,
-        Err(err) => {
-            tracing::error!(%user, error = %err, "connection could not start");
-            outbound.close(CLOSE_INTERNAL);
-            let _ = writer.await;
-            return;
-        }
-    };
-    tracing::debug!(%user, "connected");
-    let reason = read_frames(
-        stream,
-        &connection,
-        &outbound,
-        state.config.heartbeat_timeout,
-        &state.shutdown,
-    )
-    .await;
-    tracing::debug!(%user, ?reason, "disconnected");
-    outbound.close(reason.close_code());
-    connection.stop(None);
-    let _ = handle.await;
-    let _ = writer.await;
+    let writer = tokio::spawn(write_frames(sink, receiver, config.ping_interval));
+    let heartbeat_timeout = config.heartbeat_timeout;
+    let shutdown = state.shutdown.clone();
+    async move {
+        // Boxed for the same reason: starting an actor is a large future.
+        let (connection, handle) = match Box::pin(Actor::spawn(None, ConnectionActor, args)).await {
+            Ok(started) => started,
+            Err(err) => {
+                tracing::error!(%user, error = %err, "connection could not start");
+                outbound.close(CLOSE_INTERNAL);
+                let _ = writer.await;
+                return;
+            }
+        };
+        tracing::debug!(%user, "connected");
+        let reason =
+            read_frames(stream, &connection, &outbound, heartbeat_timeout, &shutdown).await;
+        tracing::debug!(%user, ?reason, "disconnected");
+        outbound.close(reason.close_code());
+        connection.stop(None);
+        let _ = handle.await;
+        let _ = writer.await;
+    }
 }
 
 /// Why a connection ended.
@@ -182,15 +192,16 @@ where
         };
         match message {
             Message::Text(text) => {
-                let served = connection
-                    .call(
-                        |done| Inbound {
-                            text: text.as_str().to_owned(),
-                            done,
-                        },
-                        None,
-                    )
-                    .await;
+                // Boxed: a call is a large future, and it would otherwise
+                // take room in every connection's task while idle.
+                let served = Box::pin(connection.call(
+                    |done| Inbound {
+                        text: text.as_str().to_owned(),
+                        done,
+                    },
+                    None,
+                ))
+                .await;
                 if served.is_err() {
                     return Ended::Broken;
                 }
@@ -219,15 +230,12 @@ where
 {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let signal = receiver.signal.clone();
+    let mut batch = VecDeque::new();
     let code = loop {
         let work = async {
             tokio::select! {
-                frame = receiver.frames.recv() => {
-                    let Some(frame) = frame else { return false };
-                    if sink.feed(text(frame)).await.is_err() {
-                        return false;
-                    }
-                    while let Ok(frame) = receiver.frames.try_recv() {
+                () = receiver.next_batch(&mut batch) => {
+                    for frame in batch.drain(..) {
                         if sink.feed(text(frame)).await.is_err() {
                             return false;
                         }
@@ -241,6 +249,11 @@ where
             biased;
             code = signal.closed() => break Some(code),
             open = work => if !open { break None },
+        }
+        // A burst can leave a large buffer behind; an idle connection
+        // should not keep it.
+        if batch.capacity() > BATCH_KEPT {
+            batch = VecDeque::new();
         }
     };
     if let Some(code) = code {
