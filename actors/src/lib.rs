@@ -30,8 +30,8 @@
 //! node leading the entity's shard) → router → conversation actor (check,
 //! next version, durable commit — in a cluster through the shard's Raft
 //! group, see [`replication`] — ack) → the outbound queue of each member's
-//! devices, found in the [`directory`] where each user actor keeps the list
-//! of its devices. Reads go the same way, so a conversation's actor is the
+//! devices, found in the [`directory`], each user's fan-out list, where
+//! every connection subscribes its device. Reads go the same way, so a conversation's actor is the
 //! one place that knows its state.
 //!
 //! A user's list of conversations is kept in the user's shard, not in each

@@ -230,6 +230,10 @@ where
 {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let signal = receiver.signal.clone();
+    // Made once: waiting on the close signal stays registered across
+    // wake-ups instead of registering anew for every batch.
+    let closed = signal.closed();
+    tokio::pin!(closed);
     let mut batch = VecDeque::new();
     let code = loop {
         let work = async {
@@ -247,7 +251,7 @@ where
         };
         tokio::select! {
             biased;
-            code = signal.closed() => break Some(code),
+            code = &mut closed => break Some(code),
             open = work => if !open { break None },
         }
         // A burst can leave a large buffer behind; an idle connection
