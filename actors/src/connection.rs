@@ -17,7 +17,7 @@ use tidings_protocol::{ClientEnvelope, ErrorCode, ErrorFrame, ServerFrame, UserI
 
 use crate::directory::Subscription;
 use crate::metrics::Metrics;
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, CLOSE_INTERNAL};
 use crate::service::Service;
 
 /// How fast one connection may send frames.
@@ -86,6 +86,16 @@ pub struct Connection {
     /// Held for the connection's life: dropped with the state, however the
     /// actor ends, it takes the device out of the fan-out list.
     _subscription: Subscription,
+}
+
+impl Drop for Connection {
+    /// However the actor ends (a stop, a failure, a panic), its socket is
+    /// closed with it: the device has just left the fan-out list, so the
+    /// socket would get no more pushes. After a normal stop the socket
+    /// reader has already asked for a close, and the first code asked wins.
+    fn drop(&mut self) {
+        self.outbound.close(CLOSE_INTERNAL);
+    }
 }
 
 /// A text frame from the client; the reply port answers once it is served,

@@ -31,6 +31,7 @@ use crate::cluster::Peers;
 use crate::codec;
 use crate::metrics::Metrics;
 use crate::outbound::{Frame, Outbound};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Queues `frame` on every device in `devices`; returns how many took it.
 fn push(devices: &[Outbound], frame: &Frame, metrics: &Metrics) -> u64 {
@@ -70,6 +71,8 @@ pub struct Directory {
     users: Arc<RwLock<HashMap<UserId, Vec<Outbound>>>>,
     /// In a cluster, the other nodes, whose devices get events too.
     peers: Option<Peers>,
+    /// How many users are in `users`.
+    online: Gauge,
 }
 
 /// A device's place in its user's fan-out list; dropping it takes the
@@ -88,11 +91,13 @@ impl Drop for Subscription {
 }
 
 impl Directory {
-    /// A directory that also hands every event to the nodes in `peers`.
-    pub fn with_peers(peers: Peers) -> Directory {
+    /// A directory that, in a cluster, also hands every event to the nodes
+    /// in `peers`, and counts the users online in `online`.
+    pub fn new(peers: Option<Peers>, online: Gauge) -> Directory {
         Directory {
             users: Arc::default(),
-            peers: Some(peers),
+            peers,
+            online,
         }
     }
 
@@ -102,7 +107,10 @@ impl Directory {
     pub fn subscribe(&self, user: &UserId, device: Outbound) -> Subscription {
         let id = device.id();
         let mut users = self.users.write().expect("directory lock");
-        let devices = users.entry(user.clone()).or_default();
+        let devices = users.entry(user.clone()).or_insert_with(|| {
+            self.online.inc();
+            Vec::with_capacity(1)
+        });
         devices.retain(Outbound::is_open);
         devices.push(device);
         // Under the lock, so that announcements leave in the order of the
@@ -124,6 +132,7 @@ impl Directory {
         devices.retain(|d| d.id() != device && d.is_open());
         if devices.is_empty() {
             users.remove(user);
+            self.online.dec();
             self.announce(user, false);
         }
     }
@@ -256,12 +265,14 @@ mod tests {
         );
         assert!(more.await.is_err(), "unsubscribed: nothing more");
 
+        assert_eq!(directory.online.get(), 1);
         drop(laptop_sub);
         assert_eq!(directory.devices(&al), 0);
         assert!(
             directory.users.read().unwrap().is_empty(),
             "no device, no entry"
         );
+        assert_eq!(directory.online.get(), 0);
     }
 
     #[test]

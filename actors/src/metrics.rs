@@ -22,6 +22,7 @@ pub struct KindLabel {
 pub struct Metrics {
     registry: Registry,
     pub connections: Gauge,
+    pub users_online: Gauge,
     pub frames_received: Counter,
     pub events_committed: Counter,
     pub notifications_committed: Counter,
@@ -46,6 +47,7 @@ impl Metrics {
         let metrics = Metrics {
             registry: Registry::default(),
             connections: Gauge::default(),
+            users_online: Gauge::default(),
             frames_received: Counter::default(),
             events_committed: Counter::default(),
             notifications_committed: Counter::default(),
@@ -61,6 +63,11 @@ impl Metrics {
             "connections",
             "Open WebSocket connections",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "users_online",
+            "Users with a device connected to this node",
+            metrics.users_online.clone(),
         );
         registry.register(
             "frames_received",

@@ -18,6 +18,8 @@ pub type Frame = bytes::Bytes;
 pub const CLOSE_TOO_SLOW: u16 = 1013;
 /// WebSocket close code for a node going away.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// WebSocket close code for a node that cannot serve the connection.
+pub const CLOSE_INTERNAL: u16 = 1011;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -62,16 +64,27 @@ impl CloseSignal {
 
 /// What the senders and the socket writer share.
 struct Shared {
-    /// Frames not yet taken by the writer. A plain deque under a lock
-    /// rather than a channel: it allocates nothing until a frame comes, and
-    /// an idle connection's queue costs a few words.
-    queue: Mutex<VecDeque<Frame>>,
+    /// A plain deque under a lock rather than a channel: it allocates
+    /// nothing until a frame comes, and an idle connection's queue costs a
+    /// few words.
+    queue: Mutex<Queue>,
     capacity: usize,
     /// Wakes the writer when the queue stops being empty.
     ready: Notify,
-    /// Set when the writer is gone: nothing queued would be sent.
+    /// Set, under the queue's lock, when the writer is gone: nothing queued
+    /// would be sent.
     gone: AtomicBool,
     signal: Arc<CloseSignal>,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Frames not yet taken by the writer.
+    frames: VecDeque<Frame>,
+    /// Frames the writer took in its last batch: they count against the
+    /// capacity until it asks for the next batch, by which time it has
+    /// written them.
+    taken: usize,
 }
 
 /// The sending side, held by the connection actor and the directory.
@@ -119,13 +132,16 @@ impl Outbound {
             return false;
         }
         let mut queue = self.shared.queue.lock().expect("outbound lock");
-        if queue.len() >= self.shared.capacity {
+        if self.shared.gone.load(Ordering::Acquire) {
+            return false;
+        }
+        if queue.frames.len() + queue.taken >= self.shared.capacity {
             drop(queue);
             self.shared.signal.close(CLOSE_TOO_SLOW);
             return false;
         }
-        let was_empty = queue.is_empty();
-        queue.push_back(frame);
+        let was_empty = queue.frames.is_empty();
+        queue.frames.push_back(frame);
         drop(queue);
         // The writer takes everything queued at once, so only the first
         // frame after it emptied the queue needs to wake it.
@@ -151,18 +167,22 @@ impl Outbound {
 
 impl OutboundReceiver {
     /// Waits until a frame is queued, then moves every queued frame, in
-    /// order, to the end of `batch`. Cancel-safe: a frame is either moved or
-    /// still queued.
+    /// order, to the end of `batch`. Calling it again says the last batch
+    /// is written: until then its frames count against the capacity, so a
+    /// writer stuck on a stalled socket still fills the queue to its limit,
+    /// not twice it. Cancel-safe: a frame is either moved or still queued.
     pub async fn next_batch(&mut self, batch: &mut VecDeque<Frame>) {
+        self.shared.queue.lock().expect("outbound lock").taken = 0;
         loop {
-            // Registered before looking, so a push in between still wakes it.
+            // A permit left by a push in between wakes it: Notify keeps one.
             let ready = self.shared.ready.notified();
             {
                 let mut queue = self.shared.queue.lock().expect("outbound lock");
-                if !queue.is_empty() {
+                if !queue.frames.is_empty() {
                     // Leaves an empty deque that has allocated nothing: a
                     // burst's buffer does not stay with an idle connection.
-                    let taken = std::mem::take(&mut *queue);
+                    let taken = std::mem::take(&mut queue.frames);
+                    queue.taken = taken.len();
                     if batch.is_empty() {
                         *batch = taken;
                     } else {
@@ -178,8 +198,9 @@ impl OutboundReceiver {
 
 impl Drop for OutboundReceiver {
     fn drop(&mut self) {
+        let mut queue = self.shared.queue.lock().expect("outbound lock");
         self.shared.gone.store(true, Ordering::Release);
-        self.shared.queue.lock().expect("outbound lock").clear();
+        queue.frames.clear();
     }
 }
 
@@ -201,6 +222,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn frames_being_written_count_against_the_capacity() {
+        let (out, mut rx) = channel(3);
+        assert!(out.push("a".into()));
+        assert!(out.push("b".into()));
+        let mut batch = VecDeque::new();
+        rx.next_batch(&mut batch).await;
+        assert_eq!(batch.len(), 2);
+        // The writer is still writing a and b: one more fits, not three.
+        assert!(out.push("c".into()));
+        assert!(!out.push("d".into()), "a, b and c fill the queue");
+        assert_eq!(rx.signal.closed().await, CLOSE_TOO_SLOW);
+    }
+
+    #[tokio::test]
+    async fn once_the_batch_is_written_its_room_is_free_again() {
+        let (out, mut rx) = channel(2);
+        let mut batch = VecDeque::new();
+        assert!(out.push("a".into()));
+        assert!(out.push("b".into()));
+        rx.next_batch(&mut batch).await;
+        batch.clear();
+        // Asking for the next batch says a and b are written.
+        let next = tokio::spawn(async move {
+            rx.next_batch(&mut batch).await;
+            (rx, batch)
+        });
+        tokio::task::yield_now().await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while out.shared.queue.lock().unwrap().taken != 0 {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        assert!(out.push("c".into()));
+        assert!(out.push("d".into()));
+        let (_rx, batch) = next.await.unwrap();
+        assert_eq!(batch, ["c", "d"]);
+        assert!(out.is_open(), "never closed for slowness");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_writer_gets_every_frame_in_order_in_batches() {
         let (out, mut rx) = channel(1024);
         let sender = tokio::spawn(async move {
@@ -214,14 +275,18 @@ mod tests {
         });
         let mut got = Vec::new();
         let mut batch = VecDeque::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        // A fast timer keeps cancelling the wait, as the writer's ping does.
+        let mut tick = tokio::time::interval(std::time::Duration::from_micros(50));
         while got.len() < 1000 {
-            tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                rx.next_batch(&mut batch),
-            )
-            .await
-            .expect("a queued frame wakes the writer");
-            got.extend(batch.drain(..));
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "frames went missing"
+            );
+            tokio::select! {
+                () = rx.next_batch(&mut batch) => got.extend(batch.drain(..)),
+                _ = tick.tick() => {}
+            }
         }
         let want: Vec<Frame> = (0..1000u32).map(|i| i.to_string().into()).collect();
         assert_eq!(got, want);

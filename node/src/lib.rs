@@ -108,10 +108,10 @@ impl Node {
             _ => None,
         };
         // In a cluster, fan-out reaches the devices on the other nodes too.
-        let directory = cluster
-            .as_ref()
-            .map(|c| Directory::with_peers(c.peers().clone()))
-            .unwrap_or_default();
+        let directory = Directory::new(
+            cluster.as_ref().map(|c| c.peers().clone()),
+            metrics.users_online.clone(),
+        );
         let (router, router_task) = tidings_actors::start_router(
             storage.clone(),
             entity,

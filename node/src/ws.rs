@@ -21,7 +21,9 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use ractor::Actor;
 use serde::Deserialize;
 use tidings_actors::connection::{ConnectionActor, ConnectionArgs, Inbound, RateLimit};
-use tidings_actors::outbound::{self, Frame, Outbound, OutboundReceiver, CLOSE_GOING_AWAY};
+use tidings_actors::outbound::{
+    self, Frame, Outbound, OutboundReceiver, CLOSE_GOING_AWAY, CLOSE_INTERNAL,
+};
 use tidings_protocol::{ErrorCode, ErrorFrame, ServerFrame, UserId};
 use tokio_util::sync::CancellationToken;
 
@@ -34,8 +36,6 @@ use crate::AppState;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a normal end.
 pub const CLOSE_NORMAL: u16 = 1000;
-/// Close code the node uses when it cannot serve the connection.
-pub const CLOSE_INTERNAL: u16 = 1011;
 /// Initial read buffer of each socket.
 const READ_BUFFER: usize = 512;
 /// Frames' room the writer keeps between wake-ups.
@@ -202,7 +202,9 @@ where
                     None,
                 ))
                 .await;
-                if served.is_err() {
+                // Anything but an answer means the actor is gone (it
+                // failed, and its reply port went with it).
+                if !matches!(served, Ok(ractor::rpc::CallResult::Success(()))) {
                     return Ended::Broken;
                 }
             }

@@ -86,7 +86,11 @@ async fn a_connected_users_actor_stops_when_idle_and_her_devices_still_get_every
     assert_eq!(pushed["version"], version);
     assert_eq!(pushed["payload"], json!({"n": 1}));
 
-    // Once her device has gone, she is offline.
+    // Once her device has gone, she is offline, and her entry in the
+    // node's directory is gone with it.
+    let addr = node.addr.to_string();
+    let online = || metric(&addr, "tidings_users_online");
+    assert_eq!(online().await, Some(2));
     drop(alice);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -102,6 +106,10 @@ async fn a_connected_users_actor_stops_when_idle_and_her_devices_still_get_every
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    eventually("alice's directory entry to go", || async {
+        (online().await == Some(1)).then_some(())
+    })
+    .await;
 }
 
 /// A conversation committed with its outbox, whose members' indexes were
