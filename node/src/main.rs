@@ -26,9 +26,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let node = Node::start(config, listener).await?;
-    // Scripts and tests read the address from this line.
-    println!("listening on http://{}", node.local_addr());
-    std::io::stdout().flush()?;
+    // Scripts and tests read the address from this line. Whoever reads it
+    // may stop reading (`tidings | head -1`): a node keeps serving then.
+    let mut stdout = std::io::stdout();
+    if let Err(err) =
+        writeln!(stdout, "listening on http://{}", node.local_addr()).and_then(|()| stdout.flush())
+    {
+        tracing::warn!(error = %err, "could not print the address to stdout");
+    }
     shutdown_signal().await;
     node.shutdown().await
 }
