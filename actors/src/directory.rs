@@ -22,16 +22,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use tidings_protocol::UserId;
-
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
+use tidings_protocol::UserId;
 
 use crate::cluster::peer::PeerMsg;
 use crate::cluster::Peers;
 use crate::codec;
 use crate::metrics::Metrics;
 use crate::outbound::{Frame, Outbound};
-use prometheus_client::metrics::gauge::Gauge;
 
 /// Queues `frame` on every device in `devices`; returns how many took it.
 fn push(devices: &[Outbound], frame: &Frame, metrics: &Metrics) -> u64 {
@@ -224,7 +223,6 @@ impl Directory {
 mod tests {
     use super::*;
     use crate::outbound::{self, CLOSE_GOING_AWAY};
-    use std::collections::VecDeque;
 
     fn user(name: &str) -> UserId {
         UserId::try_from(name).unwrap()
@@ -242,27 +240,17 @@ mod tests {
         assert_eq!(directory.devices(&al), 2);
         assert_eq!(directory.devices(&bo), 0);
 
-        let mut batch = VecDeque::new();
         directory.deliver(&[al.clone(), bo.clone()], None, &"one".into(), &metrics);
-        phone_rx.next_batch(&mut batch).await;
-        assert_eq!(batch.drain(..).collect::<Vec<_>>(), ["one"]);
-        laptop_rx.next_batch(&mut batch).await;
-        assert_eq!(batch.drain(..).collect::<Vec<_>>(), ["one"]);
+        assert_eq!(phone_rx.next_batch().await, ["one"]);
+        assert_eq!(laptop_rx.next_batch().await, ["one"]);
         directory.deliver(&[al.clone()], Some(&al), &"skipped".into(), &metrics);
 
         drop(phone_sub);
         assert_eq!(directory.devices(&al), 1);
         directory.deliver(&[al.clone()], None, &"two".into(), &metrics);
-        laptop_rx.next_batch(&mut batch).await;
-        assert_eq!(
-            batch.drain(..).collect::<Vec<_>>(),
-            ["two"],
-            "not \"skipped\""
-        );
-        let more = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            phone_rx.next_batch(&mut batch),
-        );
+        assert_eq!(laptop_rx.next_batch().await, ["two"], "not \"skipped\"");
+        let more =
+            tokio::time::timeout(std::time::Duration::from_millis(50), phone_rx.next_batch());
         assert!(more.await.is_err(), "unsubscribed: nothing more");
 
         assert_eq!(directory.online.get(), 1);

@@ -6,6 +6,7 @@
 //! and syncs, and loses nothing.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -25,14 +26,14 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Why and whether a connection is to be closed.
 #[derive(Default)]
-pub struct CloseSignal {
+struct CloseSignal {
     code: AtomicU16,
     notify: Notify,
 }
 
 impl CloseSignal {
     /// Asks the writer to close with `code`; the first code asked wins.
-    pub fn close(&self, code: u16) {
+    fn close(&self, code: u16) {
         if self
             .code
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
@@ -43,7 +44,7 @@ impl CloseSignal {
     }
 
     /// The close code asked for, if any.
-    pub fn code(&self) -> Option<u16> {
+    fn code(&self) -> Option<u16> {
         match self.code.load(Ordering::Acquire) {
             0 => None,
             code => Some(code),
@@ -51,7 +52,7 @@ impl CloseSignal {
     }
 
     /// Resolves once a close is asked for.
-    pub async fn closed(&self) -> u16 {
+    async fn closed(&self) -> u16 {
         loop {
             let notified = self.notify.notified();
             if let Some(code) = self.code() {
@@ -74,7 +75,7 @@ struct Shared {
     /// Set, under the queue's lock, when the writer is gone: nothing queued
     /// would be sent.
     gone: AtomicBool,
-    signal: Arc<CloseSignal>,
+    signal: CloseSignal,
 }
 
 #[derive(Default)]
@@ -97,18 +98,16 @@ pub struct Outbound {
 /// The receiving side, held by the socket writer.
 pub struct OutboundReceiver {
     shared: Arc<Shared>,
-    pub signal: Arc<CloseSignal>,
 }
 
 /// A queue of at most `capacity` frames.
 pub fn channel(capacity: usize) -> (Outbound, OutboundReceiver) {
-    let signal = Arc::new(CloseSignal::default());
     let shared = Arc::new(Shared {
         queue: Mutex::default(),
         capacity: capacity.max(1),
         ready: Notify::new(),
         gone: AtomicBool::new(false),
-        signal: signal.clone(),
+        signal: CloseSignal::default(),
     });
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     (
@@ -116,7 +115,7 @@ pub fn channel(capacity: usize) -> (Outbound, OutboundReceiver) {
             id,
             shared: shared.clone(),
         },
-        OutboundReceiver { shared, signal },
+        OutboundReceiver { shared },
     )
 }
 
@@ -128,10 +127,11 @@ impl Outbound {
     /// Queues a frame. Returns `false` when the connection is gone or has
     /// just been closed for reading too slowly.
     pub fn push(&self, frame: Frame) -> bool {
-        if !self.is_open() {
+        if self.shared.signal.code().is_some() {
             return false;
         }
         let mut queue = self.shared.queue.lock().expect("outbound lock");
+        // Under the lock: the writer's end clears the queue under it too.
         if self.shared.gone.load(Ordering::Acquire) {
             return false;
         }
@@ -166,33 +166,35 @@ impl Outbound {
 }
 
 impl OutboundReceiver {
-    /// Waits until a frame is queued, then moves every queued frame, in
-    /// order, to the end of `batch`. Calling it again says the last batch
-    /// is written: until then its frames count against the capacity, so a
-    /// writer stuck on a stalled socket still fills the queue to its limit,
-    /// not twice it. Cancel-safe: a frame is either moved or still queued.
-    pub async fn next_batch(&mut self, batch: &mut VecDeque<Frame>) {
-        self.shared.queue.lock().expect("outbound lock").taken = 0;
+    /// Waits until a frame is queued, then takes every queued frame, in
+    /// order. Calling it again says the last batch is written: until then
+    /// its frames count against the capacity, so a writer stuck on a
+    /// stalled socket still fills the queue to its limit, not twice it.
+    /// Cancel-safe: a frame is either returned or still queued.
+    pub async fn next_batch(&mut self) -> VecDeque<Frame> {
         loop {
             // A permit left by a push in between wakes it: Notify keeps one.
             let ready = self.shared.ready.notified();
             {
                 let mut queue = self.shared.queue.lock().expect("outbound lock");
+                queue.taken = 0;
                 if !queue.frames.is_empty() {
                     // Leaves an empty deque that has allocated nothing: a
-                    // burst's buffer does not stay with an idle connection.
-                    let taken = std::mem::take(&mut queue.frames);
-                    queue.taken = taken.len();
-                    if batch.is_empty() {
-                        *batch = taken;
-                    } else {
-                        batch.extend(taken);
-                    }
-                    return;
+                    // burst's buffer goes with the batch once it is written.
+                    let batch = std::mem::take(&mut queue.frames);
+                    queue.taken = batch.len();
+                    return batch;
                 }
             }
             ready.await;
         }
+    }
+
+    /// Resolves once a close is asked for, with its code. Holds no borrow
+    /// of the receiver, so it can be awaited beside [`Self::next_batch`].
+    pub fn closed(&self) -> impl Future<Output = u16> + Send + 'static {
+        let shared = self.shared.clone();
+        async move { shared.signal.closed().await }
     }
 }
 
@@ -214,11 +216,9 @@ mod tests {
         assert!(out.push("a".into()));
         assert!(out.push("b".into()));
         assert!(!out.push("c".into()), "third frame does not fit");
-        assert_eq!(rx.signal.closed().await, CLOSE_TOO_SLOW);
+        assert_eq!(rx.closed().await, CLOSE_TOO_SLOW);
         assert!(!out.push("d".into()));
-        let mut batch = VecDeque::new();
-        rx.next_batch(&mut batch).await;
-        assert_eq!(batch, ["a", "b"]);
+        assert_eq!(rx.next_batch().await, ["a", "b"]);
     }
 
     #[tokio::test]
@@ -226,26 +226,22 @@ mod tests {
         let (out, mut rx) = channel(3);
         assert!(out.push("a".into()));
         assert!(out.push("b".into()));
-        let mut batch = VecDeque::new();
-        rx.next_batch(&mut batch).await;
-        assert_eq!(batch.len(), 2);
+        assert_eq!(rx.next_batch().await.len(), 2);
         // The writer is still writing a and b: one more fits, not three.
         assert!(out.push("c".into()));
         assert!(!out.push("d".into()), "a, b and c fill the queue");
-        assert_eq!(rx.signal.closed().await, CLOSE_TOO_SLOW);
+        assert_eq!(rx.closed().await, CLOSE_TOO_SLOW);
     }
 
     #[tokio::test]
     async fn once_the_batch_is_written_its_room_is_free_again() {
         let (out, mut rx) = channel(2);
-        let mut batch = VecDeque::new();
         assert!(out.push("a".into()));
         assert!(out.push("b".into()));
-        rx.next_batch(&mut batch).await;
-        batch.clear();
+        rx.next_batch().await;
         // Asking for the next batch says a and b are written.
         let next = tokio::spawn(async move {
-            rx.next_batch(&mut batch).await;
+            let batch = rx.next_batch().await;
             (rx, batch)
         });
         tokio::task::yield_now().await;
@@ -274,7 +270,6 @@ mod tests {
             out
         });
         let mut got = Vec::new();
-        let mut batch = VecDeque::new();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         // A fast timer keeps cancelling the wait, as the writer's ping does.
         let mut tick = tokio::time::interval(std::time::Duration::from_micros(50));
@@ -284,7 +279,7 @@ mod tests {
                 "frames went missing"
             );
             tokio::select! {
-                () = rx.next_batch(&mut batch) => got.extend(batch.drain(..)),
+                batch = rx.next_batch() => got.extend(batch),
                 _ = tick.tick() => {}
             }
         }
@@ -301,7 +296,7 @@ mod tests {
         let (out, rx) = channel(2);
         out.close(CLOSE_GOING_AWAY);
         out.close(CLOSE_TOO_SLOW);
-        assert_eq!(rx.signal.closed().await, CLOSE_GOING_AWAY);
+        assert_eq!(rx.closed().await, CLOSE_GOING_AWAY);
         assert!(!out.is_open());
     }
 }

@@ -8,7 +8,6 @@
 //! one flush, and pings on a timer. A socket silent for the heartbeat
 //! timeout is closed as dead.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
@@ -38,8 +37,6 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_NORMAL: u16 = 1000;
 /// Initial read buffer of each socket.
 const READ_BUFFER: usize = 512;
-/// Frames' room the writer keeps between wake-ups.
-const BATCH_KEPT: usize = 64;
 /// How long a close frame may take to leave before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -231,17 +228,15 @@ where
     S: Sink<Message> + Unpin,
 {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    let signal = receiver.signal.clone();
     // Made once: waiting on the close signal stays registered across
     // wake-ups instead of registering anew for every batch.
-    let closed = signal.closed();
+    let closed = receiver.closed();
     tokio::pin!(closed);
-    let mut batch = VecDeque::new();
     let code = loop {
         let work = async {
             tokio::select! {
-                () = receiver.next_batch(&mut batch) => {
-                    for frame in batch.drain(..) {
+                batch = receiver.next_batch() => {
+                    for frame in batch {
                         if sink.feed(text(frame)).await.is_err() {
                             return false;
                         }
@@ -255,11 +250,6 @@ where
             biased;
             code = &mut closed => break Some(code),
             open = work => if !open { break None },
-        }
-        // A burst can leave a large buffer behind; an idle connection
-        // should not keep it.
-        if batch.capacity() > BATCH_KEPT {
-            batch = VecDeque::new();
         }
     };
     if let Some(code) = code {
