@@ -222,6 +222,7 @@ impl Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::tests::batch;
     use crate::outbound::{self, CLOSE_GOING_AWAY};
 
     fn user(name: &str) -> UserId {
@@ -241,16 +242,15 @@ mod tests {
         assert_eq!(directory.devices(&bo), 0);
 
         directory.deliver(&[al.clone(), bo.clone()], None, &"one".into(), &metrics);
-        assert_eq!(phone_rx.next_batch().await, ["one"]);
-        assert_eq!(laptop_rx.next_batch().await, ["one"]);
+        assert_eq!(batch(&mut phone_rx).await, ["one"]);
+        assert_eq!(batch(&mut laptop_rx).await, ["one"]);
         directory.deliver(&[al.clone()], Some(&al), &"skipped".into(), &metrics);
 
         drop(phone_sub);
         assert_eq!(directory.devices(&al), 1);
         directory.deliver(&[al.clone()], None, &"two".into(), &metrics);
-        assert_eq!(laptop_rx.next_batch().await, ["two"], "not \"skipped\"");
-        let more =
-            tokio::time::timeout(std::time::Duration::from_millis(50), phone_rx.next_batch());
+        assert_eq!(batch(&mut laptop_rx).await, ["two"], "not \"skipped\"");
+        let more = tokio::time::timeout(std::time::Duration::from_millis(50), batch(&mut phone_rx));
         assert!(more.await.is_err(), "unsubscribed: nothing more");
 
         assert_eq!(directory.online.get(), 1);

@@ -5,6 +5,7 @@
 //! it is closed with 1013 rather than let memory grow; the client reconnects
 //! and syncs, and loses nothing.
 
+use std::collections::vec_deque::Drain;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -33,14 +34,16 @@ struct CloseSignal {
 
 impl CloseSignal {
     /// Asks the writer to close with `code`; the first code asked wins.
-    fn close(&self, code: u16) {
-        if self
+    /// Says whether this was the first.
+    fn close(&self, code: u16) -> bool {
+        let first = self
             .code
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+            .is_ok();
+        if first {
             self.notify.notify_one();
         }
+        first
     }
 
     /// The close code asked for, if any.
@@ -70,8 +73,11 @@ struct Shared {
     /// few words.
     queue: Mutex<Queue>,
     capacity: usize,
-    /// Wakes the writer when the queue stops being empty.
+    /// Wakes the writer when the queue stops being empty, a ping is asked
+    /// for, or a close.
     ready: Notify,
+    /// A ping is asked for.
+    ping: AtomicBool,
     /// Set, under the queue's lock, when the writer is gone: nothing queued
     /// would be sent.
     gone: AtomicBool,
@@ -98,7 +104,26 @@ pub struct Outbound {
 /// The receiving side, held by the socket writer.
 pub struct OutboundReceiver {
     shared: Arc<Shared>,
+    /// The last batch's deque, emptied by the writer: swapped with the
+    /// queue's at the next batch, so a connection that gets a frame at a
+    /// time allocates nothing per frame.
+    spare: VecDeque<Frame>,
 }
+
+/// What the socket writer is to do next.
+#[derive(Debug)]
+pub enum Next<'a> {
+    /// Write these frames, then flush once.
+    Frames(Drain<'a, Frame>),
+    /// Send a ping.
+    Ping,
+    /// Send a close frame with this code, and stop.
+    Close(u16),
+}
+
+/// Largest spare deque kept between batches, in frames: a burst's buffer
+/// is not kept for the rest of the connection.
+const SPARE_KEPT: usize = 16;
 
 /// A queue of at most `capacity` frames.
 pub fn channel(capacity: usize) -> (Outbound, OutboundReceiver) {
@@ -106,6 +131,7 @@ pub fn channel(capacity: usize) -> (Outbound, OutboundReceiver) {
         queue: Mutex::default(),
         capacity: capacity.max(1),
         ready: Notify::new(),
+        ping: AtomicBool::new(false),
         gone: AtomicBool::new(false),
         signal: CloseSignal::default(),
     });
@@ -115,7 +141,10 @@ pub fn channel(capacity: usize) -> (Outbound, OutboundReceiver) {
             id,
             shared: shared.clone(),
         },
-        OutboundReceiver { shared },
+        OutboundReceiver {
+            shared,
+            spare: VecDeque::new(),
+        },
     )
 }
 
@@ -137,7 +166,7 @@ impl Outbound {
         }
         if queue.frames.len() + queue.taken >= self.shared.capacity {
             drop(queue);
-            self.shared.signal.close(CLOSE_TOO_SLOW);
+            self.close(CLOSE_TOO_SLOW);
             return false;
         }
         let was_empty = queue.frames.is_empty();
@@ -151,8 +180,18 @@ impl Outbound {
         true
     }
 
+    /// Asks the writer to send a close frame with `code` and stop; frames
+    /// still queued are not sent. The first code asked wins.
     pub fn close(&self, code: u16) {
-        self.shared.signal.close(code);
+        if self.shared.signal.close(code) {
+            self.shared.ready.notify_one();
+        }
+    }
+
+    /// Asks the writer to send a ping.
+    pub fn ping(&self) {
+        self.shared.ping.store(true, Ordering::Release);
+        self.shared.ready.notify_one();
     }
 
     /// Whether this queue was closed because its reader fell behind.
@@ -166,32 +205,45 @@ impl Outbound {
 }
 
 impl OutboundReceiver {
-    /// Waits until a frame is queued, then takes every queued frame, in
-    /// order. Calling it again says the last batch is written: until then
-    /// its frames count against the capacity, so a writer stuck on a
-    /// stalled socket still fills the queue to its limit, not twice it.
-    /// Cancel-safe: a frame is either returned or still queued.
-    pub async fn next_batch(&mut self) -> VecDeque<Frame> {
+    /// Waits for the writer's next job: a close, if one is asked for;
+    /// otherwise every queued frame, in order; otherwise a ping.
+    ///
+    /// Calling it again says the last batch is written: until then its
+    /// frames count against the capacity, so a writer stuck on a stalled
+    /// socket still fills the queue to its limit, not twice it.
+    /// Cancel-safe: a frame is either returned or still queued (frames of
+    /// a batch dropped unread are dropped with it).
+    pub async fn next(&mut self) -> Next<'_> {
+        self.spare.clear();
+        if self.spare.capacity() > SPARE_KEPT {
+            self.spare = VecDeque::new();
+        }
         loop {
-            // A permit left by a push in between wakes it: Notify keeps one.
+            // A wake-up given in between is kept by the Notify for this.
             let ready = self.shared.ready.notified();
+            if let Some(code) = self.shared.signal.code() {
+                return Next::Close(code);
+            }
             {
                 let mut queue = self.shared.queue.lock().expect("outbound lock");
                 queue.taken = 0;
                 if !queue.frames.is_empty() {
-                    // Leaves an empty deque that has allocated nothing: a
-                    // burst's buffer goes with the batch once it is written.
-                    let batch = std::mem::take(&mut queue.frames);
-                    queue.taken = batch.len();
-                    return batch;
+                    std::mem::swap(&mut queue.frames, &mut self.spare);
+                    queue.taken = self.spare.len();
+                    break;
                 }
+            }
+            if self.shared.ping.swap(false, Ordering::AcqRel) {
+                return Next::Ping;
             }
             ready.await;
         }
+        Next::Frames(self.spare.drain(..))
     }
 
     /// Resolves once a close is asked for, with its code. Holds no borrow
-    /// of the receiver, so it can be awaited beside [`Self::next_batch`].
+    /// of the receiver, so a writer stalled on a socket can wait on it
+    /// beside its write.
     pub fn closed(&self) -> impl Future<Output = u16> + Send + 'static {
         let shared = self.shared.clone();
         async move { shared.signal.closed().await }
@@ -207,8 +259,16 @@ impl Drop for OutboundReceiver {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The next batch, as a list.
+    pub(crate) async fn batch(rx: &mut OutboundReceiver) -> Vec<Frame> {
+        match rx.next().await {
+            Next::Frames(batch) => batch.collect(),
+            other => panic!("frames expected, got {other:?}"),
+        }
+    }
 
     #[tokio::test]
     async fn a_full_queue_closes_with_1013() {
@@ -218,7 +278,7 @@ mod tests {
         assert!(!out.push("c".into()), "third frame does not fit");
         assert_eq!(rx.closed().await, CLOSE_TOO_SLOW);
         assert!(!out.push("d".into()));
-        assert_eq!(rx.next_batch().await, ["a", "b"]);
+        assert!(matches!(rx.next().await, Next::Close(CLOSE_TOO_SLOW)));
     }
 
     #[tokio::test]
@@ -226,7 +286,7 @@ mod tests {
         let (out, mut rx) = channel(3);
         assert!(out.push("a".into()));
         assert!(out.push("b".into()));
-        assert_eq!(rx.next_batch().await.len(), 2);
+        assert_eq!(batch(&mut rx).await.len(), 2);
         // The writer is still writing a and b: one more fits, not three.
         assert!(out.push("c".into()));
         assert!(!out.push("d".into()), "a, b and c fill the queue");
@@ -238,10 +298,10 @@ mod tests {
         let (out, mut rx) = channel(2);
         assert!(out.push("a".into()));
         assert!(out.push("b".into()));
-        rx.next_batch().await;
+        batch(&mut rx).await;
         // Asking for the next batch says a and b are written.
         let next = tokio::spawn(async move {
-            let batch = rx.next_batch().await;
+            let batch = batch(&mut rx).await;
             (rx, batch)
         });
         tokio::task::yield_now().await;
@@ -271,7 +331,7 @@ mod tests {
         });
         let mut got = Vec::new();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        // A fast timer keeps cancelling the wait, as the writer's ping does.
+        // A fast timer keeps cancelling the wait: nothing may be lost.
         let mut tick = tokio::time::interval(std::time::Duration::from_micros(50));
         while got.len() < 1000 {
             assert!(
@@ -279,7 +339,10 @@ mod tests {
                 "frames went missing"
             );
             tokio::select! {
-                batch = rx.next_batch() => got.extend(batch),
+                next = rx.next() => match next {
+                    Next::Frames(batch) => got.extend(batch),
+                    other => panic!("frames expected, got {other:?}"),
+                },
                 _ = tick.tick() => {}
             }
         }
@@ -289,6 +352,56 @@ mod tests {
         drop(rx);
         assert!(!out.is_open(), "the writer is gone");
         assert!(!out.push("late".into()));
+    }
+
+    #[tokio::test]
+    async fn a_bursts_buffer_is_not_kept() {
+        let (out, mut rx) = channel(1024);
+        for i in 0..200u32 {
+            assert!(out.push(i.to_string().into()));
+        }
+        assert_eq!(batch(&mut rx).await.len(), 200);
+        for _ in 0..3 {
+            assert!(out.push("one".into()));
+            assert_eq!(batch(&mut rx).await, ["one"]);
+        }
+        let queued = out.shared.queue.lock().unwrap().frames.capacity();
+        assert!(queued <= SPARE_KEPT, "queue keeps {queued}");
+        assert!(
+            rx.spare.capacity() <= SPARE_KEPT,
+            "spare keeps {}",
+            rx.spare.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ping_or_a_close_wakes_the_writer() {
+        let (out, mut rx) = channel(8);
+        let waiting = tokio::spawn(async move {
+            let got = matches!(rx.next().await, Next::Ping);
+            (rx, got)
+        });
+        tokio::task::yield_now().await;
+        out.ping();
+        let (mut rx, pinged) = waiting.await.unwrap();
+        assert!(pinged, "a ping was asked for");
+        // Queued frames go before a ping; a ping is sent once.
+        assert!(out.push("a".into()));
+        out.ping();
+        assert_eq!(batch(&mut rx).await, ["a"]);
+        assert!(matches!(rx.next().await, Next::Ping));
+        let waiting = tokio::spawn(async move { matches!(rx.next().await, Next::Close(1000)) });
+        tokio::task::yield_now().await;
+        out.close(1000);
+        assert!(waiting.await.unwrap(), "the close woke the writer");
+    }
+
+    #[tokio::test]
+    async fn a_close_goes_before_queued_frames() {
+        let (out, mut rx) = channel(8);
+        assert!(out.push("a".into()));
+        out.close(CLOSE_GOING_AWAY);
+        assert!(matches!(rx.next().await, Next::Close(CLOSE_GOING_AWAY)));
     }
 
     #[tokio::test]

@@ -34,7 +34,7 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_DEV")]
     pub dev: bool,
 
-    /// How often the server pings each WebSocket.
+    /// A WebSocket that has sent nothing for this long is pinged.
     #[arg(long, env = "TIDINGS_PING_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
 

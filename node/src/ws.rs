@@ -5,8 +5,10 @@
 //! next only once it is served, so a client that sends faster than it is
 //! served is slowed by TCP rather than by memory. The writer drains the
 //! connection's bounded outbound queue, writing every queued frame before
-//! one flush, and pings on a timer. A socket silent for the heartbeat
-//! timeout is closed as dead.
+//! one flush. A socket silent for the ping interval is pinged, and one
+//! silent for the heartbeat timeout is closed as dead: the reader keeps
+//! that one timer and asks the writer for the ping, so the writer waits on
+//! its queue alone and a busy socket polls no timer per frame.
 
 use std::future::Future;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use ractor::Actor;
 use serde::Deserialize;
 use tidings_actors::connection::{ConnectionActor, ConnectionArgs, Inbound, RateLimit};
 use tidings_actors::outbound::{
-    self, Frame, Outbound, OutboundReceiver, CLOSE_GOING_AWAY, CLOSE_INTERNAL,
+    self, Frame, Next, Outbound, OutboundReceiver, CLOSE_GOING_AWAY, CLOSE_INTERNAL,
 };
 use tidings_protocol::{ErrorCode, ErrorFrame, ServerFrame, UserId};
 use tokio_util::sync::CancellationToken;
@@ -100,8 +102,11 @@ fn serve(state: AppState, user: UserId, socket: WebSocket) -> impl Future<Output
         metrics: state.metrics.clone(),
     };
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_frames(sink, receiver, config.ping_interval));
-    let heartbeat_timeout = config.heartbeat_timeout;
+    let writer = tokio::spawn(write_frames(sink, receiver));
+    let heartbeat = Heartbeat {
+        ping_after: config.ping_interval,
+        timeout: config.heartbeat_timeout,
+    };
     let shutdown = state.shutdown.clone();
     async move {
         // Boxed for the same reason: starting an actor is a large future.
@@ -115,8 +120,7 @@ fn serve(state: AppState, user: UserId, socket: WebSocket) -> impl Future<Output
             }
         };
         tracing::debug!(%user, "connected");
-        let reason =
-            read_frames(stream, &connection, &outbound, heartbeat_timeout, &shutdown).await;
+        let reason = read_frames(stream, &connection, &outbound, heartbeat, &shutdown).await;
         tracing::debug!(%user, ?reason, "disconnected");
         outbound.close(reason.close_code());
         connection.stop(None);
@@ -158,29 +162,49 @@ fn is_too_big(err: &axum::Error) -> bool {
     false
 }
 
+/// How long a socket may be silent.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat {
+    /// Silent this long: ping it.
+    pub ping_after: Duration,
+    /// Silent this long: closed as dead. Longer than `ping_after`.
+    pub timeout: Duration,
+}
+
 /// Reads client frames until the socket ends, and says why it ended.
 pub async fn read_frames<S>(
     mut stream: S,
     connection: &ractor::ActorRef<Inbound>,
     outbound: &Outbound,
-    heartbeat_timeout: Duration,
+    heartbeat: Heartbeat,
     shutdown: &CancellationToken,
 ) -> Ended
 where
     S: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    // One timer, pushed back by every frame (pongs included).
-    let silence = tokio::time::sleep(heartbeat_timeout);
+    // One timer, pushed back by every frame (pongs included): first it
+    // asks for a ping, then it ends the connection.
+    let mut heard = tokio::time::Instant::now();
+    let mut pinged = false;
+    let silence = tokio::time::sleep_until(heard + heartbeat.ping_after);
     tokio::pin!(silence);
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => return Ended::Shutdown,
-            () = &mut silence => return Ended::HeartbeatTimeout,
+            () = &mut silence => {
+                if pinged {
+                    return Ended::HeartbeatTimeout;
+                }
+                pinged = true;
+                outbound.ping();
+                silence.as_mut().reset(heard + heartbeat.timeout);
+                continue;
+            }
             next = stream.next() => next,
         };
-        silence
-            .as_mut()
-            .reset(tokio::time::Instant::now() + heartbeat_timeout);
+        heard = tokio::time::Instant::now();
+        pinged = false;
+        silence.as_mut().reset(heard + heartbeat.ping_after);
         let message = match next {
             None => return Ended::ClientClosed,
             Some(Err(err)) if is_too_big(&err) => return Ended::TooBig,
@@ -221,35 +245,37 @@ fn text(frame: Frame) -> Message {
     Message::Text(Utf8Bytes::try_from(frame).expect("server frames are UTF-8 JSON"))
 }
 
-/// Writes queued frames (all that are waiting, then one flush) and pings,
-/// until a close is asked for; then sends the close frame.
-pub async fn write_frames<S>(mut sink: S, mut receiver: OutboundReceiver, ping_every: Duration)
+/// Writes queued frames (all that are waiting, then one flush) and the
+/// pings asked for, until a close is asked for; then sends the close frame.
+pub async fn write_frames<S>(mut sink: S, mut receiver: OutboundReceiver)
 where
     S: Sink<Message> + Unpin,
 {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    // Made once: waiting on the close signal stays registered across
-    // wake-ups instead of registering anew for every batch.
+    // Made once, and polled only while a write is stalled: a close must
+    // not wait for a socket that is not being read.
     let closed = receiver.closed();
     tokio::pin!(closed);
     let code = loop {
-        let work = async {
-            tokio::select! {
-                batch = receiver.next_batch() => {
-                    for frame in batch {
-                        if sink.feed(text(frame)).await.is_err() {
-                            return false;
-                        }
-                    }
-                    sink.flush().await.is_ok()
+        let batch = match receiver.next().await {
+            Next::Close(code) => break Some(code),
+            Next::Ping => None,
+            Next::Frames(batch) => Some(batch),
+        };
+        let write = async {
+            let Some(batch) = batch else {
+                return sink.send(Message::Ping(Default::default())).await.is_ok();
+            };
+            for frame in batch {
+                if sink.feed(text(frame)).await.is_err() {
+                    return false;
                 }
-                _ = ping.tick() => sink.send(Message::Ping(Default::default())).await.is_ok(),
             }
+            sink.flush().await.is_ok()
         };
         tokio::select! {
             biased;
+            open = write => if !open { break None },
             code = &mut closed => break Some(code),
-            open = work => if !open { break None },
         }
     };
     if let Some(code) = code {
