@@ -16,7 +16,7 @@ use tidings_protocol::error::CurrentMessage;
 use tidings_protocol::frames::{ConvSummary, SyncedConv};
 use tidings_protocol::{Cmid, ConvId, ErrorCode, ErrorFrame, Event, ServerFrame, UserId};
 
-use crate::directory::Directory;
+use crate::directory::{Directory, Fanout};
 use crate::entity::{now_ms, EntityArgs, IdleClock};
 use crate::messages::{Ack, ConvMsg, Created, EntityKey, HistoryPage, Page, RouterMsg};
 use crate::metrics::Metrics;
@@ -35,6 +35,8 @@ pub struct Conversation {
     meta: Option<ConvMeta>,
     /// The members, shared by every fan-out until membership changes.
     audience: Arc<[UserId]>,
+    /// The devices here that events go to.
+    fanout: Fanout,
     storage: Storage,
     router: ActorRef<RouterMsg>,
     directory: Directory,
@@ -100,6 +102,7 @@ impl Actor for ConversationActor {
             id: args.id,
             meta,
             audience,
+            fanout: Fanout::default(),
             audience_since,
             storage: args.storage,
             router: args.router,
@@ -340,7 +343,7 @@ impl Conversation {
     /// with the node or the leader that committed it. Devices drop what
     /// they already have by version. Only while the members are those the
     /// event went to.
-    fn deliver_again(&self, version: u64) -> Result<()> {
+    fn deliver_again(&mut self, version: u64) -> Result<()> {
         if version < self.audience_since {
             return Ok(());
         }
@@ -356,10 +359,10 @@ impl Conversation {
         Ok(())
     }
 
-    fn publish(&self, event: Event, audience: Arc<[UserId]>) {
+    fn publish(&mut self, event: Event, audience: Arc<[UserId]>) {
         let frame = ServerFrame::Event(event).push().to_json().into();
         self.directory
-            .deliver(&audience, None, &frame, &self.metrics);
+            .deliver_to_audience(&mut self.fanout, &audience, &frame, &self.metrics);
     }
 
     /// The version the next committed event gets.

@@ -18,8 +18,13 @@
 //! router's idle accounting: the list does not depend on any actor.
 //! Order holds: one conversation actor pushes its events in version order
 //! into each queue.
+//!
+//! A conversation keeps its members' devices between events in a
+//! [`Fanout`], looked up again only when a device here subscribed or left
+//! since: per event, one check of a counter instead of a lookup per member.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -68,10 +73,22 @@ pub struct Directory {
     /// Every user with a device connected here, with those devices. A user
     /// whose last device leaves is removed.
     users: Arc<RwLock<HashMap<UserId, Vec<Outbound>>>>,
+    /// Counts the changes to `users`; moved only under its write lock.
+    changes: Arc<AtomicU64>,
     /// In a cluster, the other nodes, whose devices get events too.
     peers: Option<Peers>,
     /// How many users are in `users`.
     online: Gauge,
+}
+
+/// The devices of one audience found at the last delivery, kept by the
+/// conversation that delivers to it.
+#[derive(Default)]
+pub struct Fanout {
+    audience: Option<Arc<[UserId]>>,
+    /// [`Directory::changes`] when `devices` were found.
+    changes: u64,
+    devices: Vec<Outbound>,
 }
 
 /// A device's place in its user's fan-out list; dropping it takes the
@@ -95,6 +112,7 @@ impl Directory {
     pub fn new(peers: Option<Peers>, online: Gauge) -> Directory {
         Directory {
             users: Arc::default(),
+            changes: Arc::default(),
             peers,
             online,
         }
@@ -112,6 +130,7 @@ impl Directory {
         });
         devices.retain(Outbound::is_open);
         devices.push(device);
+        self.changes.fetch_add(1, Ordering::Relaxed);
         // Under the lock, so that announcements leave in the order of the
         // changes; and before returning, so that the device's first `sync`
         // comes after it (see [`crate::cluster::locations`]).
@@ -129,6 +148,7 @@ impl Directory {
             return;
         };
         devices.retain(|d| d.id() != device && d.is_open());
+        self.changes.fetch_add(1, Ordering::Relaxed);
         if devices.is_empty() {
             users.remove(user);
             self.online.dec();
@@ -155,6 +175,48 @@ impl Directory {
         metrics: &Metrics,
     ) {
         self.deliver_here(users, except, frame, metrics);
+        self.deliver_to_peers(users, except, frame);
+    }
+
+    /// Queues `frame` on every device of `audience`, here and on the other
+    /// nodes, as [`Self::deliver`] does; the devices here are those kept in
+    /// `fanout`, found again only if a device subscribed or left since.
+    pub fn deliver_to_audience(
+        &self,
+        fanout: &mut Fanout,
+        audience: &Arc<[UserId]>,
+        frame: &Frame,
+        metrics: &Metrics,
+    ) {
+        {
+            let live = self.users.read().expect("directory lock");
+            // Under the read lock the count cannot move: equal, and the
+            // same audience, means the same devices as a lookup would find.
+            let changes = self.changes.load(Ordering::Relaxed);
+            let same = fanout.changes == changes
+                && fanout
+                    .audience
+                    .as_ref()
+                    .is_some_and(|kept| Arc::ptr_eq(kept, audience));
+            if !same {
+                fanout.devices.clear();
+                for user in audience.iter() {
+                    if let Some(devices) = live.get(user) {
+                        fanout.devices.extend(devices.iter().cloned());
+                    }
+                }
+                fanout.changes = changes;
+                fanout.audience = Some(audience.clone());
+            }
+            let queued = push(&fanout.devices, frame, metrics);
+            metrics.deliveries.inc_by(queued);
+        }
+        self.deliver_to_peers(audience, None, frame);
+    }
+
+    /// In a cluster: hands `frame` to every other node that has (or may
+    /// have) a device of one of `users`.
+    fn deliver_to_peers(&self, users: &[UserId], except: Option<&UserId>, frame: &Frame) {
         let Some(peers) = &self.peers else { return };
         for (node, users) in peers.recipients(users) {
             let delivery = DeliveryRef {
@@ -261,6 +323,54 @@ mod tests {
             "no device, no entry"
         );
         assert_eq!(directory.online.get(), 0);
+    }
+
+    /// Whether a frame is waiting, without waiting for one.
+    async fn has_frame(rx: &mut outbound::OutboundReceiver) -> bool {
+        tokio::time::timeout(std::time::Duration::from_millis(20), batch(rx))
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_kept_fanout_follows_devices_and_members() {
+        let directory = Directory::default();
+        let metrics = Metrics::default();
+        let (al, bo) = (user("al"), user("bo"));
+        let mut fanout = Fanout::default();
+        let both: Arc<[UserId]> = Arc::from(vec![al.clone(), bo.clone()]);
+        let (phone, mut phone_rx) = outbound::channel(8);
+        let _phone_sub = directory.subscribe(&al, phone);
+        directory.deliver_to_audience(&mut fanout, &both, &"one".into(), &metrics);
+        assert_eq!(batch(&mut phone_rx).await, ["one"]);
+
+        // A device that comes after the fanout was found gets the next event.
+        let (tablet, mut tablet_rx) = outbound::channel(8);
+        let tablet_sub = directory.subscribe(&bo, tablet);
+        directory.deliver_to_audience(&mut fanout, &both, &"two".into(), &metrics);
+        assert_eq!(batch(&mut phone_rx).await, ["two"]);
+        assert_eq!(batch(&mut tablet_rx).await, ["two"]);
+
+        // One that leaves gets nothing more.
+        drop(tablet_sub);
+        directory.deliver_to_audience(&mut fanout, &both, &"three".into(), &metrics);
+        assert_eq!(batch(&mut phone_rx).await, ["three"]);
+        assert!(
+            !has_frame(&mut tablet_rx).await,
+            "unsubscribed: nothing more"
+        );
+
+        // New members: a new audience, found again with no device change.
+        let (laptop, mut laptop_rx) = outbound::channel(8);
+        let _laptop_sub = directory.subscribe(&bo, laptop);
+        directory.deliver_to_audience(&mut fanout, &both, &"four".into(), &metrics);
+        assert_eq!(batch(&mut laptop_rx).await, ["four"]);
+        let only_bo: Arc<[UserId]> = Arc::from(vec![bo.clone()]);
+        directory.deliver_to_audience(&mut fanout, &only_bo, &"five".into(), &metrics);
+        assert_eq!(batch(&mut phone_rx).await, ["four"]);
+        assert!(!has_frame(&mut phone_rx).await, "al is no longer a member");
+        assert_eq!(batch(&mut laptop_rx).await, ["five"]);
+        assert_eq!(metrics.deliveries.get(), 7);
     }
 
     #[test]
