@@ -8,6 +8,12 @@ use clap::Parser;
 use tidings_node::{Config, Node};
 use tracing_subscriber::EnvFilter;
 
+// jemalloc rather than the system's: glibc's malloc (and the fastbin
+// consolidation each request's large future set off) was 5–10% of the
+// node's CPU per delivered message; see BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
