@@ -360,7 +360,8 @@ mod tests {
             "unsubscribed: nothing more"
         );
 
-        // New members: a new audience, found again with no device change.
+        // Another device of bo's comes; then new members: the new audience
+        // is found again though no device came or went since.
         let (laptop, mut laptop_rx) = outbound::channel(8);
         let _laptop_sub = directory.subscribe(&bo, laptop);
         directory.deliver_to_audience(&mut fanout, &both, &"four".into(), &metrics);

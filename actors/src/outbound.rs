@@ -69,8 +69,8 @@ impl CloseSignal {
 /// What the senders and the socket writer share.
 struct Shared {
     /// A plain deque under a lock rather than a channel: it allocates
-    /// nothing until a frame comes, and an idle connection's queue costs a
-    /// few words.
+    /// nothing until a frame comes, and afterwards keeps at most
+    /// [`SPARE_KEPT`] slots, as the writer's spare deque does.
     queue: Mutex<Queue>,
     capacity: usize,
     /// Wakes the writer when the queue stops being empty, a ping is asked
@@ -122,8 +122,9 @@ pub enum Next<'a> {
 }
 
 /// Largest spare deque kept between batches, in frames: a burst's buffer
-/// is not kept for the rest of the connection.
-const SPARE_KEPT: usize = 16;
+/// is not kept for the rest of the connection, and a connection that has
+/// had traffic and gone quiet keeps two small deques.
+const SPARE_KEPT: usize = 4;
 
 /// A queue of at most `capacity` frames.
 pub fn channel(capacity: usize) -> (Outbound, OutboundReceiver) {
@@ -206,7 +207,8 @@ impl Outbound {
 
 impl OutboundReceiver {
     /// Waits for the writer's next job: a close, if one is asked for;
-    /// otherwise every queued frame, in order; otherwise a ping.
+    /// otherwise a ping, if one is asked for; otherwise every queued frame,
+    /// in order.
     ///
     /// Calling it again says the last batch is written: until then its
     /// frames count against the capacity, so a writer stuck on a stalled
@@ -227,14 +229,17 @@ impl OutboundReceiver {
             {
                 let mut queue = self.shared.queue.lock().expect("outbound lock");
                 queue.taken = 0;
+                // Before the frames: a writer that is always a little
+                // behind still pings, and a client that only listens
+                // still gets the chance to show it is alive.
+                if self.shared.ping.swap(false, Ordering::AcqRel) {
+                    return Next::Ping;
+                }
                 if !queue.frames.is_empty() {
                     std::mem::swap(&mut queue.frames, &mut self.spare);
                     queue.taken = self.spare.len();
                     break;
                 }
-            }
-            if self.shared.ping.swap(false, Ordering::AcqRel) {
-                return Next::Ping;
             }
             ready.await;
         }
@@ -254,7 +259,9 @@ impl Drop for OutboundReceiver {
     fn drop(&mut self) {
         let mut queue = self.shared.queue.lock().expect("outbound lock");
         self.shared.gone.store(true, Ordering::Release);
-        queue.frames.clear();
+        // Its buffer too: senders (a conversation's kept devices) may hold
+        // this queue a while after the connection is gone.
+        queue.frames = VecDeque::new();
     }
 }
 
@@ -262,12 +269,24 @@ impl Drop for OutboundReceiver {
 pub(crate) mod tests {
     use super::*;
 
-    /// The next batch, as a list.
+    /// How long a test waits for something that should come at once.
+    pub(crate) const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// The next batch, as a list; fails rather than waits forever.
     pub(crate) async fn batch(rx: &mut OutboundReceiver) -> Vec<Frame> {
-        match rx.next().await {
-            Next::Frames(batch) => batch.collect(),
-            other => panic!("frames expected, got {other:?}"),
+        match tokio::time::timeout(WAIT, rx.next()).await {
+            Ok(Next::Frames(batch)) => batch.collect(),
+            Ok(other) => panic!("frames expected, got {other:?}"),
+            Err(_) => panic!("no frames came"),
         }
+    }
+
+    /// Awaits a task, failing rather than waiting forever.
+    async fn joined<T>(task: tokio::task::JoinHandle<T>) -> T {
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("the task never ended")
+            .unwrap()
     }
 
     #[tokio::test]
@@ -312,7 +331,7 @@ pub(crate) mod tests {
         }
         assert!(out.push("c".into()));
         assert!(out.push("d".into()));
-        let (_rx, batch) = next.await.unwrap();
+        let (_rx, batch) = joined(next).await;
         assert_eq!(batch, ["c", "d"]);
         assert!(out.is_open(), "never closed for slowness");
     }
@@ -348,7 +367,7 @@ pub(crate) mod tests {
         }
         let want: Vec<Frame> = (0..1000u32).map(|i| i.to_string().into()).collect();
         assert_eq!(got, want);
-        let out = sender.await.unwrap();
+        let out = joined(sender).await;
         drop(rx);
         assert!(!out.is_open(), "the writer is gone");
         assert!(!out.push("late".into()));
@@ -383,17 +402,25 @@ pub(crate) mod tests {
         });
         tokio::task::yield_now().await;
         out.ping();
-        let (mut rx, pinged) = waiting.await.unwrap();
+        let (mut rx, pinged) = joined(waiting).await;
         assert!(pinged, "a ping was asked for");
-        // Queued frames go before a ping; a ping is sent once.
-        assert!(out.push("a".into()));
-        out.ping();
-        assert_eq!(batch(&mut rx).await, ["a"]);
-        assert!(matches!(rx.next().await, Next::Ping));
         let waiting = tokio::spawn(async move { matches!(rx.next().await, Next::Close(1000)) });
         tokio::task::yield_now().await;
         out.close(1000);
-        assert!(waiting.await.unwrap(), "the close woke the writer");
+        assert!(joined(waiting).await, "the close woke the writer");
+    }
+
+    #[tokio::test]
+    async fn a_ping_is_not_held_back_by_a_queue_that_never_empties() {
+        let (out, mut rx) = channel(8);
+        assert!(out.push("a".into()));
+        out.ping();
+        assert!(out.push("b".into()));
+        assert!(matches!(rx.next().await, Next::Ping));
+        assert_eq!(batch(&mut rx).await, ["a", "b"]);
+        // Asked for once, sent once.
+        assert!(out.push("c".into()));
+        assert_eq!(batch(&mut rx).await, ["c"]);
     }
 
     #[tokio::test]

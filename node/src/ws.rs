@@ -182,8 +182,8 @@ pub async fn read_frames<S>(
 where
     S: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    // One timer, pushed back by every frame (pongs included): first it
-    // asks for a ping, then it ends the connection.
+    // One timer, pushed back by every frame (pongs included) once it is
+    // served: first it asks for a ping, then it ends the connection.
     let mut heard = tokio::time::Instant::now();
     let mut pinged = false;
     let silence = tokio::time::sleep_until(heard + heartbeat.ping_after);
@@ -202,9 +202,6 @@ where
             }
             next = stream.next() => next,
         };
-        heard = tokio::time::Instant::now();
-        pinged = false;
-        silence.as_mut().reset(heard + heartbeat.ping_after);
         let message = match next {
             None => return Ended::ClientClosed,
             Some(Err(err)) if is_too_big(&err) => return Ended::TooBig,
@@ -238,6 +235,11 @@ where
             Message::Close(_) => return Ended::ClientClosed,
             Message::Ping(_) | Message::Pong(_) => {}
         }
+        // Once the frame is served: time spent serving it is not the
+        // client's silence.
+        heard = tokio::time::Instant::now();
+        pinged = false;
+        silence.as_mut().reset(heard + heartbeat.ping_after);
     }
 }
 
@@ -289,5 +291,50 @@ where
             }),
         }));
         let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A socket nobody reads: every write waits forever.
+    struct Stalled;
+
+    impl Sink<Message> for Stalled {
+        type Error = ();
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), ()> {
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_close_ends_a_writer_stalled_on_its_socket() {
+        let (out, receiver) = outbound::channel(8);
+        let writer = tokio::spawn(write_frames(Stalled, receiver));
+        assert!(out.push("stuck".into()));
+        // One thread: yielding lets the writer take the frame and stall.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!writer.is_finished());
+        out.close(CLOSE_GOING_AWAY);
+        // It gives the close frame CLOSE_GRACE, then lets go.
+        tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(5), writer)
+            .await
+            .expect("the stalled writer never ended")
+            .expect("the writer did not panic");
     }
 }
