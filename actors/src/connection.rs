@@ -3,10 +3,9 @@
 //! It subscribes its device to its user's fan-out list when it starts, so
 //! pushes begin as soon as the connection is open (the list is in the
 //! [`crate::directory`]; the device leaves it when the actor stops), and
-//! serves the client's frames one at a time,
-//! in order. Replies and pushes share the connection's bounded outbound
-//! queue ([`crate::outbound`]). A token bucket limits how fast one
-//! connection may send.
+//! serves the client's frames one at a time, in order. Replies and pushes
+//! share the connection's bounded outbound queue ([`crate::outbound`]). A
+//! token bucket limits how fast one connection may send.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -31,8 +31,8 @@
 //! next version, durable commit — in a cluster through the shard's Raft
 //! group, see [`replication`] — ack) → the outbound queue of each member's
 //! devices, found in the [`directory`], each user's fan-out list, where
-//! every connection subscribes its device. Reads go the same way, so a conversation's actor is the
-//! one place that knows its state.
+//! every connection subscribes its device. Reads go the same way, so a
+//! conversation's actor is the one place that knows its state.
 //!
 //! A user's list of conversations is kept in the user's shard, not in each
 //! conversation's. A membership change is therefore committed with an

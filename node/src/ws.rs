@@ -164,15 +164,15 @@ fn is_too_big(err: &axum::Error) -> bool {
 
 /// How long a socket may be silent.
 #[derive(Debug, Clone, Copy)]
-pub struct Heartbeat {
+struct Heartbeat {
     /// Silent this long: ping it.
-    pub ping_after: Duration,
+    ping_after: Duration,
     /// Silent this long: closed as dead. Longer than `ping_after`.
-    pub timeout: Duration,
+    timeout: Duration,
 }
 
 /// Reads client frames until the socket ends, and says why it ended.
-pub async fn read_frames<S>(
+async fn read_frames<S>(
     mut stream: S,
     connection: &ractor::ActorRef<Inbound>,
     outbound: &Outbound,
@@ -184,9 +184,8 @@ where
 {
     // One timer, pushed back by every frame (pongs included) once it is
     // served: first it asks for a ping, then it ends the connection.
-    let mut heard = tokio::time::Instant::now();
     let mut pinged = false;
-    let silence = tokio::time::sleep_until(heard + heartbeat.ping_after);
+    let silence = tokio::time::sleep(heartbeat.ping_after);
     tokio::pin!(silence);
     loop {
         let next = tokio::select! {
@@ -197,6 +196,8 @@ where
                 }
                 pinged = true;
                 outbound.ping();
+                // Counted, like the ping, from the last frame heard.
+                let heard = silence.deadline() - heartbeat.ping_after;
                 silence.as_mut().reset(heard + heartbeat.timeout);
                 continue;
             }
@@ -237,9 +238,10 @@ where
         }
         // Once the frame is served: time spent serving it is not the
         // client's silence.
-        heard = tokio::time::Instant::now();
         pinged = false;
-        silence.as_mut().reset(heard + heartbeat.ping_after);
+        silence
+            .as_mut()
+            .reset(tokio::time::Instant::now() + heartbeat.ping_after);
     }
 }
 
@@ -249,7 +251,7 @@ fn text(frame: Frame) -> Message {
 
 /// Writes queued frames (all that are waiting, then one flush) and the
 /// pings asked for, until a close is asked for; then sends the close frame.
-pub async fn write_frames<S>(mut sink: S, mut receiver: OutboundReceiver)
+async fn write_frames<S>(mut sink: S, mut receiver: OutboundReceiver)
 where
     S: Sink<Message> + Unpin,
 {
