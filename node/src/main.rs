@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("tidings: {err}");
         std::process::exit(2);
     }
+    raise_open_file_limit();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -42,6 +43,25 @@ async fn main() -> anyhow::Result<()> {
     }
     shutdown_signal().await;
     node.shutdown().await
+}
+
+/// Below this many open files a node turns clients away while still idle.
+const FEW_OPEN_FILES: u64 = 4096;
+
+/// Every connection holds a socket, and a shell's usual soft limit is 1,024
+/// open files: past that, `accept` fails and clients wait unanswered. The
+/// node raises its soft limit to the hard one, which only an operator can
+/// raise (`ulimit -Hn`, systemd's `LimitNOFILE`).
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < FEW_OPEN_FILES => tracing::warn!(
+            limit,
+            "few open files allowed: this node can hold fewer than {limit} connections; \
+             raise the hard limit (ulimit -Hn, or LimitNOFILE under systemd)"
+        ),
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(err) => tracing::warn!(error = %err, "could not raise the open-file limit"),
+    }
 }
 
 async fn shutdown_signal() {

@@ -54,7 +54,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut command = match netns {
+    let command = match netns {
         // `ip netns exec` execs the binary: the child's pid is the node's.
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -63,6 +63,26 @@ where
         }
         None => Command::new(binary()),
     };
+    launch(command, listen, data, args).await
+}
+
+/// Like [`spawn`], with the open-file limit lowered to `soft` (the hard
+/// limit kept) the way a login shell's `ulimit -Sn` would.
+pub async fn spawn_with_soft_file_limit(data: &Path, soft: u64) -> (Child, String) {
+    let mut command = Command::new("sh");
+    // `exec` keeps the child's pid the node's.
+    command
+        .args(["-c", r#"ulimit -Sn "$0" && exec "$@""#])
+        .arg(soft.to_string())
+        .arg(binary());
+    launch(command, "127.0.0.1:0", data, std::iter::empty::<&str>()).await
+}
+
+async fn launch<I, S>(mut command: Command, listen: &str, data: &Path, args: I) -> (Child, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut child = command
         .args(["--listen", listen, "--data-dir"])
         .arg(data)

@@ -1,6 +1,7 @@
 //! The `tidings` binary as a child process: refusing bad configuration,
-//! shutting down cleanly on SIGTERM, and losing nothing acknowledged to
-//! SIGKILL.
+//! shutting down cleanly on SIGTERM, losing nothing acknowledged to
+//! SIGKILL, and holding more connections than the soft open-file limit it
+//! was started with.
 //!
 //! `make test` builds the binary first; `TIDINGS_BIN` may point elsewhere
 //! (see `tidings_tests::process`).
@@ -53,6 +54,35 @@ async fn sigterm_closes_sockets_with_1001_and_exits_0() {
         .unwrap()
         .unwrap();
     assert_eq!(exit.code(), Some(0));
+}
+
+/// A shell's usual soft limit of 1,024 open files (128 here) would turn
+/// clients away from a node that is still idle: the node raises it to the
+/// hard limit.
+#[tokio::test]
+async fn holds_more_connections_than_its_inherited_soft_file_limit() {
+    const SOFT: u64 = 128;
+    const CONNECTIONS: usize = 300;
+    let (_, hard) = rlimit::Resource::NOFILE.get().unwrap();
+    assert!(
+        hard > 2 * CONNECTIONS as u64,
+        "this test needs a hard open-file limit above {}; it is {hard}",
+        2 * CONNECTIONS
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, addr) = process::spawn_with_soft_file_limit(dir.path(), SOFT).await;
+    let url = format!("ws://{addr}/v1/ws");
+    let mut open = Vec::with_capacity(CONNECTIONS);
+    for i in 0..CONNECTIONS {
+        let mut ws = tokio::time::timeout(WAIT, Ws::connect(&url, &token(&format!("u{i}"))))
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} was not answered"))
+            .unwrap();
+        ws.ok(json!({"type":"ping"}), "pong").await;
+        open.push(ws);
+    }
+    // The first connections are still served.
+    open[0].ok(json!({"type":"ping"}), "pong").await;
 }
 
 /// One acknowledged send: the version and body the node promised.
