@@ -27,6 +27,7 @@ mod wire;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -79,6 +80,10 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         failovers: usize,
     },
+    /// Idle's child generator processes: open connections, then hold them
+    /// until stdin closes.
+    #[command(hide = true)]
+    IdleClients(idle::ClientsArgs),
     /// The ceiling of our own stack: a room broadcast server on
     /// tokio-tungstenite with no actors and no storage.
     BaselineServer {
@@ -120,6 +125,9 @@ pub(crate) fn seconds(s: u64) -> Duration {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Rooms alone opens 2,000 sockets, past a shell's usual soft limit of
+    // 1,024; the servers under test are children and inherit the limit.
+    rlimit::increase_nofile_limit(u64::MAX).context("raising the open-file limit")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -147,6 +155,10 @@ fn main() -> anyhow::Result<()> {
                 runs,
                 failovers,
             } => cluster::cluster(rooms, runs, failovers).await?,
+            Command::IdleClients(args) => {
+                idle::clients(args).await?;
+                return anyhow::Ok(None);
+            }
             Command::BaselineServer { listen } => {
                 baseline::serve(listen).await?;
                 return anyhow::Ok(None);
