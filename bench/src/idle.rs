@@ -1,32 +1,33 @@
 //! Idle: ramp to N authenticated connections that do nothing, and report
 //! the server's resident memory per connection.
 //!
-//! Two limits stand between one generator and 100,000 connections: one
-//! loopback source address reaches the server's port from about 28,000
-//! ephemeral ports, and one process may hold only so many open files. So
-//! connections are spread over source addresses 127.0.0.1, 127.0.0.2, …
-//! and, past what this process may hold, over child generator processes
-//! (`tidings-bench idle-clients`). The server is one process whatever N
-//! is: its open-file limit is checked before anything is opened.
+//! Two limits stand between one machine and 100,000 connections. The
+//! server, one process, must be allowed N open files and a few more: that
+//! is checked before anything is opened, and with no `--connections` the
+//! run takes 20,000 or what the limit allows, whichever is less. And one
+//! loopback source address reaches the server's port from only the
+//! ephemeral port range (about 28,000 ports): connections are spread over
+//! 127.0.0.1, 127.0.0.2, … as N needs. The generator holds as many sockets
+//! as the server, under the same limit, so one generator process suffices.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::process::{Child, Command};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::process::Server;
 use crate::report::print;
 use crate::rooms::{token, SECRET};
-use crate::ServerArgs;
+use crate::{ServerArgs, Target};
 
-/// Open files a process needs besides its connections (listeners, its
-/// database, pipes): kept free in every limit below.
+/// Connections when `--connections` is not given and the limit allows.
+const DEFAULT_CONNECTIONS: u64 = 20_000;
+
+/// Open files the server needs besides its connections (its listener,
+/// database and logs): kept free below the limit.
 const SPARE_FILES: u64 = 128;
 
 /// Connections opened at once.
@@ -35,42 +36,32 @@ const BATCH: usize = 500;
 /// How long opening every connection may take.
 const RAMP_LIMIT: Duration = Duration::from_secs(600);
 
+/// How long the server may take to count the last connections.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// The idle connections never read, so never answer a ping: Tidings gets
+/// heartbeat settings longer than any ramp, or it would close them.
+const QUIET: [&str; 4] = ["--ping-interval", "1h", "--heartbeat-timeout", "2h"];
+
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Args {
     #[command(flatten)]
     pub(crate) server: ServerArgs,
-    #[arg(long, default_value_t = 20_000)]
-    pub(crate) connections: usize,
+    /// Idle connections to open [default: 20,000, or fewer if the
+    /// open-file limit allows fewer]
+    #[arg(long)]
+    pub(crate) connections: Option<usize>,
     /// Loopback source addresses to spread the connections over
-    /// (127.0.0.1, 127.0.0.2, …). Default: enough for the ephemeral port
-    /// range (`/proc/sys/net/ipv4/ip_local_port_range`).
-    #[arg(long)]
+    /// (127.0.0.1, 127.0.0.2, …) [default: enough for the ephemeral port
+    /// range in /proc/sys/net/ipv4/ip_local_port_range]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=254))]
     pub(crate) source_addrs: Option<u8>,
-    /// Most connections one generator process holds; the rest go to child
-    /// processes. Default: what the open-file limit allows.
-    #[arg(long)]
-    pub(crate) per_process: Option<usize>,
-}
-
-/// Connections `first..first + count`, opened by a child of `idle`.
-#[derive(Debug, Clone, clap::Args)]
-pub(crate) struct ClientsArgs {
-    /// The server's address.
-    #[arg(long)]
-    addr: SocketAddr,
-    #[arg(long)]
-    first: usize,
-    #[arg(long)]
-    count: usize,
-    #[arg(long)]
-    source_addrs: u8,
 }
 
 #[derive(Debug, Serialize)]
 struct IdleResult {
     connections: usize,
     source_addrs: u8,
-    generator_processes: usize,
     ramp_seconds: f64,
     rss_before_mib: f64,
     rss_after_mib: f64,
@@ -78,29 +69,35 @@ struct IdleResult {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
-    let n = args.connections;
-    ensure!(n > 0, "--connections must be at least 1");
     let (files, _) = rlimit::Resource::NOFILE.get()?;
-    ensure!(
-        n as u64 + SPARE_FILES <= files,
-        "{n} idle connections need a server that may hold {} open files; \
-         processes here may hold {files} (ulimit -Hn): lower --connections \
-         or raise the hard limit",
-        n as u64 + SPARE_FILES
-    );
-    let per_process = args.per_process.unwrap_or((files - SPARE_FILES) as usize);
-    ensure!(per_process > 0, "--per-process must be at least 1");
+    let room = files.saturating_sub(SPARE_FILES);
+    let n = match args.connections {
+        Some(n) => {
+            ensure!(n > 0, "--connections must be at least 1");
+            ensure!(
+                n as u64 <= room,
+                "{n} idle connections need a server that may hold {} open files; \
+                 processes here may hold {files} (ulimit -Hn): lower --connections \
+                 or raise the hard limit",
+                n as u64 + SPARE_FILES
+            );
+            n
+        }
+        None => {
+            ensure!(room > 0, "processes here may hold only {files} open files");
+            if room < DEFAULT_CONNECTIONS {
+                eprintln!(
+                    "idle: {room} connections, the most an open-file limit of {files} allows"
+                );
+            }
+            room.min(DEFAULT_CONNECTIONS) as usize
+        }
+    };
     let ports = ephemeral_ports()?;
     let source_addrs = match args.source_addrs {
-        Some(k) => {
-            ensure!(
-                (1..=254).contains(&k),
-                "--source-addrs must be 1 to 254 (127.0.0.1 to 127.0.0.254)"
-            );
-            k
-        }
+        Some(k) => k,
         // A tenth of the range is left for whatever else uses ports.
-        None => match n.div_ceil(ports * 9 / 10) {
+        None => match n.div_ceil((ports * 9 / 10).max(1)) {
             k @ 1..=254 => k as u8,
             _ => bail!(
                 "{n} connections need more than 254 loopback source addresses \
@@ -114,66 +111,42 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
          the {ports} ephemeral ports each has: raise --source-addrs"
     );
 
-    let server = Server::start(&args.server, &["--auth-secret", SECRET]).await?;
+    let mut flags = vec!["--auth-secret", SECRET];
+    flags.extend(QUIET);
+    let server = Server::start(&args.server, &flags).await?;
     let addr: SocketAddr = server.addr.parse().context("the server's address")?;
     let before = server.rss_kib()?;
     let start = Instant::now();
-    let processes = n.div_ceil(per_process);
-    // Whichever holds the connections until the server's RSS is read:
-    // this process, or child processes that exit when their stdin closes.
-    let mut here = Vec::new();
-    let mut children = Vec::new();
-    if processes == 1 {
-        here = open(addr, 0, n, source_addrs).await?;
-    } else {
-        for first in (0..n).step_by(per_process) {
-            let count = per_process.min(n - first);
-            children.push(spawn_clients(addr, first, count, source_addrs)?);
-        }
-        for (i, child) in children.iter_mut().enumerate() {
-            wait_until_open(child)
-                .await
-                .with_context(|| format!("generator process {i}"))?;
-        }
-    }
+    let sockets = open(addr, n, source_addrs).await?;
     let ramp = start.elapsed().as_secs_f64();
+    if args.server.target == Target::Tidings {
+        counted(&server, n).await?;
+    }
     let after = server.rss_kib()?;
     let result = IdleResult {
-        connections: n,
+        connections: sockets.len(),
         source_addrs,
-        generator_processes: processes,
         ramp_seconds: ramp,
         rss_before_mib: before as f64 / 1024.0,
         rss_after_mib: after as f64 / 1024.0,
         rss_per_connection_kib: after.saturating_sub(before) as f64 / n as f64,
     };
-    drop((here, children));
+    drop(sockets);
     server.stop().await;
     print("idle", &result);
     Ok(serde_json::to_value(result)?)
 }
 
-/// `idle-clients`: opens its connections, says `open N` on stdout, and
-/// holds them until its stdin closes.
-pub(crate) async fn clients(args: ClientsArgs) -> anyhow::Result<()> {
-    let sockets = open(args.addr, args.first, args.count, args.source_addrs).await?;
-    println!("open {}", sockets.len());
-    let mut sink = Vec::new();
-    tokio::io::stdin().read_to_end(&mut sink).await?;
-    Ok(())
-}
-
-/// Connections `first..first + count` as users `idle{i}`, connection `i`
-/// from 127.0.0.(1 + i mod `source_addrs`).
+/// Connections `0..n` as users `idle{i}`, connection `i` from
+/// 127.0.0.(1 + i mod `source_addrs`).
 async fn open(
     addr: SocketAddr,
-    first: usize,
-    count: usize,
+    n: usize,
     source_addrs: u8,
 ) -> anyhow::Result<Vec<WebSocketStream<TcpStream>>> {
     let deadline = tokio::time::Instant::now() + RAMP_LIMIT;
-    let mut sockets = Vec::with_capacity(count);
-    let all: Vec<usize> = (first..first + count).collect();
+    let mut sockets = Vec::with_capacity(n);
+    let all: Vec<usize> = (0..n).collect();
     for batch in all.chunks(BATCH) {
         let opened = tokio::time::timeout_at(
             deadline,
@@ -183,7 +156,7 @@ async fn open(
             })),
         )
         .await
-        .with_context(|| format!("opening {count} connections took over {RAMP_LIMIT:?}"))?;
+        .with_context(|| format!("opening {n} connections took over {RAMP_LIMIT:?}"))?;
         for socket in opened {
             sockets.push(socket?);
         }
@@ -196,10 +169,15 @@ async fn connect(
     source: Ipv4Addr,
     i: usize,
 ) -> anyhow::Result<WebSocketStream<TcpStream>> {
-    let socket = TcpSocket::new_v4()?;
-    socket
-        .bind(SocketAddr::from((source, 0)))
-        .with_context(|| format!("binding a port on {source}"))?;
+    let socket = TcpSocket::new_v4().with_context(|| format!("a socket for connection {i}"))?;
+    // From 127.0.0.1 the kernel picks the port at connect time, and may
+    // share it with connections to other servers; a bound address takes a
+    // port of its own before it knows where it will connect.
+    if source != Ipv4Addr::LOCALHOST {
+        socket
+            .bind(SocketAddr::from((source, 0)))
+            .with_context(|| format!("binding a port on {source}"))?;
+    }
     let stream = socket
         .connect(addr)
         .await
@@ -211,37 +189,23 @@ async fn connect(
     Ok(ws)
 }
 
-fn spawn_clients(
-    addr: SocketAddr,
-    first: usize,
-    count: usize,
-    source_addrs: u8,
-) -> anyhow::Result<Child> {
-    Command::new(std::env::current_exe()?)
-        .arg("idle-clients")
-        .args(["--addr", &addr.to_string()])
-        .args(["--first", &first.to_string()])
-        .args(["--count", &count.to_string()])
-        .args(["--source-addrs", &source_addrs.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting a generator process")
-}
-
-async fn wait_until_open(child: &mut Child) -> anyhow::Result<()> {
-    let stdout = child.stdout.take().context("piped stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    match tokio::time::timeout(RAMP_LIMIT, lines.next_line()).await {
-        Ok(Ok(Some(line))) if line.starts_with("open ") => Ok(()),
-        Ok(Ok(Some(line))) => bail!("said {line:?} instead of `open N`"),
-        Ok(Ok(None)) => bail!(
-            "exited before its connections were open: {:?}",
-            child.wait().await?
-        ),
-        Ok(Err(err)) => Err(err.into()),
-        Err(_) => bail!("its connections were not open after {RAMP_LIMIT:?}"),
+/// Waits until Tidings counts `n` open connections (`/healthz`), so the
+/// RSS read next is that of `n` connections.
+async fn counted(server: &Server, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let open = server
+            .get_json(0, "/healthz")
+            .await
+            .and_then(|h| h["connections"].as_u64());
+        if open == Some(n as u64) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the server counts {open:?} open connections, not {n}, {SETTLE:?} after the ramp"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -118,12 +118,17 @@ impl Server {
 
     /// `GET /v1/cluster` of node `i`, parsed.
     pub(crate) async fn cluster_view(&self, i: usize) -> Option<serde_json::Value> {
+        self.get_json(i, "/v1/cluster").await
+    }
+
+    /// `GET path` of process `i`, its body parsed as JSON.
+    pub(crate) async fn get_json(&self, i: usize, path: &str) -> Option<serde_json::Value> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut socket = tokio::net::TcpStream::connect(self.addrs.get(i)?)
             .await
             .ok()?;
         socket
-            .write_all(b"GET /v1/cluster HTTP/1.0\r\nHost: bench\r\n\r\n")
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").as_bytes())
             .await
             .ok()?;
         let mut response = Vec::new();

@@ -70,7 +70,19 @@ async fn holds_more_connections_than_its_inherited_soft_file_limit() {
         2 * CONNECTIONS
     );
     let dir = tempfile::tempdir().unwrap();
-    let (_child, addr) = process::spawn_with_soft_file_limit(dir.path(), SOFT).await;
+    let (child, addr) = process::spawn_with_soft_file_limit(dir.path(), SOFT).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().unwrap())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .expect("a Max open files line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        open_files[..2],
+        [hard.to_string(), hard.to_string()],
+        "soft and hard open-file limits of the node"
+    );
     let url = format!("ws://{addr}/v1/ws");
     let mut open = Vec::with_capacity(CONNECTIONS);
     for i in 0..CONNECTIONS {
