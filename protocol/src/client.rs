@@ -20,6 +20,10 @@
 //!   send answered `unavailable` (a cluster between leaders), until the
 //!   request timeout. Other requests in flight fail with
 //!   [`ClientError::Disconnected`].
+//! - Any request answered `rate_limited` (the connection sent more frames
+//!   per second than the node allows; the request was not acted on) is
+//!   sent again after a backoff, until the request timeout: a client that
+//!   sends too fast is slowed down rather than refused.
 //! - In a cluster, a `resync` push (the node lost a link to another node)
 //!   or an event that skips a version makes the client `sync` again,
 //!   holding live pushes until what was missed is delivered.
@@ -144,6 +148,11 @@ pub struct Client {
     fatal: Arc<OnceLock<ClientError>>,
 }
 
+/// Backoff after a `rate_limited` reply: the node's token bucket refills
+/// one frame every 1/rate seconds (10 ms at its default 100 per second).
+const RATE_BACKOFF_BASE: Duration = Duration::from_millis(10);
+const RATE_BACKOFF_CAP: Duration = Duration::from_secs(1);
+
 /// Exponential backoff with full jitter: a random delay up to
 /// `min(cap, base · 2^attempt)`.
 pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
@@ -194,14 +203,38 @@ impl Client {
     }
 
     /// Sends a frame and waits for its reply; an `error` reply is
-    /// [`ClientError::Server`].
+    /// [`ClientError::Server`]. A frame the node refused as `rate_limited`
+    /// was not acted on: it is sent again after a backoff, until the
+    /// request timeout, and only then is the refusal returned.
     pub async fn request(&self, frame: ClientFrame) -> Result<ServerFrame, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut attempt = 0;
+        loop {
+            match self.request_once(frame.clone(), deadline).await {
+                Err(ClientError::Server(err)) if err.code == crate::ErrorCode::RateLimited => {
+                    attempt += 1;
+                    let pause = backoff(RATE_BACKOFF_BASE, RATE_BACKOFF_CAP, attempt);
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(ClientError::Server(err));
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn request_once(
+        &self,
+        frame: ClientFrame,
+        deadline: tokio::time::Instant,
+    ) -> Result<ServerFrame, ClientError> {
         let closed = || self.fatal.get().cloned().unwrap_or(ClientError::Closed);
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Request { frame, reply })
             .map_err(|_| closed())?;
-        match tokio::time::timeout(self.timeout, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Err(_) => Err(ClientError::Timeout),
             Ok(Err(_)) => Err(closed()),
             Ok(Ok(Err(ClientError::Closed))) => Err(closed()),

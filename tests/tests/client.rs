@@ -1,6 +1,6 @@
 //! The Rust client against the real node: pushes, reconnect after the node
-//! restarts, resume with no gap or duplicate, and resending unacknowledged
-//! sends with their cmid.
+//! restarts, resume with no gap or duplicate, resending unacknowledged
+//! sends with their cmid, and pacing requests the node rate-limits.
 
 use std::time::Duration;
 
@@ -131,4 +131,40 @@ async fn server_errors_and_bad_tokens_surface_as_errors() {
     let (forged, _) = Client::connect(config);
     assert_eq!(forged.ping().await, Err(ClientError::Unauthorized));
     assert_eq!(*forged.state().borrow(), ConnState::Closed);
+}
+
+/// A client that sends faster than its connection may is slowed down, not
+/// refused: a `rate_limited` request was not acted on, so the client sends
+/// it again after a backoff, and every send is acknowledged exactly once.
+#[tokio::test]
+async fn sends_past_the_rate_limit_are_paced_not_refused() {
+    const SENDS: u64 = 40;
+    let node = tidings_tests::TestNode::start_with(|c| {
+        c.rate_limit = 50.0;
+        c.rate_burst = 5.0;
+    })
+    .await;
+    let (alice, _pushes) = client(node.addr, "alice");
+    let conv = alice.create(Vec::new(), None).await.unwrap();
+    let sends = (0..SENDS).map(|i| alice.send(&conv, format!("m{i}")));
+    let acks = tokio::time::timeout(WAIT, futures_util::future::join_all(sends))
+        .await
+        .expect("every send answered in time");
+    let mut versions: Vec<u64> = acks
+        .into_iter()
+        .map(|ack| ack.expect("acknowledged, not refused").version)
+        .collect();
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions.len() as u64, SENDS, "one version per send");
+    // The conversation's log holds each body once.
+    let (_, events) = alice.history(&conv, None, None, Some(100)).await.unwrap();
+    let bodies: std::collections::BTreeSet<String> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Message { body, .. } => Some(body.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bodies.len() as u64, SENDS);
 }
