@@ -23,7 +23,13 @@
 //! - Any request answered `rate_limited` (the connection sent more frames
 //!   per second than the node allows; the request was not acted on) is
 //!   sent again after a backoff, until the request timeout: a client that
-//!   sends too fast is slowed down rather than refused.
+//!   sends too fast is slowed down rather than refused. Requests made
+//!   concurrently may then be stored in another order than they were
+//!   made: await each where order matters. `typing`, which has no reply,
+//!   is not sent again.
+//! - The resume's own `sync` and `history` pages, refused `rate_limited`
+//!   or `unavailable`, are asked for again after a backoff, live pushes
+//!   still held: delivering them first would skip what the page holds.
 //! - In a cluster, a `resync` push (the node lost a link to another node)
 //!   or an event that skips a version makes the client `sync` again,
 //!   holding live pushes until what was missed is delivered.
@@ -148,10 +154,45 @@ pub struct Client {
     fatal: Arc<OnceLock<ClientError>>,
 }
 
-/// Backoff after a `rate_limited` reply: the node's token bucket refills
-/// one frame every 1/rate seconds (10 ms at its default 100 per second).
-const RATE_BACKOFF_BASE: Duration = Duration::from_millis(10);
-const RATE_BACKOFF_CAP: Duration = Duration::from_secs(1);
+/// Backoff before asking again after a refusal worth retrying: a
+/// `rate_limited` request (the node's token bucket refills one frame every
+/// 1/rate seconds, 10 ms at its default 100 per second), or a resume's
+/// `sync` or `history` page refused `rate_limited` or `unavailable`.
+const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(10);
+const RETRY_BACKOFF_CAP: Duration = Duration::from_secs(1);
+
+/// A resume's `sync` or `history` pages to ask for again, and when.
+#[derive(Default)]
+struct Again {
+    at: Option<tokio::time::Instant>,
+    sync: bool,
+    pages: Vec<ConvId>,
+    /// Refusals since the last answer, for the backoff.
+    attempt: u32,
+}
+
+impl Again {
+    fn schedule(&mut self) {
+        let pause = backoff(RETRY_BACKOFF_BASE, RETRY_BACKOFF_CAP, self.attempt);
+        self.attempt += 1;
+        self.at
+            .get_or_insert_with(|| tokio::time::Instant::now() + pause);
+    }
+
+    /// Whether nothing more is to come for the current sync: live pushes
+    /// held meanwhile may be delivered.
+    fn settled(&self, paging: &HashMap<String, ConvId>) -> bool {
+        paging.is_empty() && self.pages.is_empty() && !self.sync
+    }
+}
+
+/// Refusals after which the same `sync` or page may succeed.
+fn worth_asking_again(err: &crate::ErrorFrame) -> bool {
+    matches!(
+        err.code,
+        crate::ErrorCode::RateLimited | crate::ErrorCode::Unavailable
+    )
+}
 
 /// Exponential backoff with full jitter: a random delay up to
 /// `min(cap, base · 2^attempt)`.
@@ -207,13 +248,28 @@ impl Client {
     /// was not acted on: it is sent again after a backoff, until the
     /// request timeout, and only then is the refusal returned.
     pub async fn request(&self, frame: ClientFrame) -> Result<ServerFrame, ClientError> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        self.request_until(frame, self.deadline()).await
+    }
+
+    /// The request timeout from now (far off if the timeout is too long to
+    /// add to a clock).
+    fn deadline(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        now.checked_add(self.timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+    }
+
+    async fn request_until(
+        &self,
+        frame: ClientFrame,
+        deadline: tokio::time::Instant,
+    ) -> Result<ServerFrame, ClientError> {
         let mut attempt = 0;
         loop {
             match self.request_once(frame.clone(), deadline).await {
                 Err(ClientError::Server(err)) if err.code == crate::ErrorCode::RateLimited => {
+                    let pause = backoff(RETRY_BACKOFF_BASE, RETRY_BACKOFF_CAP, attempt);
                     attempt += 1;
-                    let pause = backoff(RATE_BACKOFF_BASE, RATE_BACKOFF_CAP, attempt);
                     if tokio::time::Instant::now() + pause >= deadline {
                         return Err(ClientError::Server(err));
                     }
@@ -267,10 +323,10 @@ impl Client {
         // whose fate is unknown: with a cmid, sending it again is safe
         // (the node deduplicates), so it is retried until the request
         // timeout.
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let deadline = self.deadline();
         let mut attempt = 0;
         loop {
-            match self.request(frame.clone()).await {
+            match self.request_until(frame.clone(), deadline).await {
                 Err(ClientError::Server(err))
                     if retry
                         && err.code == crate::ErrorCode::Unavailable
@@ -563,6 +619,16 @@ impl Driver {
             .then_some(req)
     }
 
+    /// The next `history` page of `conv` after what was delivered.
+    fn page(&self, conv: &ConvId) -> ClientFrame {
+        ClientFrame::History {
+            conv: conv.clone(),
+            after: self.seen.convs.get(conv).copied(),
+            before: None,
+            limit: Some(crate::MAX_LIMIT),
+        }
+    }
+
     async fn write(socket: &mut Socket, req: Option<String>, frame: &ClientFrame) -> bool {
         let text = serde_json::to_string(&ClientEnvelope {
             req,
@@ -584,6 +650,7 @@ impl Driver {
         };
         let mut held: Option<Vec<Push>> = Some(Vec::new());
         let mut paging: HashMap<String, ConvId> = HashMap::new();
+        let mut again = Again::default();
         for p in queued.drain(..) {
             let req = self.req();
             if !Self::write(&mut socket, Some(req.clone()), &p.frame).await {
@@ -617,6 +684,25 @@ impl Driver {
                     }
                     continue;
                 }
+                () = tokio::time::sleep_until(again.at.unwrap_or_else(tokio::time::Instant::now)),
+                    if again.at.is_some() =>
+                {
+                    again.at = None;
+                    if std::mem::take(&mut again.sync) {
+                        match self.send_sync(&mut socket).await {
+                            Some(req) => sync_req = req,
+                            None => return End::Dropped,
+                        }
+                    }
+                    for conv in std::mem::take(&mut again.pages) {
+                        let req = self.req();
+                        if !Self::write(&mut socket, Some(req.clone()), &self.page(&conv)).await {
+                            return End::Dropped;
+                        }
+                        paging.insert(req, conv);
+                    }
+                    continue;
+                }
                 next = tokio::time::timeout(self.config.idle_timeout, socket.next()) => next,
             };
             let text = match next {
@@ -638,19 +724,14 @@ impl Driver {
                         notifications,
                     },
                 ) if req == sync_req => {
+                    again.attempt = 0;
                     for conv in convs {
                         for event in conv.events {
                             self.deliver(Push::Event(event));
                         }
                         if conv.more {
                             let req = self.req();
-                            let after = self.seen.convs.get(&conv.conv).copied();
-                            let frame = ClientFrame::History {
-                                conv: conv.conv.clone(),
-                                after,
-                                before: None,
-                                limit: Some(crate::MAX_LIMIT),
-                            };
+                            let frame = self.page(&conv.conv);
                             if !Self::write(&mut socket, Some(req.clone()), &frame).await {
                                 return End::Dropped;
                             }
@@ -660,7 +741,7 @@ impl Driver {
                     for n in notifications.events {
                         self.deliver(Push::Notification(n));
                     }
-                    if paging.is_empty()
+                    if again.settled(&paging)
                         && !self
                             .release_or_resync(&mut socket, &mut held, &mut sync_req)
                             .await
@@ -677,24 +758,19 @@ impl Driver {
                     },
                 ) if paging.contains_key(&req) => {
                     paging.remove(&req);
+                    again.attempt = 0;
                     for event in events {
                         self.deliver(Push::Event(event));
                     }
                     let last = self.seen.convs.get(&conv).copied().unwrap_or(0);
                     if last < version {
                         let req = self.req();
-                        let frame = ClientFrame::History {
-                            conv: conv.clone(),
-                            after: Some(last),
-                            before: None,
-                            limit: Some(crate::MAX_LIMIT),
-                        };
-                        if !Self::write(&mut socket, Some(req.clone()), &frame).await {
+                        if !Self::write(&mut socket, Some(req.clone()), &self.page(&conv)).await {
                             return End::Dropped;
                         }
                         paging.insert(req, conv);
                     }
-                    if paging.is_empty()
+                    if again.settled(&paging)
                         && !self
                             .release_or_resync(&mut socket, &mut held, &mut sync_req)
                             .await
@@ -703,24 +779,31 @@ impl Driver {
                     }
                 }
                 (Some(req), ServerFrame::Error(err)) if req == sync_req => {
-                    if err.code == crate::ErrorCode::Unavailable {
-                        // A shard between leaders: ask again.
-                        match self.send_sync(&mut socket).await {
-                            Some(req) => sync_req = req,
-                            None => return End::Dropped,
-                        }
+                    if worth_asking_again(&err) {
+                        // Rate-limited, or a shard between leaders: ask
+                        // again after a pause, still holding live pushes.
+                        again.sync = true;
+                        again.schedule();
                     } else {
                         tracing::warn!(error = %err.message, "sync refused");
                         self.release_all(&mut held);
                     }
                 }
                 (Some(req), ServerFrame::Error(err)) if paging.contains_key(&req) => {
-                    // A page refused (a shard between leaders, say): give up
-                    // paging that conversation, deliver what is held, and
-                    // sync again from what was delivered.
+                    let conv = paging.remove(&req).expect("a page being fetched");
+                    if worth_asking_again(&err) {
+                        // Rate-limited, or a shard between leaders: the same
+                        // page again after a pause, still holding live
+                        // pushes (delivering them now would skip it).
+                        again.pages.push(conv);
+                        again.schedule();
+                        continue;
+                    }
+                    // A page refused for good (no longer a member, say):
+                    // give up paging that conversation, deliver what is
+                    // held, and sync again from what was delivered.
                     tracing::debug!(error = %err.message, "history page refused");
-                    paging.remove(&req);
-                    if paging.is_empty() {
+                    if again.settled(&paging) {
                         self.release_all(&mut held);
                         match self.send_sync(&mut socket).await {
                             Some(req) => sync_req = req,
