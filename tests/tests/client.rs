@@ -2,6 +2,7 @@
 //! restarts, resume with no gap or duplicate, resending unacknowledged
 //! sends with their cmid, and pacing requests the node rate-limits.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
@@ -23,7 +24,18 @@ async fn next_message(pushes: &mut Pushes) -> (u64, String) {
     }
 }
 
-fn client(addr: std::net::SocketAddr, user: &str) -> (Client, Pushes) {
+/// A node over `config` listening on `addr` (port 0 picks one), and the
+/// address it listens on.
+async fn start_at(addr: &str, config: tidings_node::Config) -> (tidings_node::Node, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (
+        tidings_node::Node::start(config, listener).await.unwrap(),
+        addr,
+    )
+}
+
+fn client(addr: SocketAddr, user: &str) -> (Client, Pushes) {
     let mut config = ClientConfig::new([format!("ws://{addr}")], token(user));
     config.backoff_base = Duration::from_millis(20);
     config.backoff_cap = Duration::from_millis(200);
@@ -33,11 +45,7 @@ fn client(addr: std::net::SocketAddr, user: &str) -> (Client, Pushes) {
 #[tokio::test]
 async fn the_client_resumes_across_a_restart_with_no_gap_or_duplicate() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let node = tidings_node::Node::start(config(dir.path()), listener)
-        .await
-        .unwrap();
+    let (node, addr) = start_at("127.0.0.1:0", config(dir.path())).await;
 
     let (alice, mut pushes) = client(addr, "alice");
     alice.connected().await.unwrap();
@@ -78,10 +86,7 @@ async fn the_client_resumes_across_a_restart_with_no_gap_or_duplicate() {
     });
 
     // The node comes back on the same address and data; bob writes more.
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let node = tidings_node::Node::start(config(dir.path()), listener)
-        .await
-        .unwrap();
+    let (node, _) = start_at(&addr.to_string(), config(dir.path())).await;
     let mut bob = Ws::connect(&format!("ws://{addr}/v1/ws"), &token("bob"))
         .await
         .unwrap();
@@ -194,11 +199,7 @@ async fn sends_past_the_rate_limit_are_paced_not_refused() {
 async fn a_rate_limited_resume_page_is_asked_again_with_no_gap() {
     const MISSED: u64 = 150;
     let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let node = tidings_node::Node::start(config(dir.path()), listener)
-        .await
-        .unwrap();
+    let (node, addr) = start_at("127.0.0.1:0", config(dir.path())).await;
     let (alice, mut pushes) = client(addr, "alice");
     let conv = alice.dm("bob".try_into().unwrap()).await.unwrap();
     alice.send(&conv, "first").await.unwrap();
@@ -224,11 +225,10 @@ async fn a_rate_limited_resume_page_is_asked_again_with_no_gap() {
 
     // Back on alice's address, allowing one frame a second: her `sync`
     // takes it, and the page after it is refused at first.
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let mut strict = config(dir.path());
     strict.rate_limit = 1.0;
     strict.rate_burst = 1.0;
-    let node = tidings_node::Node::start(strict, listener).await.unwrap();
+    let (node, _) = start_at(&addr.to_string(), strict).await;
     for i in 0..MISSED {
         assert_eq!(next_message(&mut pushes).await, (3 + i, format!("m{i}")));
     }
