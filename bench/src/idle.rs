@@ -146,11 +146,10 @@ async fn open(
 ) -> anyhow::Result<Vec<WebSocketStream<TcpStream>>> {
     let deadline = tokio::time::Instant::now() + RAMP_LIMIT;
     let mut sockets = Vec::with_capacity(n);
-    let all: Vec<usize> = (0..n).collect();
-    for batch in all.chunks(BATCH) {
+    for first in (0..n).step_by(BATCH) {
         let opened = tokio::time::timeout_at(
             deadline,
-            futures_util::future::join_all(batch.iter().map(|&i| {
+            futures_util::future::join_all((first..n.min(first + BATCH)).map(|i| {
                 let source = Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(source_addrs)) as u8);
                 connect(addr, source, i)
             })),

@@ -179,6 +179,14 @@ impl Again {
             .get_or_insert_with(|| tokio::time::Instant::now() + pause);
     }
 
+    /// Resolves when it is time to ask again; never if nothing is to be.
+    async fn due(&self) {
+        match self.at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Whether nothing more is to come for the current sync: live pushes
     /// held meanwhile may be delivered.
     fn settled(&self, paging: &HashMap<String, ConvId>) -> bool {
@@ -248,7 +256,7 @@ impl Client {
     /// was not acted on: it is sent again after a backoff, until the
     /// request timeout, and only then is the refusal returned.
     pub async fn request(&self, frame: ClientFrame) -> Result<ServerFrame, ClientError> {
-        self.request_until(frame, self.deadline()).await
+        self.request_until(&frame, self.deadline()).await
     }
 
     /// The request timeout from now (far off if the timeout is too long to
@@ -261,7 +269,7 @@ impl Client {
 
     async fn request_until(
         &self,
-        frame: ClientFrame,
+        frame: &ClientFrame,
         deadline: tokio::time::Instant,
     ) -> Result<ServerFrame, ClientError> {
         let mut attempt = 0;
@@ -326,7 +334,7 @@ impl Client {
         let deadline = self.deadline();
         let mut attempt = 0;
         loop {
-            match self.request_until(frame.clone(), deadline).await {
+            match self.request_until(&frame, deadline).await {
                 Err(ClientError::Server(err))
                     if retry
                         && err.code == crate::ErrorCode::Unavailable
@@ -619,11 +627,12 @@ impl Driver {
             .then_some(req)
     }
 
-    /// The next `history` page of `conv` after what was delivered.
+    /// The next `history` page of `conv` after what was delivered (from
+    /// its start if nothing was).
     fn page(&self, conv: &ConvId) -> ClientFrame {
         ClientFrame::History {
             conv: conv.clone(),
-            after: self.seen.convs.get(conv).copied(),
+            after: Some(self.seen.convs.get(conv).copied().unwrap_or(0)),
             before: None,
             limit: Some(crate::MAX_LIMIT),
         }
@@ -684,9 +693,7 @@ impl Driver {
                     }
                     continue;
                 }
-                () = tokio::time::sleep_until(again.at.unwrap_or_else(tokio::time::Instant::now)),
-                    if again.at.is_some() =>
-                {
+                () = again.due(), if again.at.is_some() => {
                     again.at = None;
                     if std::mem::take(&mut again.sync) {
                         match self.send_sync(&mut socket).await {
