@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -39,7 +40,32 @@ pub struct Member {
 
 /// A free loopback port for a node's cluster address, which the other
 /// nodes must know before it starts.
+///
+/// Taken below the ephemeral port range: a port found by binding port 0
+/// and let go is the kernel's to hand out again, and another test's
+/// listener or outgoing connection could take it before the node binds
+/// it (or between a node's kill and restart). Ports below the range are
+/// only ever bound by name, and each test process walks its own sequence
+/// of them.
 pub fn free_addr() -> SocketAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOWEST);
+    if span > 0 {
+        let start = std::process::id().wrapping_mul(7_919);
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = LOWEST + start.wrapping_add(n) % span;
+            let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
+            if std::net::TcpListener::bind(addr).is_ok() {
+                return addr;
+            }
+        }
+    }
     let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     socket.local_addr().unwrap()
 }
