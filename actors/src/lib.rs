@@ -65,7 +65,7 @@ pub use entity::EntityConfig;
 pub use messages::RouterMsg;
 pub use metrics::Metrics;
 pub use service::Service;
-pub use storage::{Storage, StorageError};
+pub use storage::{Storage, StorageError, StorageOptions};
 
 /// Starts the node's router over `storage`, delivering through `directory`.
 /// Send it [`RouterMsg::Serve`] before any request: entities reach each

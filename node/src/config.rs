@@ -19,6 +19,12 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// Least time between two syncs of the write-ahead log: under load,
+    /// writes arriving within it share one sync. 0 syncs again as soon as
+    /// the last sync is done.
+    #[arg(long, env = "TIDINGS_COMMIT_INTERVAL", default_value = "1ms", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
+
     /// Secret that signs users' tokens (HS256). Required unless --dev.
     #[arg(long, env = "TIDINGS_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
@@ -105,6 +111,9 @@ pub struct Config {
     pub snapshot_every: u64,
 }
 
+/// Longest `--commit-interval` allowed.
+const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("no auth secret: pass --auth-secret (or TIDINGS_AUTH_SECRET) to verify users' tokens, or --dev to run with a random one")]
@@ -113,6 +122,10 @@ pub enum ConfigError {
     NotPositive(&'static str),
     #[error("--heartbeat-timeout ({timeout:?}) must be longer than --ping-interval ({ping:?})")]
     HeartbeatTooShort { ping: Duration, timeout: Duration },
+    #[error(
+        "--commit-interval ({0:?}) must be at most 1s: every write under load may wait that long"
+    )]
+    CommitIntervalTooLong(Duration),
     #[error("--max-frame must be at least 1024 bytes")]
     FrameTooSmall,
     #[error("--node-id {0:?} must be 1 to 32 letters, digits or '-'")]
@@ -149,6 +162,9 @@ impl Config {
         }
         if self.ping_interval.is_zero() {
             return Err(ConfigError::NotPositive("--ping-interval"));
+        }
+        if self.commit_interval > MAX_COMMIT_INTERVAL {
+            return Err(ConfigError::CommitIntervalTooLong(self.commit_interval));
         }
         if self.heartbeat_timeout <= self.ping_interval {
             return Err(ConfigError::HeartbeatTooShort {
@@ -283,7 +299,16 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.ping_interval, Duration::from_millis(200));
+        assert_eq!(config.commit_interval, Duration::from_millis(1));
         config.validate().unwrap();
+        let config = Config::from_args(["tidings", "--dev", "--commit-interval", "0"]).unwrap();
+        assert_eq!(config.commit_interval, Duration::ZERO);
+        config.validate().unwrap();
+        let config = Config::from_args(["tidings", "--dev", "--commit-interval", "2s"]).unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::CommitIntervalTooLong(_))
+        ));
         let config = Config::from_args([
             "tidings",
             "--dev",

@@ -27,7 +27,7 @@ use tidings_actors::cluster::peer::Handlers;
 use tidings_actors::cluster::{Cluster, ClusterConfig};
 use tidings_actors::directory::Directory;
 use tidings_actors::replication::{RaftSettings, Replicator};
-use tidings_actors::{EntityConfig, Metrics, RouterMsg, Service, Storage};
+use tidings_actors::{EntityConfig, Metrics, RouterMsg, Service, Storage, StorageOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -68,7 +68,10 @@ impl Node {
     pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Node> {
         config.validate()?;
         let addr = listener.local_addr()?;
-        let storage = Storage::open(&config.data_dir)
+        let tuning = StorageOptions {
+            commit_interval: config.commit_interval,
+        };
+        let storage = Storage::open_with(&config.data_dir, tuning)
             .with_context(|| format!("opening storage in {}", config.data_dir.display()))?;
         let metrics = Arc::new(Metrics::new());
         let entity = EntityConfig {

@@ -137,6 +137,45 @@ async fn concurrent_writers_share_syncs() {
     );
 }
 
+#[tokio::test]
+async fn syncs_start_a_commit_interval_apart_and_share_what_waited() {
+    let dir = tempfile::tempdir().unwrap();
+    let interval = Duration::from_millis(300);
+    let tuning = StorageOptions {
+        commit_interval: interval,
+    };
+    let storage = Storage::open_with(dir.path(), tuning).unwrap();
+    let commit = |entity: String| {
+        let storage = storage.clone();
+        async move {
+            let writes = put_log(&storage, &entity, [1]);
+            storage.commit(shard_of(&entity), writes).await
+        }
+    };
+    commit("first".into()).await.unwrap();
+    let first_done = std::time::Instant::now();
+    // Right after a sync: this one waits out the interval...
+    commit("second".into()).await.unwrap();
+    let waited = first_done.elapsed();
+    assert!(
+        waited >= interval / 2,
+        "a write right after a sync was synced after {waited:?}, inside the {interval:?} interval"
+    );
+    // ...and so do these, sharing one sync.
+    let tasks: Vec<_> = (0..20)
+        .map(|i| tokio::spawn(commit(format!("e{i}"))))
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let stats = storage.commit_stats();
+    assert_eq!(stats.write_sets, 22);
+    assert_eq!(
+        stats.batches, 3,
+        "20 writes inside one interval took more than one sync"
+    );
+}
+
 #[test]
 fn an_unknown_column_family_is_refused() {
     let dir = tempfile::tempdir().unwrap();
