@@ -264,15 +264,15 @@ pub trait ReplicatedLog: Send + Sync + 'static {
 /// How the node's storage is tuned; [`Storage::open`] takes the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StorageOptions {
-    /// Least time from the start of one WAL sync to the next: under load,
+    /// Least time from the start of one WAL sync to the start of the next:
     /// the writes that arrive within it share one sync. Zero syncs again as
     /// soon as the last sync is done.
     pub commit_interval: Duration,
 }
 
 impl StorageOptions {
-    /// At most a thousand syncs a second: a millisecond more for a write at
-    /// worst, under load only.
+    /// At most a thousand syncs a second, for a millisecond more at worst
+    /// for a write that comes right after a sync.
     pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(1);
 }
 
@@ -301,14 +301,14 @@ impl Storage {
         Storage::open_with(dir, StorageOptions::default())
     }
 
-    /// [`Storage::open`], tuned.
-    pub fn open_with(dir: &Path, tuning: StorageOptions) -> Result<Storage, StorageError> {
-        let mut options = Options::default();
-        options.create_if_missing(true);
-        options.create_missing_column_families(true);
-        options.set_max_background_jobs(2);
-        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        if let Ok(existing) = DB::list_cf(&options, dir) {
+    /// [`Storage::open`], with `options` in place of the defaults.
+    pub fn open_with(dir: &Path, options: StorageOptions) -> Result<Storage, StorageError> {
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_max_background_jobs(2);
+        db_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        if let Ok(existing) = DB::list_cf(&db_options, dir) {
             for name in existing {
                 if name != "default" && !Cf::ALL.iter().any(|cf| cf.name() == name) {
                     return Err(StorageError::UnknownColumnFamily(name));
@@ -318,13 +318,13 @@ impl Storage {
         let cfs = Cf::ALL
             .iter()
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options()));
-        let db = Arc::new(DB::open_cf_descriptors(&options, dir, cfs)?);
+        let db = Arc::new(DB::open_cf_descriptors(&db_options, dir, cfs)?);
         match db.get(LAYOUT_KEY)? {
             Some(v) if v.as_slice() == [LAYOUT_VERSION] => {}
             Some(v) => return Err(StorageError::Layout(v.first().copied().unwrap_or(0))),
             None => db.put(LAYOUT_KEY, [LAYOUT_VERSION])?,
         }
-        let committer = committer::Committer::start(db.clone(), tuning.commit_interval);
+        let committer = committer::Committer::start(db.clone(), options.commit_interval);
         Ok(Storage {
             db,
             committer,

@@ -19,9 +19,9 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Least time between two syncs of the write-ahead log: under load,
-    /// writes arriving within it share one sync. 0 syncs again as soon as
-    /// the last sync is done.
+    /// Least time from the start of one sync of the write-ahead log to the
+    /// start of the next: writes arriving within it share one sync. At most
+    /// 20ms; 0 syncs again as soon as the last sync is done.
     #[arg(long, env = "TIDINGS_COMMIT_INTERVAL", default_value = "1ms", value_parser = humantime::parse_duration)]
     pub commit_interval: Duration,
 
@@ -111,8 +111,9 @@ pub struct Config {
     pub snapshot_every: u64,
 }
 
-/// Longest `--commit-interval` allowed.
-const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest `--commit-interval` allowed: well inside a Raft heartbeat
+/// (150 ms), since a shard's Raft core waits for each of its log writes.
+const MAX_COMMIT_INTERVAL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -123,7 +124,7 @@ pub enum ConfigError {
     #[error("--heartbeat-timeout ({timeout:?}) must be longer than --ping-interval ({ping:?})")]
     HeartbeatTooShort { ping: Duration, timeout: Duration },
     #[error(
-        "--commit-interval ({0:?}) must be at most 1s: every write under load may wait that long"
+        "--commit-interval ({0:?}) must be at most 20ms: a write may wait that long, and Raft's heartbeats with it"
     )]
     CommitIntervalTooLong(Duration),
     #[error("--max-frame must be at least 1024 bytes")]
@@ -304,7 +305,7 @@ mod tests {
         let config = Config::from_args(["tidings", "--dev", "--commit-interval", "0"]).unwrap();
         assert_eq!(config.commit_interval, Duration::ZERO);
         config.validate().unwrap();
-        let config = Config::from_args(["tidings", "--dev", "--commit-interval", "2s"]).unwrap();
+        let config = Config::from_args(["tidings", "--dev", "--commit-interval", "21ms"]).unwrap();
         assert!(matches!(
             config.validate(),
             Err(ConfigError::CommitIntervalTooLong(_))

@@ -1,11 +1,13 @@
 //! Group commit: one thread, one WAL sync per batch of waiting writers.
 //!
-//! Under load the thread paces its syncs: a sync starts no sooner than the
-//! commit interval after the one before it, and every write set that
+//! The thread paces its syncs: a sync starts no sooner than the commit
+//! interval after the start of the one before it, and every write set that
 //! arrived meanwhile shares it. A sync costs the same CPU and disk work
 //! whatever it carries, so at thousands of small writes a second pacing
-//! saves both, for at most one interval of latency; a write that comes
-//! after a quiet interval is synced at once.
+//! saves both, for at most one interval of latency. A write that comes
+//! later than that after the last sync started is synced at once; one that
+//! comes sooner waits out the rest of the interval, even alone (so one
+//! writer that waits for each commit manages at most one per interval).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};

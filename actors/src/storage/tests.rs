@@ -141,17 +141,8 @@ async fn concurrent_writers_share_syncs() {
 async fn syncs_start_a_commit_interval_apart_and_share_what_waited() {
     let dir = tempfile::tempdir().unwrap();
     let interval = Duration::from_millis(300);
-    let tuning = StorageOptions {
-        commit_interval: interval,
-    };
-    let storage = Storage::open_with(dir.path(), tuning).unwrap();
-    let commit = |entity: String| {
-        let storage = storage.clone();
-        async move {
-            let writes = put_log(&storage, &entity, [1]);
-            storage.commit(shard_of(&entity), writes).await
-        }
-    };
+    let storage = paced(dir.path(), interval);
+    let commit = |entity: String| commit_one(&storage, entity);
     commit("first".into()).await.unwrap();
     let first_done = std::time::Instant::now();
     // Right after a sync: this one waits out the interval...
@@ -174,6 +165,58 @@ async fn syncs_start_a_commit_interval_apart_and_share_what_waited() {
         stats.batches, 3,
         "20 writes inside one interval took more than one sync"
     );
+}
+
+#[tokio::test]
+async fn a_write_after_a_quiet_interval_is_synced_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let interval = Duration::from_secs(1);
+    let storage = paced(dir.path(), interval);
+    commit_one(&storage, "first".into()).await.unwrap();
+    // The quiet spell itself: longer than the interval.
+    tokio::time::sleep(interval + Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    commit_one(&storage, "second".into()).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < interval,
+        "a write after a quiet {interval:?} waited {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_close_during_the_interval_commits_what_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = paced(dir.path(), Duration::from_millis(300));
+    commit_one(&storage, "first".into()).await.unwrap();
+    // Polled in order: the write is queued (and waits out the interval)
+    // before the close is.
+    let (second, closed) = tokio::join!(commit_one(&storage, "second".into()), storage.close());
+    second.unwrap();
+    closed.unwrap();
+    drop(storage);
+    let storage = Storage::open(dir.path()).unwrap();
+    assert_eq!(
+        storage.last_version(Cf::ConvLog, "second").unwrap(),
+        Some(1)
+    );
+}
+
+fn paced(dir: &std::path::Path, interval: Duration) -> Storage {
+    let mut options = StorageOptions::default();
+    options.commit_interval = interval;
+    Storage::open_with(dir, options).unwrap()
+}
+
+fn commit_one(
+    storage: &Storage,
+    entity: String,
+) -> impl std::future::Future<Output = Result<(), StorageError>> {
+    let storage = storage.clone();
+    async move {
+        let writes = put_log(&storage, &entity, [1]);
+        storage.commit(shard_of(&entity), writes).await
+    }
 }
 
 #[test]
