@@ -68,8 +68,9 @@ impl Node {
     pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Node> {
         config.validate()?;
         let addr = listener.local_addr()?;
-        let mut options = StorageOptions::default();
-        options.commit_interval = config.commit_interval;
+        let options = StorageOptions {
+            commit_interval: config.commit_interval,
+        };
         let storage = Storage::open_with(&config.data_dir, options)
             .with_context(|| format!("opening storage in {}", config.data_dir.display()))?;
         let metrics = Arc::new(Metrics::new());

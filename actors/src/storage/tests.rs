@@ -203,8 +203,9 @@ async fn a_close_during_the_interval_commits_what_waits() {
 }
 
 fn paced(dir: &std::path::Path, interval: Duration) -> Storage {
-    let mut options = StorageOptions::default();
-    options.commit_interval = interval;
+    let options = StorageOptions {
+        commit_interval: interval,
+    };
     Storage::open_with(dir, options).unwrap()
 }
 
