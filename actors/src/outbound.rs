@@ -92,6 +92,8 @@ struct Queue {
     /// capacity until it asks for the next batch, by which time it has
     /// written them.
     taken: usize,
+    /// The payload of the client's last ping, not yet answered.
+    pong: Option<Frame>,
 }
 
 /// The sending side, held by the connection actor and the directory.
@@ -117,6 +119,8 @@ pub enum Next<'a> {
     Frames(Drain<'a, Frame>),
     /// Send a ping.
     Ping,
+    /// Answer the client's ping with this payload.
+    Pong(Frame),
     /// Send a close frame with this code, and stop.
     Close(u16),
 }
@@ -189,6 +193,13 @@ impl Outbound {
         }
     }
 
+    /// Asks the writer to answer the client's ping. Only the latest ping
+    /// is answered, as the WebSocket protocol allows.
+    pub fn pong(&self, payload: Frame) {
+        self.shared.queue.lock().expect("outbound lock").pong = Some(payload);
+        self.shared.ready.notify_one();
+    }
+
     /// Asks the writer to send a ping.
     pub fn ping(&self) {
         self.shared.ping.store(true, Ordering::Release);
@@ -234,6 +245,9 @@ impl OutboundReceiver {
                 // still gets the chance to show it is alive.
                 if self.shared.ping.swap(false, Ordering::AcqRel) {
                     return Next::Ping;
+                }
+                if let Some(payload) = queue.pong.take() {
+                    return Next::Pong(payload);
                 }
                 if !queue.frames.is_empty() {
                     std::mem::swap(&mut queue.frames, &mut self.spare);
@@ -391,6 +405,27 @@ pub(crate) mod tests {
             "spare keeps {}",
             rx.spare.capacity()
         );
+    }
+
+    #[tokio::test]
+    async fn a_pong_wakes_the_writer_and_answers_the_latest_ping_only() {
+        let (out, mut rx) = channel(8);
+        let waiting = tokio::spawn(async move {
+            let got = match rx.next().await {
+                Next::Pong(payload) => Some(payload),
+                _ => None,
+            };
+            (rx, got)
+        });
+        tokio::task::yield_now().await;
+        out.pong("first".into());
+        let (mut rx, got) = joined(waiting).await;
+        assert_eq!(got.as_deref(), Some(&b"first"[..]));
+        out.pong("older".into());
+        out.pong("latest".into());
+        assert!(out.push("frame".into()));
+        assert!(matches!(rx.next().await, Next::Pong(p) if p == "latest"));
+        assert_eq!(batch(&mut rx).await, ["frame"]);
     }
 
     #[tokio::test]

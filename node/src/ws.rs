@@ -1,24 +1,35 @@
 //! WebSocket: authenticate the upgrade, then one task reads and one writes;
 //! when one ends the other is stopped.
 //!
+//! The upgrade is answered here rather than by axum's `WebSocketUpgrade`,
+//! so the writer holds the socket's write half itself: it encodes each
+//! queued frame with tungstenite's `Frame` straight into one buffer and
+//! writes the batch at once, with no WebSocket state machine or sink in
+//! between. The reader runs tungstenite's protocol over the read half; the
+//! replies tungstenite would write itself (a pong, the close reply) are
+//! asked of the writer instead.
+//!
 //! The reader hands each text frame to the connection actor and reads the
 //! next only once it is served, so a client that sends faster than it is
 //! served is slowed by TCP rather than by memory. The writer drains the
-//! connection's bounded outbound queue, writing every queued frame before
-//! one flush. A socket silent for the ping interval is pinged, and one
+//! connection's bounded outbound queue, writing every queued frame with
+//! one write. A socket silent for the ping interval is pinged, and one
 //! silent for the heartbeat timeout is closed as dead: the reader keeps
 //! that one timer and asks the writer for the ping, so the writer waits on
 //! its queue alone and a busy socket polls no timer per frame.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
 use ractor::Actor;
 use serde::Deserialize;
 use tidings_actors::connection::{ConnectionActor, ConnectionArgs, Inbound, RateLimit};
@@ -26,6 +37,13 @@ use tidings_actors::outbound::{
     self, Frame, Next, Outbound, OutboundReceiver, CLOSE_GOING_AWAY, CLOSE_INTERNAL,
 };
 use tidings_protocol::{ErrorCode, ErrorFrame, ServerFrame, UserId};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame as WsFrame, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::bearer;
@@ -41,6 +59,12 @@ pub const CLOSE_NORMAL: u16 = 1000;
 const READ_BUFFER: usize = 512;
 /// How long a close frame may take to leave before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Largest write buffer a writer keeps between batches: a burst's buffer
+/// is not kept for the rest of the connection.
+const WRITE_BUFFER_KEPT: usize = 4096;
+
+/// An upgraded connection.
+type Socket = TokioIo<Upgraded>;
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -49,10 +73,10 @@ pub struct WsQuery {
 
 pub async fn upgrade(
     State(state): State<AppState>,
-    headers: HeaderMap,
     QueryArgs(query): QueryArgs<WsQuery>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut request: Request,
 ) -> Response {
+    let headers = request.headers();
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -64,31 +88,67 @@ pub async fn upgrade(
         Ok(user) => user,
         Err(err) => return err.into_response(),
     };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
+    let accept = match accept_key(request.version(), headers) {
+        Ok(accept) => accept,
+        Err(problem) => return ApiError::bad_request(problem).into_response(),
+    };
+    let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
+        return ApiError::bad_request("this connection cannot be upgraded").into_response();
     };
     if state.shutdown.is_cancelled() {
         return ApiError::new(ErrorCode::Unavailable, "the node is shutting down").into_response();
     }
-    let max = state.config.max_frame;
     let tracker = state.tracker.clone();
-    // tungstenite allocates a 128 KiB read buffer per connection by default;
-    // idle connections need little, and the buffer grows for large frames.
-    // (The write buffer is not allocated ahead, so it keeps its default.)
-    ws.read_buffer_size(READ_BUFFER)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| tracker.track_future(serve(state, user, socket)))
+    tracker.spawn(serve(state, user, on_upgrade));
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .expect("a valid response")
 }
 
-/// Serves one upgraded socket until it ends.
+/// Checks a WebSocket opening handshake (RFC 6455, 4.2.1) and returns the
+/// `Sec-WebSocket-Accept` that answers it.
+fn accept_key(version: Version, headers: &HeaderMap) -> Result<String, &'static str> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if version != Version::HTTP_11 {
+        return Err("a WebSocket upgrade needs HTTP/1.1");
+    }
+    if !has_token(header::CONNECTION, "upgrade") {
+        return Err("not a WebSocket upgrade: `Connection` must include `upgrade`");
+    }
+    if !has_token(header::UPGRADE, "websocket") {
+        return Err("not a WebSocket upgrade: `Upgrade` must be `websocket`");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err("`Sec-WebSocket-Version` must be 13");
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err("`Sec-WebSocket-Key` is missing");
+    };
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// Serves one socket, once upgraded, until it ends.
 ///
 /// What can be done before the first await is done here, outside the
 /// returned future: that future lives as long as the connection, and
 /// whatever it captures (the socket before it is split, the whole state)
 /// would be part of every idle connection's memory.
-fn serve(state: AppState, user: UserId, socket: WebSocket) -> impl Future<Output = ()> {
+fn serve(state: AppState, user: UserId, upgrade: OnUpgrade) -> impl Future<Output = ()> {
     let config = &state.config;
     let (outbound, receiver) = outbound::channel(config.outbound_queue);
     let args = ConnectionArgs {
@@ -101,14 +161,33 @@ fn serve(state: AppState, user: UserId, socket: WebSocket) -> impl Future<Output
         },
         metrics: state.metrics.clone(),
     };
-    let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_frames(sink, receiver));
+    // tungstenite allocates a 128 KiB read buffer per connection by
+    // default; idle connections need little, and the buffer grows for
+    // large frames.
+    let max = config.max_frame;
+    let protocol = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
     let heartbeat = Heartbeat {
         ping_after: config.ping_interval,
         timeout: config.heartbeat_timeout,
     };
     let shutdown = state.shutdown.clone();
     async move {
+        let socket = match upgrade.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
+            Err(err) => {
+                tracing::debug!(%user, error = %err, "the upgrade failed");
+                return;
+            }
+        };
+        let (read, write) = tokio::io::split(socket);
+        let writer = tokio::spawn(write_frames(write, receiver));
+        // Read in place (`&mut`): moved into `read_frames`, the stream
+        // would take room twice in every connection's task.
+        let mut stream =
+            WebSocketStream::from_raw_socket(ReadOnly(read), Role::Server, Some(protocol)).await;
         // Boxed for the same reason: starting an actor is a large future.
         let (connection, handle) = match Box::pin(Actor::spawn(None, ConnectionActor, args)).await {
             Ok(started) => started,
@@ -120,7 +199,7 @@ fn serve(state: AppState, user: UserId, socket: WebSocket) -> impl Future<Output
             }
         };
         tracing::debug!(%user, "connected");
-        let reason = read_frames(stream, &connection, &outbound, heartbeat, &shutdown).await;
+        let reason = read_frames(&mut stream, &connection, &outbound, heartbeat, &shutdown).await;
         tracing::debug!(%user, ?reason, "disconnected");
         outbound.close(reason.close_code());
         connection.stop(None);
@@ -150,16 +229,35 @@ impl Ended {
     }
 }
 
-fn is_too_big(err: &axum::Error) -> bool {
-    use std::error::Error as _;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = err.source();
-    while let Some(err) = source {
-        if let Some(ws) = err.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
-            return matches!(ws, tokio_tungstenite::tungstenite::Error::Capacity(_));
-        }
-        source = err.source();
+/// The read half as the reader's tungstenite sees it. What tungstenite
+/// writes on it (its automatic pong and close replies) is dropped: the
+/// reader asks the writer for those instead.
+struct ReadOnly(ReadHalf<Socket>);
+
+impl AsyncRead for ReadOnly {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
     }
-    false
+}
+
+impl AsyncWrite for ReadOnly {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// How long a socket may be silent.
@@ -180,7 +278,7 @@ async fn read_frames<S>(
     shutdown: &CancellationToken,
 ) -> Ended
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     // One timer, pushed back by every frame (pongs included) once it is
     // served: first it asks for a ping, then it ends the connection.
@@ -205,7 +303,7 @@ where
         };
         let message = match next {
             None => return Ended::ClientClosed,
-            Some(Err(err)) if is_too_big(&err) => return Ended::TooBig,
+            Some(Err(tungstenite::Error::Capacity(_))) => return Ended::TooBig,
             Some(Err(_)) => return Ended::Broken,
             Some(Ok(message)) => message,
         };
@@ -234,7 +332,8 @@ where
                 outbound.push(error.push().to_json().into());
             }
             Message::Close(_) => return Ended::ClientClosed,
-            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Ping(payload) => outbound.pong(payload),
+            Message::Pong(_) | Message::Frame(_) => {}
         }
         // Once the frame is served: time spent serving it is not the
         // client's silence.
@@ -245,79 +344,98 @@ where
     }
 }
 
-fn text(frame: Frame) -> Message {
-    Message::Text(Utf8Bytes::try_from(frame).expect("server frames are UTF-8 JSON"))
+/// Appends `frame` to `buf`, encoded as the server sends it (unmasked).
+fn encode(buf: &mut Vec<u8>, frame: WsFrame) {
+    frame.format(buf).expect("writing to a Vec cannot fail");
 }
 
-/// Writes queued frames (all that are waiting, then one flush) and the
-/// pings asked for, until a close is asked for; then sends the close frame.
-async fn write_frames<S>(mut sink: S, mut receiver: OutboundReceiver)
+/// Writes queued frames (every one waiting, encoded into one buffer, one
+/// write) and the pings and pongs asked for, until a close is asked for;
+/// then sends the close frame.
+async fn write_frames<W>(mut socket: W, mut receiver: OutboundReceiver)
 where
-    S: Sink<Message> + Unpin,
+    W: AsyncWrite + Unpin,
 {
     // Made once, and polled only while a write is stalled: a close must
     // not wait for a socket that is not being read.
     let closed = receiver.closed();
     tokio::pin!(closed);
-    let code = loop {
-        let batch = match receiver.next().await {
+    let mut buf = Vec::new();
+    // How much of `buf` has been written: a close that cuts a stalled
+    // write short sends the rest first, so the close frame follows whole
+    // frames.
+    let mut at;
+    let code = 'serve: loop {
+        buf.clear();
+        at = 0;
+        if buf.capacity() > WRITE_BUFFER_KEPT {
+            buf = Vec::new();
+        }
+        match receiver.next().await {
             Next::Close(code) => break Some(code),
-            Next::Ping => None,
-            Next::Frames(batch) => Some(batch),
-        };
-        let write = async {
-            let Some(batch) = batch else {
-                return sink.send(Message::Ping(Default::default())).await.is_ok();
-            };
-            for frame in batch {
-                if sink.feed(text(frame)).await.is_err() {
-                    return false;
+            Next::Ping => encode(&mut buf, WsFrame::ping(Frame::new())),
+            Next::Pong(payload) => encode(&mut buf, WsFrame::pong(payload)),
+            Next::Frames(batch) => {
+                for frame in batch {
+                    encode(
+                        &mut buf,
+                        WsFrame::message(frame, OpCode::Data(Data::Text), true),
+                    );
                 }
             }
-            sink.flush().await.is_ok()
-        };
-        tokio::select! {
-            biased;
-            open = write => if !open { break None },
-            code = &mut closed => break Some(code),
+        }
+        while at < buf.len() {
+            // `write` is cancel-safe: when the close wins, nothing of
+            // this call was written.
+            tokio::select! {
+                biased;
+                written = socket.write(&buf[at..]) => match written {
+                    Ok(n) if n > 0 => at += n,
+                    _ => break 'serve None,
+                },
+                code = &mut closed => break 'serve Some(code),
+            }
         }
     };
     if let Some(code) = code {
-        let close = Message::Close(Some(CloseFrame {
-            code,
+        buf.drain(..at);
+        let close = CloseFrame {
+            code: CloseCode::from(code),
             reason: Utf8Bytes::from_static(match code {
                 outbound::CLOSE_TOO_SLOW => "reading too slowly; reconnect and sync",
                 CLOSE_GOING_AWAY => "going away",
                 CLOSE_TOO_BIG => "frame too large",
                 _ => "",
             }),
-        }));
-        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close)).await;
+        };
+        encode(&mut buf, WsFrame::close(Some(close)));
+        let send = async {
+            socket.write_all(&buf).await?;
+            socket.shutdown().await
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, send).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
     use super::*;
 
     /// A socket nobody reads: every write waits forever.
     struct Stalled;
 
-    impl Sink<Message> for Stalled {
-        type Error = ();
-        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+    impl AsyncWrite for Stalled {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
             Poll::Pending
         }
-        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), ()> {
-            Ok(())
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Pending
         }
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Pending
         }
     }

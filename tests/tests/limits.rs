@@ -234,3 +234,70 @@ async fn a_silent_peer_is_closed_after_the_heartbeat_timeout() {
     live.drain_for(Duration::from_millis(800)).await;
     live.ok(json!({"type":"ping"}), "pong").await;
 }
+
+#[tokio::test]
+async fn a_client_ping_is_answered_with_its_payload() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let node = TestNode::start().await;
+    let url = format!("{}?token={}", node.ws_url(), token("pinger"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    for payload in ["are you there", "and now?"] {
+        ws.send(Message::Ping(payload.as_bytes().to_vec().into()))
+            .await
+            .unwrap();
+        let pong = tokio::time::timeout(tidings_tests::WAIT, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Pong(pong))) => return pong,
+                    Some(Ok(_)) => continue,
+                    other => panic!("the socket ended before a pong: {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("no pong came");
+        assert_eq!(&pong[..], payload.as_bytes());
+    }
+    // Still a working connection after its pings.
+    let mut ws = tidings_tests::Ws::connect(&node.ws_url(), &token("pinger"))
+        .await
+        .unwrap();
+    ws.ok(json!({"type":"ping"}), "pong").await;
+}
+
+#[tokio::test]
+async fn a_request_that_is_not_a_websocket_upgrade_gets_400_saying_why() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = TestNode::start().await;
+    let cases = [
+        ("Connection: keep-alive\r\n", "Connection"),
+        (
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            "Sec-WebSocket-Version",
+        ),
+        (
+            "Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+            "Sec-WebSocket-Key",
+        ),
+    ];
+    for (headers, named) in cases {
+        let mut tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+        let request = format!(
+            "GET /v1/ws?token={} HTTP/1.1\r\nHost: {}\r\n{headers}Content-Length: 0\r\n\r\n",
+            token("asker"),
+            node.addr
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        tcp.shutdown().await.unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(tidings_tests::WAIT, tcp.read_to_string(&mut response))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+        assert!(response.contains("bad_request"), "{response}");
+        assert!(response.contains(named), "{named} not named in {response}");
+    }
+}
