@@ -115,12 +115,14 @@ pub struct OutboundReceiver {
 /// What the socket writer is to do next.
 #[derive(Debug)]
 pub enum Next<'a> {
-    /// Write these frames, then flush once.
-    Frames(Drain<'a, Frame>),
+    /// Answer the client's last ping with `pong`, if there is one, then
+    /// write `frames` (perhaps none), all at once.
+    Frames {
+        pong: Option<Frame>,
+        frames: Drain<'a, Frame>,
+    },
     /// Send a ping.
     Ping,
-    /// Answer the client's ping with this payload.
-    Pong(Frame),
     /// Send a close frame with this code, and stop.
     Close(u16),
 }
@@ -219,7 +221,7 @@ impl Outbound {
 impl OutboundReceiver {
     /// Waits for the writer's next job: a close, if one is asked for;
     /// otherwise a ping, if one is asked for; otherwise every queued frame,
-    /// in order.
+    /// in order, after the answer to the client's last ping if one is due.
     ///
     /// Calling it again says the last batch is written: until then its
     /// frames count against the capacity, so a writer stuck on a stalled
@@ -231,7 +233,7 @@ impl OutboundReceiver {
         if self.spare.capacity() > SPARE_KEPT {
             self.spare = VecDeque::new();
         }
-        loop {
+        let pong = loop {
             // A wake-up given in between is kept by the Notify for this.
             let ready = self.shared.ready.notified();
             if let Some(code) = self.shared.signal.code() {
@@ -246,18 +248,20 @@ impl OutboundReceiver {
                 if self.shared.ping.swap(false, Ordering::AcqRel) {
                     return Next::Ping;
                 }
-                if let Some(payload) = queue.pong.take() {
-                    return Next::Pong(payload);
-                }
-                if !queue.frames.is_empty() {
+                // With the frames, not before them: a client that pings
+                // without pause must not hold its own frames back.
+                if queue.pong.is_some() || !queue.frames.is_empty() {
                     std::mem::swap(&mut queue.frames, &mut self.spare);
                     queue.taken = self.spare.len();
-                    break;
+                    break queue.pong.take();
                 }
             }
             ready.await;
+        };
+        Next::Frames {
+            pong,
+            frames: self.spare.drain(..),
         }
-        Next::Frames(self.spare.drain(..))
     }
 
     /// Resolves once a close is asked for, with its code. Holds no borrow
@@ -289,7 +293,7 @@ pub(crate) mod tests {
     /// The next batch, as a list; fails rather than waits forever.
     pub(crate) async fn batch(rx: &mut OutboundReceiver) -> Vec<Frame> {
         match tokio::time::timeout(WAIT, rx.next()).await {
-            Ok(Next::Frames(batch)) => batch.collect(),
+            Ok(Next::Frames { frames, .. }) => frames.collect(),
             Ok(other) => panic!("frames expected, got {other:?}"),
             Err(_) => panic!("no frames came"),
         }
@@ -373,7 +377,7 @@ pub(crate) mod tests {
             );
             tokio::select! {
                 next = rx.next() => match next {
-                    Next::Frames(batch) => got.extend(batch),
+                    Next::Frames { frames, .. } => got.extend(frames),
                     other => panic!("frames expected, got {other:?}"),
                 },
                 _ = tick.tick() => {}
@@ -412,20 +416,25 @@ pub(crate) mod tests {
         let (out, mut rx) = channel(8);
         let waiting = tokio::spawn(async move {
             let got = match rx.next().await {
-                Next::Pong(payload) => Some(payload),
-                _ => None,
+                Next::Frames { pong, frames } => (pong, frames.count()),
+                _ => (None, 0),
             };
             (rx, got)
         });
         tokio::task::yield_now().await;
         out.pong("first".into());
         let (mut rx, got) = joined(waiting).await;
-        assert_eq!(got.as_deref(), Some(&b"first"[..]));
+        assert_eq!(got, (Some("first".into()), 0));
         out.pong("older".into());
         out.pong("latest".into());
         assert!(out.push("frame".into()));
-        assert!(matches!(rx.next().await, Next::Pong(p) if p == "latest"));
-        assert_eq!(batch(&mut rx).await, ["frame"]);
+        // The answer goes with the frames, not ahead of them.
+        let (pong, frames) = match rx.next().await {
+            Next::Frames { pong, frames } => (pong, frames.collect::<Vec<_>>()),
+            other => panic!("frames expected, got {other:?}"),
+        };
+        assert_eq!(pong.as_deref(), Some(&b"latest"[..]));
+        assert_eq!(frames, ["frame"]);
     }
 
     #[tokio::test]

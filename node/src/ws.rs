@@ -1,5 +1,8 @@
-//! WebSocket: authenticate the upgrade, then one task reads and one writes;
-//! when one ends the other is stopped.
+//! WebSocket: authenticate the upgrade, then one task reads and one writes.
+//! When the reader ends, the writer sends the close frame and stops; a
+//! writer that ends first (a slow reader closed with 1013) sends its close
+//! frame and leaves the reader to the client's close reply or, failing
+//! that, the heartbeat.
 //!
 //! The upgrade is answered here rather than by axum's `WebSocketUpgrade`,
 //! so the writer holds the socket's write half itself: it encodes each
@@ -25,7 +28,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode, Version};
+use axum::http::{header, HeaderMap, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -59,9 +62,10 @@ pub const CLOSE_NORMAL: u16 = 1000;
 const READ_BUFFER: usize = 512;
 /// How long a close frame may take to leave before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
-/// Largest write buffer a writer keeps between batches: a burst's buffer
-/// is not kept for the rest of the connection.
-const WRITE_BUFFER_KEPT: usize = 4096;
+/// Largest write buffer a writer keeps while it waits: room for a batch
+/// of a frame or two, and not a burst's buffer for the rest of the
+/// connection.
+const WRITE_BUFFER_KEPT: usize = 512;
 
 /// An upgraded connection.
 type Socket = TokioIo<Upgraded>;
@@ -88,9 +92,9 @@ pub async fn upgrade(
         Ok(user) => user,
         Err(err) => return err.into_response(),
     };
-    let accept = match accept_key(request.version(), headers) {
+    let accept = match accept_key(request.method(), request.version(), headers) {
         Ok(accept) => accept,
-        Err(problem) => return ApiError::bad_request(problem).into_response(),
+        Err(refused) => return refused.into_response(),
     };
     let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
         return ApiError::bad_request("this connection cannot be upgraded").into_response();
@@ -109,9 +113,35 @@ pub async fn upgrade(
         .expect("a valid response")
 }
 
+/// Why an opening handshake is refused.
+struct Refused {
+    why: &'static str,
+    /// The version asked for is not 13: answered 426, naming 13, so a
+    /// client can retry with it.
+    wrong_version: bool,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let refused = ApiError::bad_request(self.why);
+        if self.wrong_version {
+            let spoken = [(header::SEC_WEBSOCKET_VERSION, "13")];
+            (StatusCode::UPGRADE_REQUIRED, spoken, refused).into_response()
+        } else {
+            refused.into_response()
+        }
+    }
+}
+
 /// Checks a WebSocket opening handshake (RFC 6455, 4.2.1) and returns the
 /// `Sec-WebSocket-Accept` that answers it.
-fn accept_key(version: Version, headers: &HeaderMap) -> Result<String, &'static str> {
+fn accept_key(method: &Method, version: Version, headers: &HeaderMap) -> Result<String, Refused> {
+    let refuse = |why| {
+        Err(Refused {
+            why,
+            wrong_version: false,
+        })
+    };
     let has_token = |name: header::HeaderName, token: &str| {
         headers
             .get_all(name)
@@ -120,24 +150,33 @@ fn accept_key(version: Version, headers: &HeaderMap) -> Result<String, &'static 
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
+    if method != Method::GET {
+        return refuse("a WebSocket upgrade is a GET request");
+    }
     if version != Version::HTTP_11 {
-        return Err("a WebSocket upgrade needs HTTP/1.1");
+        return refuse("a WebSocket upgrade needs HTTP/1.1");
     }
     if !has_token(header::CONNECTION, "upgrade") {
-        return Err("not a WebSocket upgrade: `Connection` must include `upgrade`");
+        return refuse("not a WebSocket upgrade: `Connection` must include `upgrade`");
     }
     if !has_token(header::UPGRADE, "websocket") {
-        return Err("not a WebSocket upgrade: `Upgrade` must be `websocket`");
+        return refuse("not a WebSocket upgrade: `Upgrade` must be `websocket`");
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .map(|v| v.as_bytes())
         != Some(b"13")
     {
-        return Err("`Sec-WebSocket-Version` must be 13");
+        return Err(Refused {
+            why: "`Sec-WebSocket-Version` must be 13",
+            wrong_version: true,
+        });
     }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return Err("`Sec-WebSocket-Key` is missing");
+    // A nonce of 16 bytes, base64: 24 characters ending in `==`.
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let key = match (keys.next(), keys.next()) {
+        (Some(key), None) if key.len() == 24 && key.as_bytes().ends_with(b"==") => key,
+        _ => return refuse("`Sec-WebSocket-Key` must be one base64 nonce of 16 bytes"),
     };
     Ok(derive_accept_key(key.as_bytes()))
 }
@@ -161,14 +200,7 @@ fn serve(state: AppState, user: UserId, upgrade: OnUpgrade) -> impl Future<Outpu
         },
         metrics: state.metrics.clone(),
     };
-    // tungstenite allocates a 128 KiB read buffer per connection by
-    // default; idle connections need little, and the buffer grows for
-    // large frames.
     let max = config.max_frame;
-    let protocol = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
     let heartbeat = Heartbeat {
         ping_after: config.ping_interval,
         timeout: config.heartbeat_timeout,
@@ -184,6 +216,19 @@ fn serve(state: AppState, user: UserId, upgrade: OnUpgrade) -> impl Future<Outpu
         };
         let (read, write) = tokio::io::split(socket);
         let writer = tokio::spawn(write_frames(write, receiver));
+        if shutdown.is_cancelled() {
+            // Upgraded after shutdown began: no actor for it.
+            outbound.close(CLOSE_GOING_AWAY);
+            let _ = writer.await;
+            return;
+        }
+        // tungstenite allocates a 128 KiB read buffer per connection by
+        // default; idle connections need little, and the buffer grows for
+        // large frames.
+        let protocol = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
         // Read in place (`&mut`): moved into `read_frames`, the stream
         // would take room twice in every connection's task.
         let mut stream =
@@ -374,9 +419,11 @@ where
         match receiver.next().await {
             Next::Close(code) => break Some(code),
             Next::Ping => encode(&mut buf, WsFrame::ping(Frame::new())),
-            Next::Pong(payload) => encode(&mut buf, WsFrame::pong(payload)),
-            Next::Frames(batch) => {
-                for frame in batch {
+            Next::Frames { pong, frames } => {
+                if let Some(payload) = pong {
+                    encode(&mut buf, WsFrame::pong(payload));
+                }
+                for frame in frames {
                     encode(
                         &mut buf,
                         WsFrame::message(frame, OpCode::Data(Data::Text), true),

@@ -267,25 +267,36 @@ async fn a_client_ping_is_answered_with_its_payload() {
 }
 
 #[tokio::test]
-async fn a_request_that_is_not_a_websocket_upgrade_gets_400_saying_why() {
+async fn a_request_that_is_not_a_websocket_upgrade_is_refused_saying_why() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let node = TestNode::start().await;
+    let upgrade = "Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n";
     let cases = [
-        ("Connection: keep-alive\r\n", "Connection"),
+        ("GET", "Connection: keep-alive\r\n".to_string(), "400", "Connection"),
         (
-            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
-            "Sec-WebSocket-Version",
+            "GET",
+            format!("{upgrade}Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
+            "426",
+            "Sec-WebSocket-Version: 13",
         ),
+        ("GET", format!("{upgrade}Sec-WebSocket-Version: 13\r\n"), "400", "Sec-WebSocket-Key"),
         (
-            "Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+            "GET",
+            format!("{upgrade}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n"),
+            "400",
             "Sec-WebSocket-Key",
         ),
+        (
+            "HEAD",
+            format!("{upgrade}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
+            "400",
+            "",
+        ),
     ];
-    for (headers, named) in cases {
+    for (method, headers, status, named) in cases {
         let mut tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
         let request = format!(
-            "GET /v1/ws?token={} HTTP/1.1\r\nHost: {}\r\n{headers}Content-Length: 0\r\n\r\n",
+            "{method} /v1/ws?token={} HTTP/1.1\r\nHost: {}\r\n{headers}Content-Length: 0\r\n\r\n",
             token("asker"),
             node.addr
         );
@@ -296,8 +307,18 @@ async fn a_request_that_is_not_a_websocket_upgrade_gets_400_saying_why() {
             .await
             .expect("no answer")
             .unwrap();
-        assert!(response.starts_with("HTTP/1.1 400"), "{response}");
-        assert!(response.contains("bad_request"), "{response}");
-        assert!(response.contains(named), "{named} not named in {response}");
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}")),
+            "{method} {headers}: {response}"
+        );
+        if method == "GET" {
+            // (A HEAD answer has no body.)
+            assert!(response.contains("bad_request"), "{response}");
+            let named = named.to_lowercase();
+            assert!(
+                response.to_lowercase().contains(&named),
+                "{named} not named in {response}"
+            );
+        }
     }
 }
