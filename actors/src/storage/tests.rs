@@ -116,14 +116,7 @@ async fn concurrent_writers_share_syncs() {
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open(dir.path()).unwrap();
     let tasks: Vec<_> = (0..200u64)
-        .map(|i| {
-            let storage = storage.clone();
-            tokio::spawn(async move {
-                let entity = format!("e{i}");
-                let writes = put_log(&storage, &entity, [1]);
-                storage.commit(shard_of(&entity), writes).await
-            })
-        })
+        .map(|i| tokio::spawn(commit_one(&storage, format!("e{i}"))))
         .collect();
     for task in tasks {
         task.await.unwrap().unwrap();
