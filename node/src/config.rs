@@ -124,7 +124,7 @@ pub enum ConfigError {
     #[error("--heartbeat-timeout ({timeout:?}) must be longer than --ping-interval ({ping:?})")]
     HeartbeatTooShort { ping: Duration, timeout: Duration },
     #[error(
-        "--commit-interval ({0:?}) must be at most 20ms: a write may wait that long, and Raft's heartbeats with it"
+        "--commit-interval ({0:?}) must be at most {MAX_COMMIT_INTERVAL:?}: a write may wait that long, and Raft's heartbeats with it"
     )]
     CommitIntervalTooLong(Duration),
     #[error("--max-frame must be at least 1024 bytes")]

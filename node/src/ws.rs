@@ -185,8 +185,8 @@ fn accept_key(method: &Method, version: Version, headers: &HeaderMap) -> Result<
 ///
 /// What can be done before the first await is done here, outside the
 /// returned future: that future lives as long as the connection, and
-/// whatever it captures (the socket before it is split, the whole state)
-/// would be part of every idle connection's memory.
+/// whatever it captures (the whole state, say) would be part of every
+/// idle connection's memory.
 fn serve(state: AppState, user: UserId, upgrade: OnUpgrade) -> impl Future<Output = ()> {
     let config = &state.config;
     let (outbound, receiver) = outbound::channel(config.outbound_queue);

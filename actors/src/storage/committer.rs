@@ -130,37 +130,16 @@ fn run(
     while stop.is_none() {
         let Ok(first) = rx.recv() else { break };
         let mut batch = WriteBatch::default();
-        let mut next = Some(first);
-        loop {
-            while let Some(command) = next.take() {
-                match command {
-                    Command::Commit(writes, reply) => {
-                        add(db, &mut batch, writes);
-                        waiting.push(reply);
-                    }
-                    Command::Stop(reply) => {
-                        stop = Some(reply);
-                        break;
-                    }
-                }
-                if waiting.len() < MAX_BATCH {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if stop.is_some() || waiting.len() >= MAX_BATCH {
-                break;
-            }
-            // Too soon after the last sync: sleep out the interval (a
-            // sleeping thread costs its writers no wake-up), then take
-            // what came meanwhile.
-            let now = Instant::now();
-            match last_sync.map(|at| at + interval) {
-                Some(due) if due > now => std::thread::sleep(due - now),
-                _ => break,
-            }
-            next = rx.try_recv().ok();
-            if next.is_none() {
-                break;
+        stop = gather(db, rx, first, &mut batch, &mut waiting);
+        // Too soon after the last sync: sleep out the interval (a sleeping
+        // thread costs its writers no wake-up), then take what came
+        // meanwhile.
+        let rest = last_sync.and_then(|at| (at + interval).checked_duration_since(Instant::now()));
+        let room = stop.is_none() && waiting.len() < MAX_BATCH;
+        if let Some(rest) = rest.filter(|rest| room && !rest.is_zero()) {
+            std::thread::sleep(rest);
+            if let Ok(more) = rx.try_recv() {
+                stop = gather(db, rx, more, &mut batch, &mut waiting);
             }
         }
         if waiting.is_empty() {
@@ -180,6 +159,31 @@ fn run(
         }
     }
     stop
+}
+
+/// Folds `first` and whatever else is queued, up to [`MAX_BATCH`] write
+/// sets, into `batch`; returns a stop met on the way, which ends the fold.
+fn gather(
+    db: &DB,
+    rx: &mpsc::Receiver<Command>,
+    first: Command,
+    batch: &mut WriteBatch,
+    waiting: &mut Vec<Reply>,
+) -> Option<oneshot::Sender<()>> {
+    let mut next = Some(first);
+    while let Some(command) = next.take() {
+        match command {
+            Command::Commit(writes, reply) => {
+                add(db, batch, writes);
+                waiting.push(reply);
+            }
+            Command::Stop(reply) => return Some(reply),
+        }
+        if waiting.len() < MAX_BATCH {
+            next = rx.try_recv().ok();
+        }
+    }
+    None
 }
 
 pub(super) fn add(db: &DB, batch: &mut WriteBatch, writes: WriteSet) {
