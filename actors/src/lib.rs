@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! node (tidings-node: HTTP + WebSocket front end)
-//! ├── Router                      one per node; every entity request passes through it
+//! ├── Router                      one per node; starts entity actors and stops idle ones
+//! │                               (a request for a live one goes straight to it)
 //! │   ├── ConversationActor × n   started on demand from storage, stopped when idle;
 //! │   │                           owns one conversation's version counter and log
 //! │   └── UserActor × n           started on demand from storage, stopped when idle;
@@ -27,7 +28,8 @@
 //! The router supervises the entity actors: an actor that fails is dropped
 //! from the router's table and restarts from storage on the next request.
 //! A write flows: connection → [`service`] (in a cluster, forwarded to the
-//! node leading the entity's shard) → router → conversation actor (check,
+//! node leading the entity's shard) → conversation actor, found in the
+//! router's table or started by the router (check,
 //! next version, durable commit — in a cluster through the shard's Raft
 //! group, see [`replication`] — ack) → the outbound queue of each member's
 //! devices, found in the [`directory`], each user's fan-out list, where
@@ -67,15 +69,17 @@ pub use metrics::Metrics;
 pub use service::Service;
 pub use storage::{Storage, StorageError, StorageOptions};
 
-/// Starts the node's router over `storage`, delivering through `directory`.
-/// Send it [`RouterMsg::Serve`] before any request: entities reach each
-/// other through that service.
+/// Starts the node's router over `storage`, delivering through `directory`;
+/// returns the routes to its entity actors. Send the router
+/// [`RouterMsg::Serve`] before any request: entities reach each other
+/// through that service.
 pub async fn start_router(
     storage: Storage,
     config: EntityConfig,
     metrics: Arc<Metrics>,
     directory: directory::Directory,
-) -> Result<(ActorRef<RouterMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
+) -> Result<(router::Routes, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
+    let live = Arc::new(router::Live::default());
     let (router, task) = Actor::spawn(
         None,
         router::Router,
@@ -84,10 +88,11 @@ pub async fn start_router(
             config,
             metrics,
             directory,
+            live: live.clone(),
         },
     )
     .await?;
-    Ok((router, task))
+    Ok((router::Routes::new(router, live), task))
 }
 
 /// Wakes every conversation of `shard` (of every shard if `None`) whose

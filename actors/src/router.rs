@@ -1,10 +1,14 @@
-//! The router: one per node. Every request for an entity passes through it.
+//! The router: one per node. It starts each entity's actor (from storage)
+//! and stops it when idle.
 //!
-//! It finds the entity's actor or starts it from storage, and forwards the
-//! request. It counts what it forwards to each actor, so that an actor that
-//! reports itself idle is stopped only when nothing is in flight to it: the
-//! stop request then queues behind everything already sent, and no request
-//! is ever dropped with a stopping actor.
+//! The table of live actors, [`Routes`], is shared: a request for an entity
+//! whose actor is live goes straight to that actor's mailbox, and only a
+//! request for an entity with no live actor passes through the router, which
+//! starts one. The table counts what is sent to each actor, so that an actor
+//! that reports itself idle is stopped only when nothing is in flight to it:
+//! the count is raised under the table's read lock and checked under its
+//! write lock, and the stop request then queues behind everything already
+//! sent, so no request is ever dropped with a stopping actor.
 //!
 //! Entities map to shards ([`crate::shard`]). On a single node every shard
 //! is local; in a cluster, [`crate::service`] sends here only requests for
@@ -13,7 +17,8 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tidings_protocol::{ConvId, ServerFrame, UserId};
@@ -37,11 +42,14 @@ pub struct RouterArgs {
     /// Where fan-out finds devices: in a cluster, one that reaches the
     /// other nodes too.
     pub directory: Directory,
+    /// The table of live actors, shared with [`Routes`].
+    pub live: Arc<Live>,
 }
 
 struct Slot<M> {
     actor: ActorRef<M>,
-    forwarded: u64,
+    /// Messages sent to the actor (ticks and the stop request aside).
+    forwarded: AtomicU64,
 }
 
 /// The live entity actors of one kind.
@@ -56,36 +64,34 @@ impl<Id: Eq + Hash + Clone, M: ractor::Message> Slots<Id, M> {
         }
     }
 
-    /// Forwards to a live actor; hands the message back if there is none.
-    fn forward(&mut self, id: &Id, message: M) -> Result<(), M> {
-        let Some(slot) = self.live.get_mut(id) else {
+    /// Sends to a live actor (under the read lock); hands the message back
+    /// if there is none, or it has stopped.
+    fn send(&self, id: &Id, message: M) -> Result<(), M> {
+        let Some(slot) = self.live.get(id) else {
             return Err(message);
         };
         match slot.actor.send_message(message) {
             Ok(()) => {
-                slot.forwarded += 1;
+                slot.forwarded.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Err(err) => {
-                // The actor died on its own (a crash): start a fresh one.
-                self.live.remove(id);
-                match err {
-                    ractor::MessagingErr::SendErr(message) => Err(message),
-                    _ => unreachable!("send_message only fails with SendErr"),
-                }
-            }
+            Err(ractor::MessagingErr::SendErr(message)) => Err(message),
+            Err(_) => unreachable!("send_message only fails with SendErr"),
         }
     }
 
+    /// Puts a freshly started actor in the table (replacing one that
+    /// stopped on its own) and sends it its first message.
     fn insert(&mut self, id: Id, actor: ActorRef<M>, message: M) {
         let forwarded = u64::from(actor.send_message(message).is_ok());
+        let forwarded = AtomicU64::new(forwarded);
         self.live.insert(id, Slot { actor, forwarded });
     }
 
-    /// Stops the actor if it has handled all that was forwarded to it.
+    /// Stops the actor if it has handled all that was sent to it.
     fn retire(&mut self, id: &Id, handled: u64, shutdown: M) -> Option<ActorId> {
         let slot = self.live.get(id)?;
-        if slot.forwarded != handled {
+        if slot.forwarded.load(Ordering::Relaxed) != handled {
             return None;
         }
         let slot = self.live.remove(id)?;
@@ -100,9 +106,70 @@ impl<Id: Eq + Hash + Clone, M: ractor::Message> Slots<Id, M> {
     }
 }
 
+/// Every live entity actor of the node.
+pub struct Live {
+    convs: RwLock<Slots<ConvId, ConvMsg>>,
+    users: RwLock<Slots<UserId, UserMsg>>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            convs: RwLock::new(Slots::new()),
+            users: RwLock::new(Slots::new()),
+        }
+    }
+}
+
+/// How requests reach entity actors: straight to a live one, else through
+/// the router, which starts it.
+#[derive(Clone)]
+pub struct Routes {
+    router: ActorRef<RouterMsg>,
+    live: Arc<Live>,
+}
+
+impl Routes {
+    pub(crate) fn new(router: ActorRef<RouterMsg>, live: Arc<Live>) -> Routes {
+        Routes { router, live }
+    }
+
+    /// The router itself.
+    pub fn router(&self) -> &ActorRef<RouterMsg> {
+        &self.router
+    }
+
+    /// Sends `message` to the conversation's actor.
+    pub fn conv(&self, id: &ConvId, message: ConvMsg) {
+        let sent = read(&self.live.convs).send(id, message);
+        if let Err(message) = sent {
+            let _ = self.router.cast(RouterMsg::Conv(id.clone(), message));
+        }
+    }
+
+    /// Sends `message` to the user's actor.
+    pub fn user(&self, id: &UserId, message: UserMsg) {
+        let sent = read(&self.live.users).send(id, message);
+        if let Err(message) = sent {
+            let _ = self.router.cast(RouterMsg::User(id.clone(), message));
+        }
+    }
+}
+
+/// The table is left consistent at every step, so a panic elsewhere while
+/// it was held does not make it unusable.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub struct RouterState {
-    convs: Slots<ConvId, ConvMsg>,
-    users: Slots<UserId, UserMsg>,
+    live: Arc<Live>,
     by_actor: HashMap<ActorId, EntityKey>,
     directory: Directory,
     storage: Storage,
@@ -125,7 +192,9 @@ impl RouterState {
     }
 
     async fn to_conv(&mut self, myself: &ActorRef<RouterMsg>, id: ConvId, message: ConvMsg) {
-        let Err(message) = self.convs.forward(&id, message) else {
+        // Started since the request was sent here, or stopped on its own
+        // (a crash: a fresh one starts).
+        let Err(message) = read(&self.live.convs).send(&id, message) else {
             return;
         };
         let args = self.args(myself, id.clone());
@@ -133,7 +202,7 @@ impl RouterState {
             Ok((actor, _)) => {
                 self.by_actor
                     .insert(actor.get_id(), EntityKey::Conv(id.clone()));
-                self.convs.insert(id, actor, message);
+                write(&self.live.convs).insert(id, actor, message);
             }
             // Dropping the message drops its reply port: the caller sees
             // the entity as unavailable and may retry.
@@ -142,7 +211,7 @@ impl RouterState {
     }
 
     async fn to_user(&mut self, myself: &ActorRef<RouterMsg>, id: UserId, message: UserMsg) {
-        let Err(message) = self.users.forward(&id, message) else {
+        let Err(message) = read(&self.live.users).send(&id, message) else {
             return;
         };
         let args = self.args(myself, id.clone());
@@ -150,7 +219,7 @@ impl RouterState {
             Ok((actor, _)) => {
                 self.by_actor
                     .insert(actor.get_id(), EntityKey::User(id.clone()));
-                self.users.insert(id, actor, message);
+                write(&self.live.users).insert(id, actor, message);
             }
             Err(err) => tracing::error!(user = %id, error = %err, "user failed to start"),
         }
@@ -170,8 +239,7 @@ impl Actor for Router {
         // Stops by itself once the router has stopped.
         myself.send_interval(tick_every(args.config.idle_after), || RouterMsg::Tick);
         Ok(RouterState {
-            convs: Slots::new(),
-            users: Slots::new(),
+            live: args.live,
             by_actor: HashMap::new(),
             directory: args.directory,
             storage: args.storage,
@@ -192,8 +260,12 @@ impl Actor for Router {
             RouterMsg::User(id, message) => state.to_user(&myself, id, message).await,
             RouterMsg::Idle { key, handled } => {
                 let retired = match &key {
-                    EntityKey::Conv(id) => state.convs.retire(id, handled, ConvMsg::Shutdown),
-                    EntityKey::User(id) => state.users.retire(id, handled, UserMsg::Shutdown),
+                    EntityKey::Conv(id) => {
+                        write(&state.live.convs).retire(id, handled, ConvMsg::Shutdown)
+                    }
+                    EntityKey::User(id) => {
+                        write(&state.live.users).retire(id, handled, UserMsg::Shutdown)
+                    }
                 };
                 if let Some(actor) = retired {
                     state.by_actor.remove(&actor);
@@ -203,20 +275,22 @@ impl Actor for Router {
             RouterMsg::Tick => {
                 // Not counted as forwarded: ticks are not requests, and an
                 // actor does not count them as handled either.
-                for slot in state.convs.live.values() {
+                for slot in read(&state.live.convs).live.values() {
                     let _ = slot.actor.send_message(ConvMsg::Tick);
                 }
-                for slot in state.users.live.values() {
+                for slot in read(&state.live.users).live.values() {
                     let _ = slot.actor.send_message(UserMsg::Tick);
                 }
             }
             RouterMsg::Census { reply } => {
-                let _ = reply.send((state.convs.live.len(), state.users.live.len()));
+                let convs = read(&state.live.convs).live.len();
+                let users = read(&state.live.users).live.len();
+                let _ = reply.send((convs, users));
             }
             RouterMsg::ShardLost(shard) => {
                 // Stopped at once: requests already queued to them fail and
                 // are retried by their clients on the new leader.
-                for (conv, slot) in &state.convs.live {
+                for (conv, slot) in &read(&state.live.convs).live {
                     if shard_of(conv.as_str()) == shard {
                         slot.actor.stop(Some("shard leadership lost".into()));
                     }
@@ -251,8 +325,8 @@ impl Actor for Router {
                 tracing::error!(?key, error = %err, "entity actor failed; it restarts from storage on the next request");
             }
             match key {
-                EntityKey::Conv(conv) => state.convs.remove_actor(&conv, id),
-                EntityKey::User(user) => state.users.remove_actor(&user, id),
+                EntityKey::Conv(conv) => write(&state.live.convs).remove_actor(&conv, id),
+                EntityKey::User(user) => write(&state.live.users).remove_actor(&user, id),
             }
         }
         Ok(())

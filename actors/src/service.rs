@@ -1,12 +1,13 @@
-//! The operations a user or a backend can ask for, on top of the router.
+//! The operations a user or a backend can ask for, on top of the entity
+//! actors.
 //!
 //! WebSocket connections and HTTP handlers both call these, so the two
 //! front ends behave the same. Every failure comes back as a client-safe
 //! [`ErrorFrame`].
 //!
 //! Each operation becomes an [`forward::Op`] on one entity. On a single node
-//! it goes to the local router. In a cluster it goes where the entity's
-//! shard is led: the local router if this node leads it, else the leader's
+//! it goes to the entity's actor here ([`Routes`]). In a cluster it goes
+//! where the entity's shard is led: here if this node leads it, else the leader's
 //! peer actor ([`forward`]). While a shard has no reachable leader the
 //! service asks again until the call timeout, and answers `unavailable`.
 
@@ -14,8 +15,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use ractor::rpc::CallResult;
-use ractor::{ActorRef, RpcReplyPort};
 use rand::distr::{Alphanumeric, SampleString};
 use tidings_protocol::frames::{
     validate_limit, validate_members, validate_title, ConvSummary, PresenceInfo, SyncedConv,
@@ -27,21 +26,24 @@ use tidings_protocol::{
 };
 
 use crate::directory::{Directory, Subscription};
-use crate::messages::{Ack, ConvMsg, Created, HistoryPage, Page, Reply, RouterMsg, UserMsg};
+use crate::messages::{Ack, ConvMsg, Created, HistoryPage, Page, Reply, UserMsg};
 use crate::outbound::Outbound;
 use crate::replication::{Replicator, Route};
+use crate::router::Routes;
 use crate::storage::records::IndexEntry;
+use tokio::sync::oneshot;
+
 use forward::{forward, Answer, ConvOp, Forwarded, Op, Outcome, UserOp};
 
 pub mod forward;
 
 type Result<T> = std::result::Result<T, ErrorFrame>;
 
-/// A handle on the node's router and, in a cluster, on where each shard is
-/// led; cheap to clone.
+/// A handle on the node's entity actors and, in a cluster, on where each
+/// shard is led; cheap to clone.
 #[derive(Clone)]
 pub struct Service {
-    router: ActorRef<RouterMsg>,
+    routes: Routes,
     directory: Directory,
     timeout: Duration,
     replicator: Option<Replicator>,
@@ -65,9 +67,9 @@ const PRESENCE_WAIT: Duration = Duration::from_secs(2);
 const LEADER_POLL: Duration = Duration::from_millis(50);
 
 impl Service {
-    pub fn new(router: ActorRef<RouterMsg>, directory: Directory, timeout: Duration) -> Service {
+    pub fn new(routes: Routes, directory: Directory, timeout: Duration) -> Service {
         Service {
-            router,
+            routes,
             directory,
             timeout,
             replicator: None,
@@ -77,13 +79,13 @@ impl Service {
     /// A service for a node in a cluster: requests go to the node that
     /// leads the entity's shard.
     pub fn clustered(
-        router: ActorRef<RouterMsg>,
+        routes: Routes,
         directory: Directory,
         timeout: Duration,
         replicator: Replicator,
     ) -> Service {
         Service {
-            router,
+            routes,
             directory,
             timeout,
             replicator: Some(replicator),
@@ -95,16 +97,12 @@ impl Service {
         self.timeout
     }
 
-    async fn call<T: Send + 'static>(
-        &self,
-        build: impl FnOnce(RpcReplyPort<T>) -> RouterMsg,
-    ) -> Result<T> {
-        match self.router.call(build, Some(self.timeout)).await {
-            Ok(CallResult::Success(value)) => Ok(value),
-            Ok(CallResult::Timeout) => Err(unavailable("the request timed out; retry")),
-            Ok(CallResult::SenderError) | Err(_) => {
-                Err(unavailable("the request could not be served; retry"))
-            }
+    /// Waits for an entity's answer, up to the call timeout.
+    async fn answer<T>(&self, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Err(_) => Err(unavailable("the request timed out; retry")),
+            Ok(Err(_)) => Err(unavailable("the request could not be served; retry")),
         }
     }
 
@@ -113,8 +111,9 @@ impl Service {
         conv: &ConvId,
         build: impl FnOnce(Reply<T>) -> ConvMsg,
     ) -> Result<T> {
-        self.call(|reply| RouterMsg::Conv(conv.clone(), build(reply)))
-            .await?
+        let (reply, answer) = oneshot::channel();
+        self.routes.conv(conv, build(reply.into()));
+        self.answer(answer).await
     }
 
     async fn user<T: Send + 'static>(
@@ -122,8 +121,9 @@ impl Service {
         user: &UserId,
         build: impl FnOnce(Reply<T>) -> UserMsg,
     ) -> Result<T> {
-        self.call(|reply| RouterMsg::User(user.clone(), build(reply)))
-            .await?
+        let (reply, answer) = oneshot::channel();
+        self.routes.user(user, build(reply.into()));
+        self.answer(answer).await
     }
 
     /// Runs `op` where its shard is led: here, or forwarded to the leader.
@@ -266,9 +266,7 @@ impl Service {
                     .await
                     .map(Answer::Synced),
                 ConvOp::Typing { by } => {
-                    let _ = self
-                        .router
-                        .cast(RouterMsg::Conv(conv, ConvMsg::Typing { by }));
+                    self.routes.conv(&conv, ConvMsg::Typing { by });
                     Ok(Answer::Done)
                 }
             },
@@ -584,10 +582,7 @@ impl Service {
     pub fn typing(&self, by: &UserId, conv: &ConvId) {
         let op = Op::Conv(conv.clone(), ConvOp::Typing { by: by.clone() });
         if self.replicator.is_none() {
-            let _ = self.router.cast(RouterMsg::Conv(
-                conv.clone(),
-                ConvMsg::Typing { by: by.clone() },
-            ));
+            self.routes.conv(conv, ConvMsg::Typing { by: by.clone() });
         } else {
             // Best effort, like typing itself: off the connection's path.
             let service = self.clone();

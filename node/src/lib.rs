@@ -115,7 +115,7 @@ impl Node {
             cluster.as_ref().map(|c| c.peers().clone()),
             metrics.users_online.clone(),
         );
-        let (router, router_task) = tidings_actors::start_router(
+        let (routes, router_task) = tidings_actors::start_router(
             storage.clone(),
             entity,
             metrics.clone(),
@@ -123,11 +123,9 @@ impl Node {
         )
         .await
         .context("starting the router")?;
+        let router = routes.router().clone();
         let (service, replicator) = match &cluster {
-            None => (
-                Service::new(router.clone(), directory, config.call_timeout),
-                None,
-            ),
+            None => (Service::new(routes, directory, config.call_timeout), None),
             Some(cluster) => {
                 if config.replicas > config.cluster_nodes() {
                     tracing::warn!(
@@ -152,12 +150,8 @@ impl Node {
                 .await
                 .context("starting the shard groups")?;
                 storage.replicate_through(Arc::new(replicator.clone()));
-                let service = Service::clustered(
-                    router.clone(),
-                    directory,
-                    config.call_timeout,
-                    replicator.clone(),
-                );
+                let service =
+                    Service::clustered(routes, directory, config.call_timeout, replicator.clone());
                 (service, Some(replicator))
             }
         };

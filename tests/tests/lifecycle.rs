@@ -112,6 +112,50 @@ async fn a_connected_users_actor_stops_when_idle_and_her_devices_still_get_every
     .await;
 }
 
+/// Requests reach a live actor straight from the connection, and only the
+/// first after a stop goes through the router, which starts the actor
+/// again. Senders pause for longer than the idle period now and then, so
+/// the conversation stops and starts again (a dozen times in a run) while
+/// others are sending: every send must still be acked once, by one actor
+/// at a time, with versions that follow on.
+#[tokio::test]
+async fn no_request_is_lost_while_idle_actors_stop_and_start() {
+    let node = TestNode::start_with(|c| c.entity_idle = Duration::from_millis(10)).await;
+    let members = ["alice", "bob", "carol", "dave"];
+    let mut creator = node.connect("alice").await;
+    let conv = creator.create(&members[1..]).await;
+    const SENDS: u64 = 100;
+    let mut senders = Vec::new();
+    for (k, member) in members.into_iter().enumerate() {
+        let mut ws = node.connect(member).await;
+        let conv = conv.clone();
+        senders.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
+            for i in 0..SENDS {
+                let frame = json!({"type":"send","conv":conv,"body":format!("{member} {i}")});
+                let ack = ws.ok(frame, "ack").await;
+                versions.push(ack["version"].as_u64().expect("a version"));
+                // Pacing, not waiting for a condition: gaps of 0 to 24 ms,
+                // different for each sender, some longer than the idle time.
+                let gap = (i * 7 + k as u64 * 5) % 25;
+                tokio::time::sleep(Duration::from_millis(gap)).await;
+            }
+            versions
+        }));
+    }
+    let mut versions = Vec::new();
+    for sender in senders {
+        versions.extend(sender.await.unwrap());
+    }
+    versions.sort_unstable();
+    let expected: Vec<u64> = (2..2 + SENDS * members.len() as u64).collect();
+    assert_eq!(
+        versions, expected,
+        "every send acked once, with its own version"
+    );
+    creator.event(&conv, 1 + SENDS * members.len() as u64).await;
+}
+
 /// A conversation committed with its outbox, whose members' indexes were
 /// never written (the node died in between), as storage holds it.
 async fn seed_unindexed_conversation(dir: &std::path::Path, conv: &str) {
