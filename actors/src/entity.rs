@@ -44,8 +44,9 @@ pub struct EntityArgs<Id> {
     pub service: Option<Service>,
 }
 
-/// Counts the router's messages and tells the router when the entity has
-/// been idle, so the router can stop it without dropping anything in flight.
+/// Counts the requests handled (each counted in the router's table when
+/// sent) and tells the router when the entity has been idle, so the router
+/// can stop it without dropping anything in flight.
 pub struct IdleClock {
     key: EntityKey,
     handled: u64,
@@ -65,7 +66,7 @@ impl IdleClock {
         }
     }
 
-    /// A message from the router was handled.
+    /// A request was handled.
     pub fn handled(&mut self) {
         self.handled += 1;
         self.last_active = Instant::now();

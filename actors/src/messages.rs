@@ -9,7 +9,6 @@ use tidings_protocol::{Cmid, ConvId, ErrorFrame, Event, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::service::Service;
-use crate::shard::ShardId;
 use crate::storage::records::IndexEntry;
 
 /// A reply that is either what was asked or a client-safe error.
@@ -149,7 +148,8 @@ pub enum EntityKey {
     User(UserId),
 }
 
-/// What the router is asked. Every request for an entity goes through it.
+/// What the router is asked. A request for an entity comes here only when
+/// the entity has no live actor ([`crate::router::Routes`]).
 #[derive(RactorMessage)]
 pub enum RouterMsg {
     Conv(ConvId, ConvMsg),
@@ -166,9 +166,6 @@ pub enum RouterMsg {
     Census {
         reply: RpcReplyPort<(usize, usize)>,
     },
-    /// In a cluster: this node no longer leads the shard, or leads it
-    /// anew; stop its conversation actors, whose counters may be stale.
-    ShardLost(ShardId),
     /// In a cluster: an encoded [`crate::directory::Delivery`] from
     /// another node, for the devices here.
     Deliver(Vec<u8>),

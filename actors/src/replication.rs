@@ -12,8 +12,8 @@
 //! The shard's leader hosts the shard's entity actors. [`Replicator::route`]
 //! says, per shard, whether this node may serve it (it leads, and has
 //! applied everything committed before its term) or which node to forward
-//! to. When a node stops leading a shard, the router stops that shard's
-//! conversation actors, so that none keeps a version counter that another
+//! to. When a node stops leading a shard, that shard's conversation actors
+//! are stopped ([`Routes::shard_lost`]), so that none keeps a version counter that another
 //! leader has moved on from.
 //!
 //! The groups form once every node in `--join` is linked: the node names,
@@ -51,6 +51,7 @@ use crate::cluster::peer::PeerMsg;
 use crate::cluster::{Agreement, Peers};
 use crate::codec;
 use crate::messages::RouterMsg;
+use crate::router::Routes;
 use crate::shard::{ShardId, SHARDS};
 use crate::storage::{keys, Cf, ReplicatedLog, Storage, StorageError, WriteSet};
 use network::{Network, RaftRequest, RaftResponse};
@@ -173,14 +174,15 @@ struct Inner {
     /// within this long: no other leader can have been elected since.
     lease: Duration,
     peers: Peers,
-    router: ActorRef<RouterMsg>,
+    routes: Routes,
     timeout: Duration,
 }
 
 impl Replicator {
     /// Opens every shard's group from `storage`, then forms the groups
     /// once the `expected` other nodes are linked, with `replicas` copies of
-    /// each shard, and tells `router` when this node stops leading a shard.
+    /// each shard, and stops a shard's actors in `routes` when this node
+    /// stops leading it.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         node: String,
@@ -188,7 +190,7 @@ impl Replicator {
         peers: Peers,
         expected: usize,
         replicas: usize,
-        router: ActorRef<RouterMsg>,
+        routes: Routes,
         settings: RaftSettings,
         timeout: Duration,
     ) -> Result<Replicator, ReplicationError> {
@@ -243,7 +245,7 @@ impl Replicator {
                 lease: settings.election_min,
                 rafts,
                 peers,
-                router: router.clone(),
+                routes: routes.clone(),
                 timeout,
             }),
         };
@@ -254,10 +256,11 @@ impl Replicator {
             tokio::spawn(watch_leadership(
                 replicator.inner.rafts[shard as usize].clone(),
                 ShardId(shard),
-                router.clone(),
+                routes.clone(),
             ));
         }
         tokio::spawn(replicator.clone().form(expected));
+        let router = routes.router().clone();
         tokio::spawn(resync_on_loss(replicator.inner.peers.losses(), router));
         Ok(replicator)
     }
@@ -459,12 +462,13 @@ impl Replicator {
             return match tokio::time::timeout(self.inner.timeout, confirm).await {
                 Ok(Some(_)) => {
                     // Actors of an earlier term, or loaded before an
-                    // unconfirmed entry was applied, go first: the router
-                    // handles this before any request routed from now on.
-                    let _ = self.inner.router.cast(RouterMsg::ShardLost(shard));
+                    // unconfirmed entry was applied, go first: they are out
+                    // of the table before any request is routed here.
+                    self.inner.routes.shard_lost(shard);
                     // Index changes an earlier leader left owing.
+                    let router = self.inner.routes.router();
                     if let Err(err) =
-                        crate::settle_outboxes(&self.inner.router, &self.inner.storage, Some(shard))
+                        crate::settle_outboxes(router, &self.inner.storage, Some(shard))
                     {
                         tracing::error!(shard = shard.0, error = %err, "reading outboxes failed");
                     }
@@ -615,9 +619,9 @@ async fn resync_on_loss(
     }
 }
 
-/// Tells the router whenever this node stops leading `shard` (or leads it
-/// again in a new term, which it may have missed the end of).
-async fn watch_leadership(raft: ShardRaft, shard: ShardId, router: ActorRef<RouterMsg>) {
+/// Stops the shard's actors whenever this node stops leading `shard` (or
+/// leads it again in a new term, which it may have missed the end of).
+async fn watch_leadership(raft: ShardRaft, shard: ShardId, routes: Routes) {
     let mut metrics = raft.metrics();
     let mut led: Option<u64> = None;
     loop {
@@ -628,7 +632,7 @@ async fn watch_leadership(raft: ShardRaft, shard: ShardId, router: ActorRef<Rout
         let leads = (state == ServerState::Leader).then_some(term);
         if led.is_some() && leads != led {
             tracing::info!(shard = shard.0, "no longer leading the shard");
-            let _ = router.cast(RouterMsg::ShardLost(shard));
+            routes.shard_lost(shard);
         }
         led = leads;
         if metrics.changed().await.is_err() {

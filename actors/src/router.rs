@@ -12,8 +12,9 @@
 //!
 //! Entities map to shards ([`crate::shard`]). On a single node every shard
 //! is local; in a cluster, [`crate::service`] sends here only requests for
-//! shards this node leads, and the router stops a shard's conversation
-//! actors when the node stops leading it.
+//! shards this node leads, and a shard's conversation actors are stopped
+//! and taken out of the table when the node stops leading it
+//! ([`Routes::shard_lost`]).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -29,7 +30,7 @@ use crate::entity::{tick_every, EntityArgs, EntityConfig};
 use crate::messages::{ConvMsg, EntityKey, RouterMsg, UserMsg};
 use crate::metrics::Metrics;
 use crate::service::Service;
-use crate::shard::shard_of;
+use crate::shard::{shard_of, ShardId};
 use crate::storage::Storage;
 use crate::user::UserActor;
 
@@ -112,6 +113,22 @@ pub struct Live {
     users: RwLock<Slots<UserId, UserMsg>>,
 }
 
+impl Live {
+    /// Stops every conversation actor of `shard` at once and takes it out
+    /// of the table before returning, so the next request starts a fresh
+    /// one from storage; requests queued to the old ones fail, and their
+    /// clients retry.
+    fn stop_shard(&self, shard: ShardId) {
+        write(&self.convs).live.retain(|conv, slot| {
+            let keep = shard_of(conv.as_str()) != shard;
+            if !keep {
+                slot.actor.stop(Some("shard leadership lost".into()));
+            }
+            keep
+        });
+    }
+}
+
 impl Default for Live {
     fn default() -> Self {
         Live {
@@ -145,6 +162,13 @@ impl Routes {
         if let Err(message) = sent {
             let _ = self.router.cast(RouterMsg::Conv(id.clone(), message));
         }
+    }
+
+    /// In a cluster: this node no longer leads `shard`, or leads it anew;
+    /// its conversation actors, whose counters may be stale, are stopped
+    /// and gone from the table when this returns.
+    pub fn shard_lost(&self, shard: ShardId) {
+        self.live.stop_shard(shard);
     }
 
     /// Sends `message` to the user's actor.
@@ -286,15 +310,6 @@ impl Actor for Router {
                 let convs = read(&state.live.convs).live.len();
                 let users = read(&state.live.users).live.len();
                 let _ = reply.send((convs, users));
-            }
-            RouterMsg::ShardLost(shard) => {
-                // Stopped at once: requests already queued to them fail and
-                // are retried by their clients on the new leader.
-                for (conv, slot) in &read(&state.live.convs).live {
-                    if shard_of(conv.as_str()) == shard {
-                        slot.actor.stop(Some("shard leadership lost".into()));
-                    }
-                }
             }
             RouterMsg::Deliver(bytes) => {
                 state.directory.deliver_from_peer(&bytes, &state.metrics);

@@ -140,7 +140,7 @@ impl Node {
                     cluster.peers().clone(),
                     cluster.expected_peers(),
                     config.replicas,
-                    router.clone(),
+                    routes.clone(),
                     RaftSettings {
                         snapshot_every: config.snapshot_every,
                         ..RaftSettings::default()
