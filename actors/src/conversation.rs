@@ -71,7 +71,7 @@ impl Actor for ConversationActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<ConvMsg>,
+        myself: ActorRef<ConvMsg>,
         args: EntityArgs<ConvId>,
     ) -> std::result::Result<Conversation, ActorProcessingErr> {
         let mut meta: Option<ConvMeta> = args
@@ -95,7 +95,8 @@ impl Actor for ConversationActor {
             .as_ref()
             .map(|m| Arc::from(m.members.clone()))
             .unwrap_or_else(|| Arc::from(Vec::new()));
-        let idle = IdleClock::new(EntityKey::Conv(args.id.clone()), args.config.idle_after);
+        let key = EntityKey::Conv(args.id.clone());
+        let idle = IdleClock::new(key, myself.get_id(), args.config.idle_after);
         args.metrics.entity_gauge("conversation").inc();
         Ok(Conversation {
             shard: shard_of(args.id.as_str()),

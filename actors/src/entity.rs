@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ractor::ActorRef;
+use ractor::{ActorId, ActorRef};
 
 use crate::directory::Directory;
 use crate::messages::{EntityKey, RouterMsg};
@@ -49,6 +49,7 @@ pub struct EntityArgs<Id> {
 /// can stop it without dropping anything in flight.
 pub struct IdleClock {
     key: EntityKey,
+    actor: ActorId,
     handled: u64,
     reported: u64,
     last_active: Instant,
@@ -56,9 +57,10 @@ pub struct IdleClock {
 }
 
 impl IdleClock {
-    pub fn new(key: EntityKey, idle_after: Duration) -> IdleClock {
+    pub fn new(key: EntityKey, actor: ActorId, idle_after: Duration) -> IdleClock {
         IdleClock {
             key,
+            actor,
             handled: 0,
             reported: u64::MAX,
             last_active: Instant::now(),
@@ -81,6 +83,7 @@ impl IdleClock {
         self.reported = self.handled;
         let _ = router.cast(RouterMsg::Idle {
             key: self.key.clone(),
+            actor: self.actor,
             handled: self.handled,
         });
     }

@@ -1,7 +1,7 @@
 //! The messages the actors exchange. Entity actors' messages are local-only:
 //! they never cross nodes (replies carry client-safe [`ErrorFrame`]s).
 
-use ractor::RpcReplyPort;
+use ractor::{ActorId, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use tidings_protocol::frames::{ConvSummary, SyncedConv, SyncedNotifications};
 use tidings_protocol::{Cmid, ConvId, ErrorFrame, Event, UserId};
@@ -155,8 +155,11 @@ pub enum RouterMsg {
     Conv(ConvId, ConvMsg),
     User(UserId, UserMsg),
     /// An entity actor has been idle after handling `handled` messages.
+    /// `actor` says which: a report that reaches the router after the actor
+    /// it came from was replaced (it failed) must not stop the new one.
     Idle {
         key: EntityKey,
+        actor: ActorId,
         handled: u64,
     },
     /// Time for every live entity actor to check whether it is idle (one

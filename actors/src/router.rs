@@ -89,10 +89,11 @@ impl<Id: Eq + Hash + Clone, M: ractor::Message> Slots<Id, M> {
         self.live.insert(id, Slot { actor, forwarded });
     }
 
-    /// Stops the actor if it has handled all that was sent to it.
-    fn retire(&mut self, id: &Id, handled: u64, shutdown: M) -> Option<ActorId> {
+    /// Stops `actor` if it is still the entity's live one and has handled
+    /// all that was sent to it.
+    fn retire(&mut self, id: &Id, actor: ActorId, handled: u64, shutdown: M) -> Option<ActorId> {
         let slot = self.live.get(id)?;
-        if slot.forwarded.load(Ordering::Relaxed) != handled {
+        if slot.actor.get_id() != actor || slot.forwarded.load(Ordering::Relaxed) != handled {
             return None;
         }
         let slot = self.live.remove(id)?;
@@ -282,13 +283,17 @@ impl Actor for Router {
         match message {
             RouterMsg::Conv(id, message) => state.to_conv(&myself, id, message).await,
             RouterMsg::User(id, message) => state.to_user(&myself, id, message).await,
-            RouterMsg::Idle { key, handled } => {
+            RouterMsg::Idle {
+                key,
+                actor,
+                handled,
+            } => {
                 let retired = match &key {
                     EntityKey::Conv(id) => {
-                        write(&state.live.convs).retire(id, handled, ConvMsg::Shutdown)
+                        write(&state.live.convs).retire(id, actor, handled, ConvMsg::Shutdown)
                     }
                     EntityKey::User(id) => {
-                        write(&state.live.users).retire(id, handled, UserMsg::Shutdown)
+                        write(&state.live.users).retire(id, actor, handled, UserMsg::Shutdown)
                     }
                 };
                 if let Some(actor) = retired {
@@ -345,5 +350,52 @@ impl Actor for Router {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor_cluster::RactorMessage;
+
+    #[derive(RactorMessage)]
+    struct Note;
+
+    struct Sink;
+
+    impl Actor for Sink {
+        type Msg = Note;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(&self, _: ActorRef<Note>, (): ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_live_actor_with_nothing_in_flight_is_retired() {
+        let (old, old_task) = Actor::spawn(None, Sink, ()).await.unwrap();
+        let (live, live_task) = Actor::spawn(None, Sink, ()).await.unwrap();
+        let mut slots = Slots::new();
+        slots.insert("c", live.clone(), Note);
+        assert!(slots.send(&"c", Note).is_ok(), "a live actor takes it");
+        assert!(slots.send(&"d", Note).is_err(), "no actor: handed back");
+
+        // A report from an actor the entity no longer has, though its count
+        // matches, stops nothing.
+        assert_eq!(slots.retire(&"c", old.get_id(), 2, Note), None);
+        // The live actor reported before the second message was sent.
+        assert_eq!(slots.retire(&"c", live.get_id(), 1, Note), None);
+        assert_eq!(
+            slots.retire(&"c", live.get_id(), 2, Note),
+            Some(live.get_id())
+        );
+        assert!(slots.send(&"c", Note).is_err(), "gone from the table");
+
+        for (actor, task) in [(old, old_task), (live, live_task)] {
+            actor.stop(None);
+            task.await.unwrap();
+        }
     }
 }

@@ -47,14 +47,15 @@ impl Actor for UserActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<UserMsg>,
+        myself: ActorRef<UserMsg>,
         args: EntityArgs<UserId>,
     ) -> std::result::Result<User, ActorProcessingErr> {
         let meta = args
             .storage
             .get(Cf::UserMeta, &keys::entity(args.id.as_str()))?
             .unwrap_or_default();
-        let idle = IdleClock::new(EntityKey::User(args.id.clone()), args.config.idle_after);
+        let key = EntityKey::User(args.id.clone());
+        let idle = IdleClock::new(key, myself.get_id(), args.config.idle_after);
         args.metrics.entity_gauge("user").inc();
         Ok(User {
             shard: shard_of(args.id.as_str()),
