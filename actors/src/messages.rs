@@ -165,10 +165,6 @@ pub enum RouterMsg {
     /// Time for every live entity actor to check whether it is idle (one
     /// timer per node rather than one task per actor).
     Tick,
-    /// How many entity actors are alive: (conversations, users).
-    Census {
-        reply: RpcReplyPort<(usize, usize)>,
-    },
     /// In a cluster: an encoded [`crate::directory::Delivery`] from
     /// another node, for the devices here.
     Deliver(Vec<u8>),

@@ -12,9 +12,9 @@
 //! The shard's leader hosts the shard's entity actors. [`Replicator::route`]
 //! says, per shard, whether this node may serve it (it leads, and has
 //! applied everything committed before its term) or which node to forward
-//! to. When a node stops leading a shard, that shard's conversation actors
-//! are stopped ([`Routes::shard_lost`]), so that none keeps a version counter that another
-//! leader has moved on from.
+//! to. When a node stops leading a shard, that shard's conversation
+//! actors are stopped ([`Routes::shard_lost`]), so that none keeps a
+//! version counter that another leader has moved on from.
 //!
 //! The groups form once every node in `--join` is linked: the node names,
 //! sorted, place shard `s` on the `--replicas` nodes from position `s` on

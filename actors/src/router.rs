@@ -114,22 +114,6 @@ pub struct Live {
     users: RwLock<Slots<UserId, UserMsg>>,
 }
 
-impl Live {
-    /// Stops every conversation actor of `shard` at once and takes it out
-    /// of the table before returning, so the next request starts a fresh
-    /// one from storage; requests queued to the old ones fail, and their
-    /// clients retry.
-    fn stop_shard(&self, shard: ShardId) {
-        write(&self.convs).live.retain(|conv, slot| {
-            let keep = shard_of(conv.as_str()) != shard;
-            if !keep {
-                slot.actor.stop(Some("shard leadership lost".into()));
-            }
-            keep
-        });
-    }
-}
-
 impl Default for Live {
     fn default() -> Self {
         Live {
@@ -165,19 +149,27 @@ impl Routes {
         }
     }
 
-    /// In a cluster: this node no longer leads `shard`, or leads it anew;
-    /// its conversation actors, whose counters may be stale, are stopped
-    /// and gone from the table when this returns.
-    pub fn shard_lost(&self, shard: ShardId) {
-        self.live.stop_shard(shard);
-    }
-
     /// Sends `message` to the user's actor.
     pub fn user(&self, id: &UserId, message: UserMsg) {
         let sent = read(&self.live.users).send(id, message);
         if let Err(message) = sent {
             let _ = self.router.cast(RouterMsg::User(id.clone(), message));
         }
+    }
+
+    /// In a cluster: this node no longer leads `shard`, or leads it anew.
+    /// Its conversation actors, whose counters may be stale, are stopped at
+    /// once and are gone from the table when this returns, so the next
+    /// request starts a fresh one from storage; requests queued to the old
+    /// ones fail, and their clients retry.
+    pub fn shard_lost(&self, shard: ShardId) {
+        write(&self.live.convs).live.retain(|conv, slot| {
+            let keep = shard_of(conv.as_str()) != shard;
+            if !keep {
+                slot.actor.stop(Some("shard leadership lost".into()));
+            }
+            keep
+        });
     }
 }
 
@@ -310,11 +302,6 @@ impl Actor for Router {
                 for slot in read(&state.live.users).live.values() {
                     let _ = slot.actor.send_message(UserMsg::Tick);
                 }
-            }
-            RouterMsg::Census { reply } => {
-                let convs = read(&state.live.convs).live.len();
-                let users = read(&state.live.users).live.len();
-                let _ = reply.send((convs, users));
             }
             RouterMsg::Deliver(bytes) => {
                 state.directory.deliver_from_peer(&bytes, &state.metrics);
