@@ -1,8 +1,9 @@
-//! `compare`: rooms against every target. Without `--sweep`, several runs
-//! at one rate, interleaved, as medians and the ratio of Tidings' figure to
-//! each peer's; with `--sweep`, each target's rate sweep in turn, a table of
-//! the highest rate each keeps within the bound, and the latency-versus-rate
-//! plot.
+//! `compare`: rooms against every target. By default, several runs at one
+//! rate, interleaved, as medians and the ratio of Tidings' figure to each
+//! peer's. With `--rates`, several runs of a ladder of rates, interleaved,
+//! as each target's median p99 per rate and the highest rate it keeps
+//! within the bound by most runs. With `--sweep`, each target's rate sweep
+//! once. Both draw the latency-versus-rate plot.
 
 use std::path::Path;
 
@@ -116,6 +117,92 @@ pub(crate) async fn sweeps(args: Args, plot_path: &Path) -> anyhow::Result<serde
         args.server.target = target;
         results.push(sweep::sweep(&args).await?);
     }
+    let max_rate = verdict(&args, &results, plot_path)?;
+    Ok(serde_json::json!({
+        "p99_bound_ms": args.sweep.p99_bound_ms,
+        "max_rate": max_rate,
+        "sweeps": results,
+    }))
+}
+
+/// Runs the ladder of `rates` against each target in turn, `runs` times
+/// over, so that a noisy spell falls on every target alike; prints each
+/// target's median p99 per rate and the highest rate most of its runs kept
+/// within the bound, and plots the medians to `plot_path`.
+pub(crate) async fn ladders(
+    args: Args,
+    rates: &[u64],
+    runs: usize,
+    plot_path: &Path,
+) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(runs > 0, "--runs must be at least 1");
+    anyhow::ensure!(
+        !rates.is_empty() && rates.iter().all(|&r| r > 0),
+        "--rates needs at least one rate above 0"
+    );
+    let mut all: Vec<Vec<SweepResult>> = TARGETS.iter().map(|_| Vec::new()).collect();
+    for run in 0..runs {
+        println!("run {} of {runs}", run + 1);
+        for (t, target) in TARGETS.iter().enumerate() {
+            let mut args = args.clone();
+            args.server.target = *target;
+            all[t].push(sweep::ladder(&args, rates).await?);
+        }
+    }
+    let medians: Vec<SweepResult> = all
+        .iter()
+        .filter_map(|runs| sweep::median_of(runs))
+        .collect();
+    println!(
+        "median p99 ms by offered rate, {runs} runs (in brackets: runs within p99 ≤ {} ms)",
+        args.sweep.p99_bound_ms
+    );
+    print!("  {:>8}", "msg/s");
+    for m in &medians {
+        print!(" {:>14}", format!("{:?}", m.target));
+    }
+    println!();
+    let mut sorted = rates.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    for rate in sorted {
+        print!("  {rate:>8}");
+        for (m, runs) in medians.iter().zip(&all) {
+            let p99 = m
+                .steps
+                .iter()
+                .find(|s| s.result.rate == rate)
+                .map(|s| s.result.latency.p99_ms);
+            let met = runs
+                .iter()
+                .flat_map(|r| &r.steps)
+                .filter(|s| s.result.rate == rate && s.meets)
+                .count();
+            match p99 {
+                Some(p99) => print!(" {:>14}", format!("{p99:.2} ({met}/{})", runs.len())),
+                None => print!(" {:>14}", "-"),
+            }
+        }
+        println!();
+    }
+    let max_rate = verdict(&args, &medians, plot_path)?;
+    Ok(serde_json::json!({
+        "p99_bound_ms": args.sweep.p99_bound_ms,
+        "runs": runs,
+        "rates": rates,
+        "max_rate": max_rate,
+        "medians": medians,
+        "ladders": all,
+    }))
+}
+
+/// Prints the highest rate each target kept within the bound, plots
+/// latency against rate, and returns those rates by target.
+fn verdict(
+    args: &Args,
+    results: &[SweepResult],
+    plot_path: &Path,
+) -> anyhow::Result<serde_json::Value> {
     let bound = args.sweep.p99_bound_ms;
     println!(
         "highest offered rate with p99 ≤ {bound} ms and ≥ 99% delivered, {} connections",
@@ -125,7 +212,7 @@ pub(crate) async fn sweeps(args: Args, plot_path: &Path) -> anyhow::Result<serde
         "  {:<10} {:>10} {:>10} {:>10}",
         "target", "msg/s", "p50_ms", "p99_ms"
     );
-    for result in &results {
+    for result in results {
         let best = result
             .max_rate
             .and_then(|rate| result.steps.iter().find(|s| s.result.rate == rate));
@@ -144,14 +231,11 @@ pub(crate) async fn sweeps(args: Args, plot_path: &Path) -> anyhow::Result<serde
             None => println!("  {:<10} {:>10}", format!("{:?}", result.target), "none"),
         }
     }
-    plot::latency_vs_rate(plot_path, &results)?;
+    plot::latency_vs_rate(plot_path, results)?;
     eprintln!("wrote {}", plot_path.display());
-    Ok(serde_json::json!({
-        "p99_bound_ms": bound,
-        "max_rate": results
-            .iter()
-            .map(|r| (format!("{:?}", r.target).to_lowercase(), r.max_rate.into()))
-            .collect::<serde_json::Map<_, _>>(),
-        "sweeps": results,
-    }))
+    Ok(results
+        .iter()
+        .map(|r| (format!("{:?}", r.target).to_lowercase(), r.max_rate.into()))
+        .collect::<serde_json::Map<_, _>>()
+        .into())
 }

@@ -35,7 +35,8 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Also write the result object (the `JSON` line) to this file. For
-    /// `compare --sweep` it defaults to the plot's path with `.json`.
+    /// `compare --sweep` and `--rates` it defaults to the plot's path with
+    /// `.json`.
     #[arg(long, global = true, value_name = "PATH")]
     json: Option<PathBuf>,
 }
@@ -54,16 +55,23 @@ enum Command {
     /// Catch-up: time for a device that missed X events to be synced.
     Catchup(catchup::Args),
     /// Rooms against every target, several runs interleaved, as medians and
-    /// the ratio of Tidings' figure to each peer's. With --sweep: each
-    /// target's rate sweep, and a plot of p99 and p50 latency against
-    /// offered rate, one line per server (--plot).
+    /// the ratio of Tidings' figure to each peer's. With --rates: several
+    /// runs of those rates, interleaved, as each target's median p99 per
+    /// rate and the highest rate most runs kept within --p99-bound-ms.
+    /// With --sweep: each target's rate sweep once. Both plot p99 and p50
+    /// latency against offered rate, one line per server (--plot).
     Compare {
         #[command(flatten)]
         rooms: rooms::Args,
         /// Runs per target (not with --sweep: one sweep per target).
         #[arg(long, default_value_t = 3, conflicts_with = "sweep")]
         runs: usize,
-        /// With --sweep: where to write the latency-versus-rate plot (SVG).
+        /// Measure each of these rates (msg/s, comma-separated) in every
+        /// run, in the order given, instead of the one --rate.
+        #[arg(long, value_delimiter = ',', conflicts_with = "sweep")]
+        rates: Vec<u64>,
+        /// With --sweep or --rates: where to write the latency-versus-rate
+        /// plot (SVG).
         #[arg(long, default_value = "bench/results/rooms-latency.svg")]
         plot: PathBuf,
     },
@@ -145,6 +153,15 @@ fn main() -> anyhow::Result<()> {
             Command::Compare { rooms, plot, .. } if rooms.sweep.sweep => {
                 json_path.get_or_insert_with(|| plot.with_extension("json"));
                 compare::sweeps(rooms, &plot).await?
+            }
+            Command::Compare {
+                rooms,
+                runs,
+                rates,
+                plot,
+            } if !rates.is_empty() => {
+                json_path.get_or_insert_with(|| plot.with_extension("json"));
+                compare::ladders(rooms, &rates, runs, &plot).await?
             }
             Command::Compare { rooms, runs, .. } => compare::compare(rooms, runs).await?,
             Command::Cluster {

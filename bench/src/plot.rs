@@ -147,39 +147,13 @@ fn one_two_five(low: f64, high: f64) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Latency;
-    use crate::rooms::RoomsResult;
-    use crate::sweep::Step;
+    use crate::sweep::tests::step;
     use crate::Target;
 
     fn sweep(target: Target, points: &[(u64, f64, f64)]) -> SweepResult {
         let steps = points
             .iter()
-            .map(|&(rate, p50_ms, p99_ms)| Step {
-                meets: p99_ms <= 5.0,
-                result: RoomsResult {
-                    target,
-                    connections: 400,
-                    rate,
-                    sent: rate,
-                    expected: rate * 20,
-                    delivered: rate * 20,
-                    lost: 0,
-                    delivered_per_sec: rate as f64 * 20.0,
-                    latency: Latency {
-                        p50_ms,
-                        p99_ms,
-                        p999_ms: p99_ms,
-                        max_ms: p99_ms,
-                    },
-                    send_lag_p99_ms: 1.0,
-                    server_cpu_seconds: 1.0,
-                    server_cpu_us_per_delivery: 10.0,
-                    server_peak_rss_mib: 50.0,
-                    generator_cpu_seconds: 1.0,
-                    generator_cpu_us_per_delivery: 10.0,
-                },
-            })
+            .map(|&(rate, p50_ms, p99_ms)| step(target, rate, p50_ms, p99_ms, p99_ms <= 5.0))
             .collect();
         SweepResult {
             target,

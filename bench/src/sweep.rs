@@ -99,23 +99,53 @@ pub(crate) fn next_rate(start: u64, tried: &[(u64, bool)]) -> Option<u64> {
 
 /// Sweeps rooms' rate against `args.server.target`, printing each step.
 pub(crate) async fn sweep(args: &Args) -> anyhow::Result<SweepResult> {
-    let bound = args.sweep.p99_bound_ms;
     anyhow::ensure!(
         args.sweep.sweep_steps > 0,
         "--sweep-steps must be at least 1"
     );
     println!(
-        "sweep {:?}: {} connections, {} s per step, p99 ≤ {bound} ms",
+        "sweep {:?}: {} connections, {} s per step, p99 ≤ {} ms",
         args.server.target,
         args.groups * args.members,
-        args.seconds
+        args.seconds,
+        args.sweep.p99_bound_ms
     );
+    let result = stepped(args, args.sweep.sweep_steps, |tried| {
+        next_rate(args.rate, tried)
+    })
+    .await?;
+    print_table(&result);
+    Ok(result)
+}
+
+/// Each of `rates` once, in the order given, on one set of connections:
+/// one run of `compare --rates`.
+pub(crate) async fn ladder(args: &Args, rates: &[u64]) -> anyhow::Result<SweepResult> {
+    println!(
+        "rates {:?}: {} connections, {} s per step, p99 ≤ {} ms",
+        args.server.target,
+        args.groups * args.members,
+        args.seconds,
+        args.sweep.p99_bound_ms
+    );
+    stepped(args, rates.len(), |tried| rates.get(tried.len()).copied()).await
+}
+
+/// Measures one step per rate that `next` picks from the steps so far,
+/// for at most `max_steps` steps, on one set of connections: the server
+/// is restarted only after a step that left it behind.
+async fn stepped(
+    args: &Args,
+    max_steps: usize,
+    mut next: impl FnMut(&[(u64, bool)]) -> Option<u64>,
+) -> anyhow::Result<SweepResult> {
+    let bound = args.sweep.p99_bound_ms;
     let mut live: Option<(Server, Session)> = None;
     let mut tried = Vec::new();
     let mut steps = Vec::new();
     let outcome = async {
-        while steps.len() < args.sweep.sweep_steps {
-            let Some(rate) = next_rate(args.rate, &tried) else {
+        while steps.len() < max_steps {
+            let Some(rate) = next(&tried) else {
                 break;
             };
             if live.is_none() {
@@ -139,12 +169,7 @@ pub(crate) async fn sweep(args: &Args) -> anyhow::Result<SweepResult> {
                 meets: meets(&result, args.seconds, bound),
                 result,
             };
-            println!(
-                "  step {}/{}: {}",
-                steps.len() + 1,
-                args.sweep.sweep_steps,
-                line(&step)
-            );
+            println!("  step {}/{max_steps}: {}", steps.len() + 1, line(&step));
             tried.push((rate, step.meets));
             steps.push(step);
             if !session.settle().await {
@@ -162,7 +187,7 @@ pub(crate) async fn sweep(args: &Args) -> anyhow::Result<SweepResult> {
         server.stop().await;
     }
     outcome?;
-    let result = SweepResult {
+    Ok(SweepResult {
         target: args.server.target,
         connections: args.groups * args.members,
         seconds_per_step: args.seconds,
@@ -170,9 +195,45 @@ pub(crate) async fn sweep(args: &Args) -> anyhow::Result<SweepResult> {
         max_rate: max_rate(&tried),
         bound_crossed: tried.iter().any(|t| !t.1),
         steps,
-    };
-    print_table(&result);
-    Ok(result)
+    })
+}
+
+/// Several runs of the same ladder against one server as one: at each
+/// rate, the step is the run with the median p99, and the rate meets the
+/// bound if most runs met it there. One noisy run then moves neither.
+pub(crate) fn median_of(runs: &[SweepResult]) -> Option<SweepResult> {
+    let first = runs.first()?;
+    let mut rates: Vec<u64> = runs
+        .iter()
+        .flat_map(|run| run.steps.iter().map(|s| s.result.rate))
+        .collect();
+    rates.sort_unstable();
+    rates.dedup();
+    let steps: Vec<Step> = rates
+        .into_iter()
+        .map(|rate| {
+            let mut at: Vec<&Step> = runs
+                .iter()
+                .flat_map(|run| run.steps.iter().filter(|s| s.result.rate == rate))
+                .collect();
+            at.sort_by(|a, b| a.result.latency.p99_ms.total_cmp(&b.result.latency.p99_ms));
+            let met = at.iter().filter(|s| s.meets).count();
+            Step {
+                meets: 2 * met > at.len(),
+                result: at[at.len() / 2].result.clone(),
+            }
+        })
+        .collect();
+    let tried: Vec<(u64, bool)> = steps.iter().map(|s| (s.result.rate, s.meets)).collect();
+    Some(SweepResult {
+        target: first.target,
+        connections: first.connections,
+        seconds_per_step: first.seconds_per_step,
+        p99_bound_ms: first.p99_bound_ms,
+        max_rate: max_rate(&tried),
+        bound_crossed: tried.iter().any(|t| !t.1),
+        steps,
+    })
 }
 
 /// One step as a line of text.
@@ -217,8 +278,78 @@ fn print_table(result: &SweepResult) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A step at `rate` with these latencies, 20 deliveries a message.
+    pub(crate) fn step(target: Target, rate: u64, p50_ms: f64, p99_ms: f64, meets: bool) -> Step {
+        Step {
+            meets,
+            result: RoomsResult {
+                target,
+                connections: 400,
+                rate,
+                sent: rate,
+                expected: rate * 20,
+                delivered: rate * 20,
+                lost: 0,
+                delivered_per_sec: rate as f64 * 20.0,
+                latency: Latency {
+                    p50_ms,
+                    p99_ms,
+                    p999_ms: p99_ms,
+                    max_ms: p99_ms,
+                },
+                send_lag_p99_ms: 1.0,
+                server_cpu_seconds: 1.0,
+                server_cpu_us_per_delivery: 10.0,
+                server_peak_rss_mib: 50.0,
+                generator_cpu_seconds: 1.0,
+                generator_cpu_us_per_delivery: 10.0,
+            },
+        }
+    }
+
+    /// A run of a ladder with one step per (rate, p99), meeting a 5 ms bound.
+    fn run(points: &[(u64, f64)]) -> SweepResult {
+        let steps: Vec<Step> = points
+            .iter()
+            .map(|&(rate, p99)| step(Target::Tidings, rate, p99 / 4.0, p99, p99 <= 5.0))
+            .collect();
+        let tried: Vec<(u64, bool)> = steps.iter().map(|s| (s.result.rate, s.meets)).collect();
+        SweepResult {
+            target: Target::Tidings,
+            connections: 400,
+            seconds_per_step: 1,
+            p99_bound_ms: 5.0,
+            max_rate: max_rate(&tried),
+            bound_crossed: tried.iter().any(|t| !t.1),
+            steps,
+        }
+    }
+
+    #[test]
+    fn runs_combine_by_median_and_majority() {
+        let runs = [
+            run(&[(1000, 1.0), (2000, 4.0), (3000, 9.0)]),
+            // One noisy run: breaks at 1,000 and meets at 3,000.
+            run(&[(1000, 30.0), (2000, 8.0), (3000, 4.9)]),
+            run(&[(1000, 1.2), (2000, 4.5), (3000, 12.0)]),
+        ];
+        let median = median_of(&runs).unwrap();
+        let p99: Vec<(u64, f64, bool)> = median
+            .steps
+            .iter()
+            .map(|s| (s.result.rate, s.result.latency.p99_ms, s.meets))
+            .collect();
+        assert_eq!(
+            p99,
+            [(1000, 1.2, true), (2000, 4.5, true), (3000, 9.0, false)]
+        );
+        assert_eq!(median.max_rate, Some(2000));
+        assert!(median.bound_crossed);
+        assert!(median_of(&[]).is_none());
+    }
 
     /// Runs the search against a server that keeps up up to `capacity`.
     fn search(start: u64, capacity: u64, steps: usize) -> (Vec<(u64, bool)>, Option<u64>) {
