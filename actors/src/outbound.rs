@@ -41,7 +41,8 @@ impl CloseSignal {
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if first {
-            self.notify.notify_one();
+            // Every waiter: the writer and the reader may both wait.
+            self.notify.notify_waiters();
         }
         first
     }
@@ -216,6 +217,17 @@ impl Outbound {
     pub fn is_open(&self) -> bool {
         self.shared.signal.code().is_none() && !self.shared.gone.load(Ordering::Acquire)
     }
+
+    /// Resolves once a close is asked for, with its code: the socket's
+    /// reader stops serving the client then.
+    pub fn closed(&self) -> impl Future<Output = u16> + Send + 'static {
+        closed(&self.shared)
+    }
+}
+
+fn closed(shared: &Arc<Shared>) -> impl Future<Output = u16> + Send + 'static {
+    let shared = shared.clone();
+    async move { shared.signal.closed().await }
 }
 
 impl OutboundReceiver {
@@ -268,8 +280,7 @@ impl OutboundReceiver {
     /// of the receiver, so a writer stalled on a socket can wait on it
     /// beside its write.
     pub fn closed(&self) -> impl Future<Output = u16> + Send + 'static {
-        let shared = self.shared.clone();
-        async move { shared.signal.closed().await }
+        closed(&self.shared)
     }
 }
 
@@ -316,6 +327,21 @@ pub(crate) mod tests {
         assert_eq!(rx.closed().await, CLOSE_TOO_SLOW);
         assert!(!out.push("d".into()));
         assert!(matches!(rx.next().await, Next::Close(CLOSE_TOO_SLOW)));
+    }
+
+    #[tokio::test]
+    async fn a_close_wakes_the_writer_and_the_reader_both_waiting() {
+        let (out, rx) = channel(2);
+        let writer = tokio::spawn(rx.closed());
+        let reader = tokio::spawn(out.closed());
+        // Both are waiting before the close comes.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!writer.is_finished() && !reader.is_finished());
+        out.close(CLOSE_GOING_AWAY);
+        assert_eq!(joined(writer).await, CLOSE_GOING_AWAY);
+        assert_eq!(joined(reader).await, CLOSE_GOING_AWAY);
     }
 
     #[tokio::test]

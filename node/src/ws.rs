@@ -1,8 +1,9 @@
 //! WebSocket: authenticate the upgrade, then one task reads and one writes.
-//! When the reader ends, the writer sends the close frame and stops; a
-//! writer that ends first (a slow reader closed with 1013) sends its close
-//! frame and leaves the reader to the client's close reply or, failing
-//! that, the heartbeat.
+//! When the reader ends, the writer sends the close frame and stops. When
+//! the node closes the socket first (a slow reader closed with 1013, say),
+//! the writer sends the close frame and stops, and the reader serves
+//! nothing more: it waits for the client's close reply, for at most
+//! [`CLOSE_GRACE`].
 //!
 //! The upgrade is answered here rather than by axum's `WebSocketUpgrade`,
 //! so the writer holds the socket's write half itself: it encodes each
@@ -261,6 +262,9 @@ pub enum Ended {
     HeartbeatTimeout,
     TooBig,
     Broken,
+    /// The node closed the socket, and the client's close reply did not
+    /// come within [`CLOSE_GRACE`].
+    NodeClosed,
 }
 
 impl Ended {
@@ -269,7 +273,8 @@ impl Ended {
             Ended::ClientClosed => CLOSE_NORMAL,
             Ended::Shutdown | Ended::HeartbeatTimeout => CLOSE_GOING_AWAY,
             Ended::TooBig => CLOSE_TOO_BIG,
-            Ended::Broken => CLOSE_INTERNAL,
+            // Asked for already; the first code asked is the one sent.
+            Ended::Broken | Ended::NodeClosed => CLOSE_INTERNAL,
         }
     }
 }
@@ -330,10 +335,29 @@ where
     let mut pinged = false;
     let silence = tokio::time::sleep(heartbeat.ping_after);
     tokio::pin!(silence);
+    // Once the node has closed the socket, nothing the client sends is
+    // served: its replies could not be sent.
+    let closed = outbound.closed();
+    tokio::pin!(closed);
+    let mut closing = false;
     loop {
         let next = tokio::select! {
+            // In this order: a close asked for wins over a frame read at
+            // the same time, and a client sending without pause after the
+            // close still meets the timer.
+            biased;
             () = shutdown.cancelled() => return Ended::Shutdown,
+            _ = &mut closed, if !closing => {
+                closing = true;
+                silence
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                continue;
+            }
             () = &mut silence => {
+                if closing {
+                    return Ended::NodeClosed;
+                }
                 if pinged {
                     return Ended::HeartbeatTimeout;
                 }
@@ -352,6 +376,12 @@ where
             Some(Err(_)) => return Ended::Broken,
             Some(Ok(message)) => message,
         };
+        if closing {
+            if let Message::Close(_) = message {
+                return Ended::ClientClosed;
+            }
+            continue;
+        }
         match message {
             Message::Text(text) => {
                 // Boxed: a call is a large future, and it would otherwise

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::json;
-use tidings_tests::{now_secs, token, token_with, Closed, TestNode, Ws, SECRET};
+use tidings_tests::{metric, now_secs, token, token_with, Closed, TestNode, Ws, SECRET};
 
 #[tokio::test]
 async fn bad_frames_get_bad_request_and_the_connection_stays_open() {
@@ -151,6 +151,8 @@ async fn a_client_over_its_rate_is_told_to_slow_down() {
     );
 }
 
+/// Also: once closed, the slow reader's connection serves nothing more,
+/// for its replies could not be sent.
 #[tokio::test]
 async fn a_client_that_reads_too_slowly_is_closed_with_1013_and_loses_nothing() {
     let node = TestNode::start_with(|c| {
@@ -181,7 +183,17 @@ async fn a_client_that_reads_too_slowly_is_closed_with_1013_and_loses_nothing() 
     }
     assert!(closed, "bob was never closed after {acked} events");
     println!("the slow reader was closed after {acked} events of 16 KiB");
+    // Sent after the close, before bob reads it: not served, so not in
+    // the log that the sync below counts.
+    slow.send(json!({"type":"send","conv":conv,"body":"after the close"}))
+        .await;
     assert_eq!(slow.closed().await, Closed::Code(1013));
+    // Reading the close answers it; bob's connection then ends.
+    let addr = node.addr.to_string();
+    tidings_tests::eventually("bob's connection to end", || async {
+        (metric(&addr, "tidings_connections").await == Some(1)).then_some(())
+    })
+    .await;
     // Reconnecting and syncing gets everything.
     let mut bob = node.connect("bob").await;
     let synced = bob
