@@ -198,10 +198,11 @@ async fn stepped(
     })
 }
 
-/// Several runs of the same ladder against one server as one: at each
-/// rate, the step is the run with the median p99, and the rate meets the
-/// bound if most runs met it there. One noisy run then moves neither.
-pub(crate) fn median_of(runs: &[SweepResult]) -> Option<SweepResult> {
+/// Several runs of the same ladder against one server as one, read
+/// against `p99_bound_ms`: at each rate, the step is the run with the
+/// median p99, and the rate meets the bound if most runs met it there. One
+/// noisy run then moves neither.
+pub(crate) fn median_of(runs: &[SweepResult], p99_bound_ms: f64) -> Option<SweepResult> {
     let first = runs.first()?;
     let mut rates: Vec<u64> = runs
         .iter()
@@ -212,15 +213,24 @@ pub(crate) fn median_of(runs: &[SweepResult]) -> Option<SweepResult> {
     let steps: Vec<Step> = rates
         .into_iter()
         .map(|rate| {
-            let mut at: Vec<&Step> = runs
+            let mut at: Vec<(&Step, u64)> = runs
                 .iter()
-                .flat_map(|run| run.steps.iter().filter(|s| s.result.rate == rate))
+                .flat_map(|run| {
+                    let at_rate = run.steps.iter().filter(move |s| s.result.rate == rate);
+                    at_rate.map(|s| (s, run.seconds_per_step))
+                })
                 .collect();
-            at.sort_by(|a, b| a.result.latency.p99_ms.total_cmp(&b.result.latency.p99_ms));
-            let met = at.iter().filter(|s| s.meets).count();
+            at.sort_by(|a, b| {
+                let p99 = |s: &Step| s.result.latency.p99_ms;
+                p99(a.0).total_cmp(&p99(b.0))
+            });
+            let met = at
+                .iter()
+                .filter(|(s, seconds)| meets(&s.result, *seconds, p99_bound_ms))
+                .count();
             Step {
                 meets: 2 * met > at.len(),
-                result: at[at.len() / 2].result.clone(),
+                result: at[at.len() / 2].0.result.clone(),
             }
         })
         .collect();
@@ -229,7 +239,7 @@ pub(crate) fn median_of(runs: &[SweepResult]) -> Option<SweepResult> {
         target: first.target,
         connections: first.connections,
         seconds_per_step: first.seconds_per_step,
-        p99_bound_ms: first.p99_bound_ms,
+        p99_bound_ms,
         max_rate: max_rate(&tried),
         bound_crossed: tried.iter().any(|t| !t.1),
         steps,
@@ -336,7 +346,7 @@ pub(crate) mod tests {
             run(&[(1000, 30.0), (2000, 8.0), (3000, 4.9)]),
             run(&[(1000, 1.2), (2000, 4.5), (3000, 12.0)]),
         ];
-        let median = median_of(&runs).unwrap();
+        let median = median_of(&runs, 5.0).unwrap();
         let p99: Vec<(u64, f64, bool)> = median
             .steps
             .iter()
@@ -348,7 +358,11 @@ pub(crate) mod tests {
         );
         assert_eq!(median.max_rate, Some(2000));
         assert!(median.bound_crossed);
-        assert!(median_of(&[]).is_none());
+        // The same runs against another bound: each run is judged again.
+        let loose = median_of(&runs, 10.0).unwrap();
+        assert_eq!(loose.max_rate, Some(3000));
+        assert!(!loose.bound_crossed);
+        assert!(median_of(&[], 5.0).is_none());
     }
 
     /// Runs the search against a server that keeps up up to `capacity`.
