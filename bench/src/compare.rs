@@ -140,6 +140,13 @@ pub(crate) async fn ladders(
         !rates.is_empty() && rates.iter().all(|&r| r > 0),
         "--rates needs at least one rate above 0"
     );
+    let mut distinct = rates.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    anyhow::ensure!(
+        distinct.len() == rates.len(),
+        "--rates names a rate twice: {rates:?}"
+    );
     let mut all: Vec<Vec<SweepResult>> = TARGETS.iter().map(|_| Vec::new()).collect();
     for run in 0..runs {
         println!("run {} of {runs}", run + 1);
@@ -163,10 +170,7 @@ pub(crate) async fn ladders(
         print!(" {:>14}", format!("{:?}", m.target));
     }
     println!();
-    let mut sorted = rates.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    for rate in sorted {
+    for rate in distinct {
         print!("  {rate:>8}");
         for (m, runs) in medians.iter().zip(&all) {
             let p99 = m
