@@ -343,8 +343,7 @@ where
     loop {
         let next = tokio::select! {
             // In this order: a close asked for wins over a frame read at
-            // the same time, and a client sending without pause after the
-            // close still meets the timer.
+            // the same time, and a frame (a pong, say) over the timer.
             biased;
             () = shutdown.cancelled() => return Ended::Shutdown,
             _ = &mut closed, if !closing => {
@@ -354,6 +353,7 @@ where
                     .reset(tokio::time::Instant::now() + CLOSE_GRACE);
                 continue;
             }
+            next = stream.next() => next,
             () = &mut silence => {
                 if closing {
                     return Ended::NodeClosed;
@@ -368,7 +368,6 @@ where
                 silence.as_mut().reset(heard + heartbeat.timeout);
                 continue;
             }
-            next = stream.next() => next,
         };
         let message = match next {
             None => return Ended::ClientClosed,
@@ -379,6 +378,10 @@ where
         if closing {
             if let Message::Close(_) = message {
                 return Ended::ClientClosed;
+            }
+            // A client that sends without pause still meets the grace.
+            if silence.is_elapsed() {
+                return Ended::NodeClosed;
             }
             continue;
         }

@@ -184,11 +184,12 @@ async fn a_client_that_reads_too_slowly_is_closed_with_1013_and_loses_nothing() 
     assert!(closed, "bob was never closed after {acked} events");
     println!("the slow reader was closed after {acked} events of 16 KiB");
     // Sent after the close, before bob reads it: not served, so not in
-    // the log that the sync below counts.
+    // the log that the sync below reads.
     slow.send(json!({"type":"send","conv":conv,"body":"after the close"}))
         .await;
     assert_eq!(slow.closed().await, Closed::Code(1013));
-    // Reading the close answers it; bob's connection then ends.
+    // Bob's connection ends (on his close reply, or after the grace);
+    // once it has, whatever its reader was going to serve is served.
     let addr = node.addr.to_string();
     tidings_tests::eventually("bob's connection to end", || async {
         (metric(&addr, "tidings_connections").await == Some(1)).then_some(())
@@ -204,6 +205,8 @@ async fn a_client_that_reads_too_slowly_is_closed_with_1013_and_loses_nothing() 
         .await;
     let events = synced["convs"][0]["events"].as_array().unwrap();
     assert_eq!(events.len() as u64, (acked + 1).min(200));
+    // The creation and the acknowledged sends, and nothing after them.
+    assert_eq!(synced["convs"][0]["version"], acked + 1);
 }
 
 #[tokio::test]
