@@ -5,7 +5,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/tidings-target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/debug/tidings
 
-.PHONY: run test build deps test-deps browser-test bench fmt lint
+.PHONY: run test build deps test-deps browser-test bench bench-deps bench-rates fmt lint
 RELEASE := $(CARGO_TARGET_DIR)/release
 
 run: deps build
@@ -33,13 +33,20 @@ browser-test:
 	cd tests/browser && TIDINGS_BIN=$(BIN) node --test
 
 # Benchmarks need a release build (a second, cold RocksDB build the first time).
-bench:
+bench-deps:
 	@scripts/install-deps.sh bench
 	cd bench/peers && npm ci --no-audit --no-fund --loglevel=error
 	$(CARGO) build --release --workspace --bins
+
+bench: bench-deps
 	$(RELEASE)/tidings-bench compare --server $(RELEASE)/tidings --runs 3 --rate 4000 --seconds 10
 	$(RELEASE)/tidings-bench appends --server $(RELEASE)/tidings --seconds 10
 	$(RELEASE)/tidings-bench cluster --server $(RELEASE)/tidings --runs 3 --rate 2000 --seconds 10
+
+# The rate ladder that BENCHMARKS.md's "same p99" figures rest on (~18 min).
+bench-rates: bench-deps
+	$(RELEASE)/tidings-bench compare --server $(RELEASE)/tidings --runs 3 --seconds 10 \
+		--rates 1500,2000,2500,3000,3500,4000 --plot bench/results/rooms-rates.svg
 
 fmt:
 	$(CARGO) fmt --all
