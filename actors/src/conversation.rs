@@ -97,7 +97,7 @@ impl Actor for ConversationActor {
             .unwrap_or_else(|| Arc::from(Vec::new()));
         let key = EntityKey::Conv(args.id.clone());
         let idle = IdleClock::new(key, myself.get_id(), args.config.idle_after);
-        args.metrics.entity_gauge("conversation").inc();
+        args.metrics.entity_started("conversation");
         Ok(Conversation {
             shard: shard_of(args.id.as_str()),
             id: args.id,

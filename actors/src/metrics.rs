@@ -31,6 +31,7 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     pub errors: Family<CodeLabel, Counter>,
     pub entity_actors: Family<KindLabel, Gauge>,
+    entity_actors_started: Family<KindLabel, Counter>,
     commit_batches: Gauge,
     commit_write_sets: Gauge,
 }
@@ -56,6 +57,7 @@ impl Metrics {
             slow_consumer_closes: Counter::default(),
             errors: Family::default(),
             entity_actors: Family::default(),
+            entity_actors_started: Family::default(),
             commit_batches: Gauge::default(),
             commit_write_sets: Gauge::default(),
         };
@@ -110,6 +112,13 @@ impl Metrics {
             metrics.entity_actors.clone(),
         );
         registry.register(
+            "entity_actors_started",
+            "Entity actors started since the node started, by kind: if this \
+             rises fast while the live count stays level, actors stop when \
+             idle only to start again (raise --entity-idle)",
+            metrics.entity_actors_started.clone(),
+        );
+        registry.register(
             "commit_batches",
             "Synced write batches (group commits) since start",
             metrics.commit_batches.clone(),
@@ -130,6 +139,15 @@ impl Metrics {
             .get_or_create(&CodeLabel {
                 code: code.as_str().to_owned(),
             })
+            .inc();
+    }
+
+    /// An entity actor of `kind` has started: one more live, one more
+    /// started.
+    pub fn entity_started(&self, kind: &'static str) {
+        self.entity_gauge(kind).inc();
+        self.entity_actors_started
+            .get_or_create(&KindLabel { kind })
             .inc();
     }
 

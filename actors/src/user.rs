@@ -56,7 +56,7 @@ impl Actor for UserActor {
             .unwrap_or_default();
         let key = EntityKey::User(args.id.clone());
         let idle = IdleClock::new(key, myself.get_id(), args.config.idle_after);
-        args.metrics.entity_gauge("user").inc();
+        args.metrics.entity_started("user");
         Ok(User {
             shard: shard_of(args.id.as_str()),
             id: args.id,

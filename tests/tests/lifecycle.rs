@@ -115,16 +115,20 @@ async fn a_connected_users_actor_stops_when_idle_and_her_devices_still_get_every
 /// Requests reach a live actor straight from the connection, and only the
 /// first after a stop goes through the router, which starts the actor
 /// again. Senders pause for longer than the idle period now and then, so
-/// the conversation usually stops and starts again while others are
-/// sending (about a dozen times a run here; not asserted, it depends on
-/// timing): every send must still be acked once, by one actor at a time,
-/// with versions that follow on.
+/// the conversation stops and starts again while others are sending (the
+/// test checks that it did): every send must still be acked once, by one
+/// actor at a time, with versions that follow on.
 #[tokio::test]
 async fn no_request_is_lost_while_idle_actors_stop_and_start() {
     let node = TestNode::start_with(|c| c.entity_idle = Duration::from_millis(10)).await;
     let members = ["alice", "bob", "carol", "dave"];
     let mut creator = node.connect("alice").await;
     let conv = creator.create(&members[1..]).await;
+    let started = || async {
+        let series = "tidings_entity_actors_started_total{kind=\"conversation\"}";
+        metric(&node.addr.to_string(), series).await.unwrap_or(0)
+    };
+    let started_before = started().await;
     const SENDS: u64 = 100;
     let mut senders = Vec::new();
     for (k, member) in members.into_iter().enumerate() {
@@ -155,6 +159,12 @@ async fn no_request_is_lost_while_idle_actors_stop_and_start() {
         "every send acked once, with its own version"
     );
     creator.event(&conv, 1 + SENDS * members.len() as u64).await;
+    let restarts = started().await - started_before;
+    println!("the conversation's actor started {restarts} times during the sends");
+    assert!(
+        restarts >= 2,
+        "the actor must stop and start again while others send"
+    );
 }
 
 /// A conversation committed with its outbox, whose members' indexes were
