@@ -306,11 +306,16 @@ mod tests {
         directory.deliver(&[al.clone(), bo.clone()], None, &"one".into(), &metrics);
         assert_eq!(batch(&mut phone_rx).await, ["one"]);
         assert_eq!(batch(&mut laptop_rx).await, ["one"]);
-        directory.deliver(&[al.clone()], Some(&al), &"skipped".into(), &metrics);
+        directory.deliver(
+            std::slice::from_ref(&al),
+            Some(&al),
+            &"skipped".into(),
+            &metrics,
+        );
 
         drop(phone_sub);
         assert_eq!(directory.devices(&al), 1);
-        directory.deliver(&[al.clone()], None, &"two".into(), &metrics);
+        directory.deliver(std::slice::from_ref(&al), None, &"two".into(), &metrics);
         assert_eq!(batch(&mut laptop_rx).await, ["two"], "not \"skipped\"");
         let more = tokio::time::timeout(std::time::Duration::from_millis(50), batch(&mut phone_rx));
         assert!(more.await.is_err(), "unsubscribed: nothing more");

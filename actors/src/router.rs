@@ -208,7 +208,7 @@ impl RouterState {
         }
     }
 
-    async fn to_conv(&mut self, myself: &ActorRef<RouterMsg>, id: ConvId, message: ConvMsg) {
+    async fn deliver_conv(&mut self, myself: &ActorRef<RouterMsg>, id: ConvId, message: ConvMsg) {
         // Started since the request was sent here, or stopped on its own
         // (a crash: a fresh one starts).
         let Err(message) = read(&self.live.convs).send(&id, message) else {
@@ -227,7 +227,7 @@ impl RouterState {
         }
     }
 
-    async fn to_user(&mut self, myself: &ActorRef<RouterMsg>, id: UserId, message: UserMsg) {
+    async fn deliver_user(&mut self, myself: &ActorRef<RouterMsg>, id: UserId, message: UserMsg) {
         let Err(message) = read(&self.live.users).send(&id, message) else {
             return;
         };
@@ -273,8 +273,8 @@ impl Actor for Router {
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RouterMsg::Conv(id, message) => state.to_conv(&myself, id, message).await,
-            RouterMsg::User(id, message) => state.to_user(&myself, id, message).await,
+            RouterMsg::Conv(id, message) => state.deliver_conv(&myself, id, message).await,
+            RouterMsg::User(id, message) => state.deliver_user(&myself, id, message).await,
             RouterMsg::Idle {
                 key,
                 actor,

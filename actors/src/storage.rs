@@ -108,6 +108,11 @@ impl Cf {
     }
 }
 
+/// A record's value as stored (codec-encoded).
+pub type RawValue = Box<[u8]>;
+/// A record as stored: its key and its value.
+pub type RawRecord = (Box<[u8]>, RawValue);
+
 /// Key in the default column family that records the storage layout.
 const LAYOUT_KEY: &[u8] = b"tidings.layout";
 /// The layout written by this version of Tidings.
@@ -375,7 +380,7 @@ impl Storage {
         from: &[u8],
         to: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, StorageError> {
+    ) -> Result<Vec<RawRecord>, StorageError> {
         let mut out = Vec::new();
         let iter = self
             .db
@@ -396,7 +401,7 @@ impl Storage {
         cf: Cf,
         from: &[u8],
         to: &[u8],
-    ) -> Result<Option<(Box<[u8]>, Box<[u8]>)>, StorageError> {
+    ) -> Result<Option<RawRecord>, StorageError> {
         let mut iter = self
             .db
             .iterator_cf(self.cf(cf), IteratorMode::From(to, Direction::Reverse));
@@ -521,7 +526,7 @@ impl Storage {
             .collect())
     }
 
-    fn named_raw(&self, cf: Cf, entity: &str) -> Result<Vec<(String, Box<[u8]>)>, StorageError> {
+    fn named_raw(&self, cf: Cf, entity: &str) -> Result<Vec<(String, RawValue)>, StorageError> {
         let prefix = keys::entity(entity);
         let iter = self
             .db

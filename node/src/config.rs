@@ -173,7 +173,13 @@ impl Config {
                 timeout: self.heartbeat_timeout,
             });
         }
-        if !(self.rate_limit > 0.0) || !(self.rate_burst >= 1.0) {
+        // NaN is refused too.
+        let positive = self.rate_limit.partial_cmp(&0.0) == Some(std::cmp::Ordering::Greater);
+        let at_least_one = matches!(
+            self.rate_burst.partial_cmp(&1.0),
+            Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+        );
+        if !positive || !at_least_one {
             return Err(ConfigError::NotPositive("--rate-limit and --rate-burst"));
         }
         if self.outbound_queue == 0 {

@@ -95,7 +95,8 @@ async fn chaos(ids: &[&'static str]) {
     // Senders: every conversation in turn, each send waiting for its ack
     // (resent by the client through failovers), bounded in count and time.
     // (conversation, version, cmid, when the send began, when it was acked)
-    let acked: Arc<Mutex<Vec<(ConvId, u64, String, Instant, Instant)>>> = Arc::default();
+    type Acked = (ConvId, u64, String, Instant, Instant);
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut tasks = Vec::new();
     for (i, client) in sender_clients.iter().enumerate() {

@@ -236,7 +236,7 @@ async fn four_nodes_keep_three_copies_of_each_shard_and_serve_every_request() {
         }
     }
     for ws in &mut sockets {
-        assert_eq!(ws.conv_ids().await, [conv.clone()]);
+        assert_eq!(ws.conv_ids().await, std::slice::from_ref(&conv));
         let page = ws
             .ok(json!({"type":"history","conv":conv}), "history")
             .await;

@@ -168,7 +168,16 @@ async fn http_errors_map_to_their_statuses() {
     .await;
     let big = "x".repeat(16 * 1024 + 1);
     let huge = "x".repeat(100 * 1024);
-    let cases: Vec<(Method, &str, Option<&str>, Option<Value>, u16, &str)> = vec![
+    // (method, path, token, body, status, error code)
+    type Case<'a> = (
+        Method,
+        &'a str,
+        Option<&'a str>,
+        Option<Value>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             Method::GET,
             "/v1/conversations",

@@ -3,6 +3,11 @@
 //! A request names its shard; the receiving node's peer actor hands it to
 //! that shard's Raft. Both directions are encoded with the storage codec.
 
+#![allow(
+    clippy::result_large_err,
+    reason = "openraft's error types are large; these helpers return them to its trait methods"
+)]
+
 use std::time::Duration;
 
 use openraft::error::{

@@ -46,12 +46,12 @@ pub struct Positions {
     pub membership: Vec<u8>,
 }
 
+/// How far a shard's state machine has applied, and its membership then.
+pub type Applied = (Option<LogId<u64>>, StoredMembership<u64, BasicNode>);
+
 impl Positions {
     /// The applied position and membership as of `view`.
-    pub fn read(
-        &self,
-        view: &View<'_>,
-    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError> {
+    pub fn read(&self, view: &View<'_>) -> Result<Applied, StorageError> {
         Ok((
             view.get(Cf::RaftState, &self.applied)?,
             view.get(Cf::RaftState, &self.membership)?

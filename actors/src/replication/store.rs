@@ -13,6 +13,11 @@
 //! and a replica too far behind for the log is sent the shard's records as
 //! they are when it asks.
 
+#![allow(
+    clippy::result_large_err,
+    reason = "openraft's error types are large; these helpers return them to its trait methods"
+)]
+
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::io::Cursor;
