@@ -295,6 +295,30 @@ mod tests {
     }
 
     #[test]
+    fn rates_must_be_positive_numbers() {
+        let check = |limit: &str, burst: &str| {
+            let limit = format!("--rate-limit={limit}");
+            let burst = format!("--rate-burst={burst}");
+            Config::from_args(["tidings", "--dev", &limit, &burst])
+                .unwrap()
+                .validate()
+        };
+        check("0.5", "1").unwrap();
+        for (limit, burst) in [
+            ("0", "1"),
+            ("-1", "1"),
+            ("NaN", "1"),
+            ("1", "0.5"),
+            ("1", "NaN"),
+        ] {
+            assert!(
+                matches!(check(limit, burst), Err(ConfigError::NotPositive(_))),
+                "--rate-limit {limit} --rate-burst {burst}"
+            );
+        }
+    }
+
+    #[test]
     fn durations_read_as_humans_write_them() {
         let config = Config::from_args([
             "tidings",
