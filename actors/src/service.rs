@@ -24,6 +24,7 @@ use tidings_protocol::{
     ClientFrame, Cmid, ConvId, ErrorCode, ErrorFrame, ServerFrame, UserId, DEFAULT_HISTORY_LIMIT,
     DEFAULT_SYNC_LIMIT,
 };
+use tokio::sync::oneshot;
 
 use crate::directory::{Directory, Subscription};
 use crate::messages::{Ack, ConvMsg, Created, HistoryPage, Page, Reply, UserMsg};
@@ -31,8 +32,6 @@ use crate::outbound::Outbound;
 use crate::replication::{Replicator, Route};
 use crate::router::Routes;
 use crate::storage::records::IndexEntry;
-use tokio::sync::oneshot;
-
 use forward::{forward, Answer, ConvOp, Forwarded, Op, Outcome, UserOp};
 
 pub mod forward;

@@ -162,8 +162,7 @@ pub(crate) async fn ladders(
         .filter_map(|runs| sweep::median_of(runs, bound))
         .collect();
     println!(
-        "median p99 ms by offered rate, {runs} runs (in brackets: runs within p99 ≤ {} ms)",
-        args.sweep.p99_bound_ms
+        "median p99 ms by offered rate, {runs} runs (in brackets: runs within p99 ≤ {bound} ms)"
     );
     print!("  {:>8}", "msg/s");
     for m in &medians {

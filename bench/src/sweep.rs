@@ -104,14 +104,7 @@ pub(crate) async fn sweep(args: &Args) -> anyhow::Result<SweepResult> {
         args.sweep.sweep_steps > 0,
         "--sweep-steps must be at least 1"
     );
-    println!(
-        "sweep {:?}: {} connections, {} s per step, p99 ≤ {} ms",
-        args.server.target,
-        args.groups * args.members,
-        args.seconds,
-        args.sweep.p99_bound_ms
-    );
-    let result = stepped(args, args.sweep.sweep_steps, |tried| {
+    let result = stepped(args, "sweep", args.sweep.sweep_steps, |tried| {
         next_rate(args.rate, tried)
     })
     .await?;
@@ -122,25 +115,29 @@ pub(crate) async fn sweep(args: &Args) -> anyhow::Result<SweepResult> {
 /// Each of `rates` once, in the order given, on one set of connections:
 /// one run of `compare --rates`.
 pub(crate) async fn ladder(args: &Args, rates: &[u64]) -> anyhow::Result<SweepResult> {
-    println!(
-        "rates {:?}: {} connections, {} s per step, p99 ≤ {} ms",
-        args.server.target,
-        args.groups * args.members,
-        args.seconds,
-        args.sweep.p99_bound_ms
-    );
-    stepped(args, rates.len(), |tried| rates.get(tried.len()).copied()).await
+    stepped(args, "rates", rates.len(), |tried| {
+        rates.get(tried.len()).copied()
+    })
+    .await
 }
 
 /// Measures one step per rate that `next` picks from the steps so far,
 /// for at most `max_steps` steps, on one set of connections: the server
-/// is restarted only after a step that left it behind.
+/// is restarted only after a step that left it behind. `what` heads the
+/// printed steps.
 async fn stepped(
     args: &Args,
+    what: &str,
     max_steps: usize,
     mut next: impl FnMut(&[(u64, bool)]) -> Option<u64>,
 ) -> anyhow::Result<SweepResult> {
     let bound = args.sweep.p99_bound_ms;
+    println!(
+        "{what} {:?}: {} connections, {} s per step, p99 ≤ {bound} ms",
+        args.server.target,
+        args.groups * args.members,
+        args.seconds,
+    );
     let mut live: Option<(Server, Session)> = None;
     let mut tried = Vec::new();
     let mut steps = Vec::new();

@@ -173,12 +173,9 @@ impl Config {
                 timeout: self.heartbeat_timeout,
             });
         }
-        // NaN is refused too.
-        let positive = self.rate_limit.partial_cmp(&0.0) == Some(std::cmp::Ordering::Greater);
-        let at_least_one = matches!(
-            self.rate_burst.partial_cmp(&1.0),
-            Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
-        );
+        // Any comparison with NaN is false, so NaN is refused too.
+        let positive = self.rate_limit > 0.0;
+        let at_least_one = self.rate_burst >= 1.0;
         if !positive || !at_least_one {
             return Err(ConfigError::NotPositive("--rate-limit and --rate-burst"));
         }

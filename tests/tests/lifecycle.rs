@@ -6,7 +6,16 @@ use serde_json::json;
 use tidings_tests::{eventually, metric, notify, TestNode, WAIT};
 
 async fn live_actors(node: &TestNode, kind: &str) -> u64 {
-    let series = format!("tidings_entity_actors{{kind=\"{kind}\"}}");
+    actors_metric(node, "tidings_entity_actors", kind).await
+}
+
+/// Entity actors of `kind` started since the node started.
+async fn started_actors(node: &TestNode, kind: &str) -> u64 {
+    actors_metric(node, "tidings_entity_actors_started_total", kind).await
+}
+
+async fn actors_metric(node: &TestNode, name: &str, kind: &str) -> u64 {
+    let series = format!("{name}{{kind=\"{kind}\"}}");
     metric(&node.addr.to_string(), &series).await.unwrap_or(0)
 }
 
@@ -124,11 +133,7 @@ async fn no_request_is_lost_while_idle_actors_stop_and_start() {
     let members = ["alice", "bob", "carol", "dave"];
     let mut creator = node.connect("alice").await;
     let conv = creator.create(&members[1..]).await;
-    let started = || async {
-        let series = "tidings_entity_actors_started_total{kind=\"conversation\"}";
-        metric(&node.addr.to_string(), series).await.unwrap_or(0)
-    };
-    let started_before = started().await;
+    let started_before = started_actors(&node, "conversation").await;
     const SENDS: u64 = 100;
     let mut senders = Vec::new();
     for (k, member) in members.into_iter().enumerate() {
@@ -159,7 +164,7 @@ async fn no_request_is_lost_while_idle_actors_stop_and_start() {
         "every send acked once, with its own version"
     );
     creator.event(&conv, 1 + SENDS * members.len() as u64).await;
-    let restarts = started().await - started_before;
+    let restarts = started_actors(&node, "conversation").await - started_before;
     println!("the conversation's actor started {restarts} times during the sends");
     assert!(
         restarts >= 2,

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::json;
-use tidings_tests::{metric, now_secs, token, token_with, Closed, TestNode, Ws, SECRET};
+use tidings_tests::{
+    eventually, metric, now_secs, token, token_with, Closed, TestNode, Ws, SECRET,
+};
 
 #[tokio::test]
 async fn bad_frames_get_bad_request_and_the_connection_stays_open() {
@@ -191,7 +193,7 @@ async fn a_client_that_reads_too_slowly_is_closed_with_1013_and_loses_nothing() 
     // Bob's connection ends (on his close reply, or after the grace);
     // once it has, whatever its reader was going to serve is served.
     let addr = node.addr.to_string();
-    tidings_tests::eventually("bob's connection to end", || async {
+    eventually("bob's connection to end", || async {
         (metric(&addr, "tidings_connections").await == Some(1)).then_some(())
     })
     .await;
