@@ -1,7 +1,11 @@
 //! The cluster: the links between nodes.
 //!
-//! Each node runs a ractor_cluster `NodeServer` on its cluster address, with
-//! the shared cookie, and one [`peer::PeerActor`] in the process group
+//! Each node listens on its cluster address itself and lets a connection in
+//! only after [`link`]'s handshake (inside mutual TLS with
+//! `--cluster-certs`): the peer proves the cookie in a way bound to the
+//! direction and both node ids. Only then is the connection handed to a
+//! ractor_cluster `NodeServer`, whose own listener (on loopback, port 0)
+//! admits no one. Each node has one [`peer::PeerActor`] in the process group
 //! [`peer::GROUP`]: the only actor of a node that the others see. Entity
 //! actors never cross nodes (their messages are local-only), so a peer link
 //! carries no per-entity mirrors.
@@ -15,20 +19,26 @@
 //! meanwhile. Nodes started in any order thus form one cluster, and a node
 //! restarted with the same address joins again.
 
+pub mod link;
 pub mod locations;
 pub mod membership;
 pub mod peer;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
-use ractor_cluster::{NodeServer, NodeServerMessage};
+use ractor_cluster::{IncomingEncryptionMode, NodeServer, NodeServerMessage};
 use serde::Serialize;
 use tidings_protocol::UserId;
-use tokio::sync::watch;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::AbortHandle;
+
+use link::{Gate, Tls, TlsError};
 
 use locations::Locations;
 use membership::{Membership, MembershipArgs, MembershipMsg};
@@ -47,13 +57,30 @@ pub struct ClusterConfig {
     pub cookie: String,
     /// How long a peer may go without answering before it counts as down.
     pub peer_timeout: Duration,
+    /// The directory of `ca.crt`, `node.crt` and `node.key`: every link is
+    /// mutual TLS. Without it, links are plaintext (loopback only).
+    pub certs: Option<PathBuf>,
+    /// How long a connection has to finish TLS and the handshake.
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("starting the cluster listener: {0}")]
+    #[error("starting the cluster links: {0}")]
     Spawn(#[from] ractor::SpawnErr),
+    #[error("listening on {addr}: {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("loading --cluster-certs: {0}")]
+    Tls(#[from] TlsError),
 }
+
+/// At most this many connections may be in their handshake at once; more
+/// are closed at once, so that a flood of silent sockets holds a bounded
+/// number of tasks and buffers.
+const MAX_HANDSHAKES: usize = 256;
 
 /// Whether a node is reachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -260,27 +287,43 @@ pub struct Cluster {
     peers: Peers,
     handlers: Arc<OnceLock<Handlers>>,
     expected: usize,
+    accepting: AbortHandle,
 }
 
 impl Cluster {
     /// Listens on `config.listen` and starts dialling the other nodes.
     pub async fn start(config: ClusterConfig) -> Result<Cluster, ClusterError> {
-        // Peers learn our address from this host and the port: bracket an
-        // IPv6 address so that "host:port" parses back.
-        let host = match config.listen.ip() {
-            std::net::IpAddr::V4(ip) => ip.to_string(),
-            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-        };
+        let tls = config.certs.as_deref().map(Tls::load).transpose()?;
+        let gate = Gate::new(
+            config.node_id.clone(),
+            config.listen,
+            &config.cookie,
+            tls,
+            config.handshake_timeout,
+        );
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|error| ClusterError::Bind {
+                    addr: config.listen,
+                    error,
+                })?;
+        // The node server always opens a listener of its own: on loopback,
+        // on a free port, behind TLS that nobody can complete. Its "host"
+        // only names this node in ractor_cluster's own handshake (which
+        // refuses a peer of the same name and address as itself), so it
+        // carries the node id and the cluster address.
         let server = NodeServer::new(
-            config.listen.port(),
+            0,
             config.cookie.clone(),
             config.node_id.clone(),
-            host,
-            None,
+            format!("{}/{}", config.node_id, config.listen),
+            Some(IncomingEncryptionMode::Tls(link::closed_door())),
             Some(ractor_cluster::node::NodeConnectionMode::Isolated),
         )
-        .with_listen_addr(config.listen.ip());
+        .with_listen_addr(Ipv4Addr::LOCALHOST.into());
         let (server, _) = Actor::spawn(None, server, ()).await?;
+        let accepting = tokio::spawn(accept(listener, gate.clone(), server.clone())).abort_handle();
         let handlers = Arc::new(OnceLock::new());
         let peers = Peers::new(config.node_id.clone(), config.join.len() + 1);
         let (peer, _) = Actor::spawn(
@@ -297,6 +340,7 @@ impl Cluster {
                 config,
                 server: server.clone(),
                 peers: peers.clone(),
+                gate,
             },
         )
         .await?;
@@ -307,6 +351,7 @@ impl Cluster {
             peers,
             handlers,
             expected,
+            accepting,
         })
     }
 
@@ -337,8 +382,47 @@ impl Cluster {
 
     /// Closes every link and stops listening.
     pub fn stop(&self) {
+        self.accepting.abort();
         self.membership.stop(None);
         self.peer.stop(None);
         self.server.stop(None);
+    }
+}
+
+/// Accepts cluster connections and hands each to the node server once it
+/// has passed the handshake; closes it otherwise.
+async fn accept(listener: TcpListener, gate: Gate, server: ActorRef<NodeServerMessage>) {
+    let pending = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let (socket, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors, most likely: wait rather than spin.
+                tracing::warn!(%error, "accepting a cluster connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            tracing::warn!(%from, limit = MAX_HANDSHAKES, "too many cluster handshakes under way; connection closed");
+            continue;
+        };
+        let (gate, server) = (gate.clone(), server.clone());
+        tokio::spawn(async move {
+            let admitted = gate.accept(socket).await;
+            drop(permit);
+            match admitted {
+                Ok(stream) => {
+                    tracing::debug!(%from, peer = ?stream.peer_label(), "cluster connection admitted");
+                    let _ = server.cast(NodeServerMessage::ConnectionOpenedExternal {
+                        stream,
+                        is_server: true,
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%from, %error, "cluster connection refused");
+                }
+            }
+        });
     }
 }

@@ -5,7 +5,28 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+
+/// The command line: a node's flags, or a subcommand.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tidings",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Writes a CA and, for each node, the directory --cluster-certs takes.
+    Certs(crate::certs::CertsArgs),
+}
 
 /// A real-time messaging node.
 #[derive(Debug, Clone, Parser)]
@@ -94,6 +115,18 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_CLUSTER_COOKIE", hide_env_values = true)]
     pub cluster_cookie: Option<String>,
 
+    /// Directory holding `ca.crt`, `node.crt` and `node.key` (PEM): every
+    /// cluster link is then mutual TLS, and a peer's certificate must chain
+    /// to `ca.crt` and name its node id. Required for a --cluster-listen
+    /// address that is not loopback. `tidings certs` makes them.
+    #[arg(long, env = "TIDINGS_CLUSTER_CERTS")]
+    pub cluster_certs: Option<PathBuf>,
+
+    /// A cluster connection that has not finished TLS and the cluster
+    /// handshake within this long is closed.
+    #[arg(long, env = "TIDINGS_CLUSTER_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub cluster_handshake_timeout: Duration,
+
     /// Nodes that keep a copy of each shard (at most every node; a node that
     /// holds no copy of a shard forwards its requests).
     #[arg(long, env = "TIDINGS_REPLICAS", default_value_t = 3)]
@@ -135,6 +168,11 @@ pub enum ConfigError {
     NoClusterCookie,
     #[error("--join needs --cluster-listen: a node joins a cluster on its own cluster address")]
     JoinWithoutListen,
+    #[error(
+        "--cluster-listen {0} is not a loopback address: links between machines need --cluster-certs \
+         (mutual TLS; `tidings certs --out DIR --nodes n1,n2,n3` makes a CA and the nodes' certificates)"
+    )]
+    ClusterNeedsTls(SocketAddr),
 }
 
 impl Config {
@@ -196,10 +234,19 @@ impl Config {
         if !id_ok {
             return Err(ConfigError::BadNodeId(self.node_id.clone()));
         }
-        if self.replicas == 0 || self.peer_timeout.is_zero() || self.snapshot_every == 0 {
+        if self.replicas == 0
+            || self.peer_timeout.is_zero()
+            || self.snapshot_every == 0
+            || self.cluster_handshake_timeout.is_zero()
+        {
             return Err(ConfigError::NotPositive(
-                "--replicas, --peer-timeout and --snapshot-every",
+                "--replicas, --peer-timeout, --snapshot-every and --cluster-handshake-timeout",
             ));
+        }
+        if let Some(listen) = self.cluster_listen {
+            if self.cluster_certs.is_none() && !listen.ip().is_loopback() {
+                return Err(ConfigError::ClusterNeedsTls(listen));
+            }
         }
         match self.cluster_listen {
             None if !self.join.is_empty() => return Err(ConfigError::JoinWithoutListen),
@@ -289,6 +336,53 @@ mod tests {
             parse(&["--snapshot-every", "0"]),
             Err(ConfigError::NotPositive(_))
         ));
+    }
+
+    #[test]
+    fn a_cluster_address_off_loopback_needs_certificates() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["tidings", "--dev", "--cluster-cookie", "c"];
+            args.extend_from_slice(extra);
+            Config::from_args(args).unwrap().validate()
+        };
+        parse(&["--cluster-listen", "127.0.0.1:9081"]).unwrap();
+        parse(&["--cluster-listen", "127.0.0.2:9081"]).unwrap();
+        parse(&["--cluster-listen", "[::1]:9081"]).unwrap();
+        for open in ["0.0.0.0:9081", "10.0.0.5:9081", "[::]:9081"] {
+            let refused = parse(&["--cluster-listen", open]);
+            assert!(
+                matches!(refused, Err(ConfigError::ClusterNeedsTls(_))),
+                "{open}: {refused:?}"
+            );
+            assert!(refused.unwrap_err().to_string().contains("--cluster-certs"));
+            parse(&["--cluster-listen", open, "--cluster-certs", "/etc/tidings"]).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_cluster_handshake_has_five_seconds_unless_told() {
+        let config = Config::from_args(["tidings", "--dev"]).unwrap();
+        assert_eq!(config.cluster_handshake_timeout, Duration::from_secs(5));
+        let config =
+            Config::from_args(["tidings", "--dev", "--cluster-handshake-timeout", "0s"]).unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::NotPositive(_))
+        ));
+    }
+
+    #[test]
+    fn the_node_starts_from_plain_flags_and_certs_is_a_subcommand() {
+        let cli = Cli::try_parse_from(["tidings", "--dev", "--listen", "127.0.0.1:0"]).unwrap();
+        assert!(cli.command.is_none());
+        assert!(cli.config.dev);
+        let cli =
+            Cli::try_parse_from(["tidings", "certs", "--out", "d", "--nodes", "n1,n2"]).unwrap();
+        let Some(Command::Certs(args)) = cli.command else {
+            panic!("certs parses as the subcommand");
+        };
+        assert_eq!(args.nodes, ["n1", "n2"]);
+        assert!(Cli::try_parse_from(["tidings", "certs", "--out", "d"]).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod assets;
 pub mod auth;
+pub mod certs;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -104,6 +105,8 @@ impl Node {
                     join: config.peers(),
                     cookie: cookie.clone(),
                     peer_timeout: config.peer_timeout,
+                    certs: config.cluster_certs.clone(),
+                    handshake_timeout: config.cluster_handshake_timeout,
                 })
                 .await
                 .context("starting the cluster links")?,

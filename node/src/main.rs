@@ -5,7 +5,8 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::Parser;
-use tidings_node::{Config, Node};
+use tidings_node::config::{Cli, Command};
+use tidings_node::Node;
 use tracing_subscriber::EnvFilter;
 
 // jemalloc rather than the system's: glibc's malloc (and the fastbin
@@ -23,7 +24,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = Config::parse();
+    let cli = Cli::parse();
+    if let Some(Command::Certs(args)) = cli.command {
+        for path in tidings_node::certs::write(&args)? {
+            println!("wrote {}", path.display());
+        }
+        return Ok(());
+    }
+    let config = cli.config;
     if let Err(err) = config.validate() {
         eprintln!("tidings: {err}");
         std::process::exit(2);

@@ -11,6 +11,7 @@ use ractor_cluster::RactorMessage;
 use ractor_cluster::{NodeEventSubscription, NodeServerMessage, NodeSessionMessage};
 use rand::Rng;
 
+use super::link::{self, Gate, LinkError};
 use super::peer::{Hello, PeerMsg, GROUP};
 use super::{ClusterConfig, ClusterView, NodeState, NodeView, Peers};
 use crate::entity::now_ms;
@@ -26,6 +27,8 @@ pub struct MembershipArgs {
     pub server: ActorRef<NodeServerMessage>,
     /// Kept up to date with the peer actors of the linked nodes.
     pub peers: Peers,
+    /// Dials through the cluster handshake.
+    pub gate: Gate,
 }
 
 #[derive(RactorMessage)]
@@ -126,6 +129,7 @@ pub struct MembershipState {
     published: Peers,
     peers: Vec<Peer>,
     started: u64,
+    gate: Gate,
 }
 
 /// Forwards the node server's session events to the membership actor.
@@ -170,6 +174,7 @@ impl Actor for Membership {
             server: args.server,
             published: args.peers,
             started: now_ms(),
+            gate: args.gate,
         })
     }
 
@@ -222,28 +227,35 @@ impl MembershipState {
         let Some(name) = ses.peer_name.clone() else {
             return;
         };
-        let addr: Option<SocketAddr> = name.connection_string.parse().ok();
+        // Who the peer is and where it listens come from the handshake it
+        // passed (the connection's label), not from what it told
+        // ractor_cluster afterwards.
+        let Some((id, addr)) = link::parse_label(&ses.peer_addr) else {
+            tracing::error!(peer = %name.name, label = %ses.peer_addr, "a link that did not pass the cluster handshake; closing it");
+            ses.actor.kill();
+            return;
+        };
         // ractor_cluster names a node `<name>@<host>`.
-        let id = name
+        let claimed = name
             .name
             .split_once('@')
-            .map_or(name.name.as_str(), |(id, _)| id)
-            .to_owned();
+            .map_or(name.name.as_str(), |(id, _)| id);
+        if link::session_name_mismatch(&id, claimed) {
+            tracing::warn!(proven = %id, claimed = %claimed, "a peer's session names another node than its handshake proved; closing it");
+            ses.actor.kill();
+            return;
+        }
         let index = self
             .peers
             .iter()
-            .position(|p| Some(p.addr) == addr)
+            .position(|p| p.addr == addr)
             .or_else(|| self.peers.iter().position(|p| p.id.as_deref() == Some(&id)));
-        let peer = match (index, addr) {
-            (Some(i), _) => &mut self.peers[i],
+        let peer = match index {
+            Some(i) => &mut self.peers[i],
             // A node that dialled us without being in our --join: keep it.
-            (None, Some(addr)) => {
+            None => {
                 self.peers.push(Peer::new(addr));
                 self.peers.last_mut().expect("just pushed")
-            }
-            (None, None) => {
-                tracing::warn!(peer = %name.name, address = %name.connection_string, "peer gave an unusable address");
-                return;
             }
         };
         peer.id = Some(id);
@@ -316,13 +328,30 @@ impl MembershipState {
             if peer.dialing.is_none() && now >= peer.next_dial {
                 peer.dialing = Some(now);
                 let (server, addr, myself) = (self.server.clone(), peer.addr, myself.clone());
+                let gate = self.gate.clone();
                 tokio::spawn(async move {
-                    let dialled = tokio::time::timeout(
-                        timeout,
-                        ractor_cluster::client_connect(&server, addr),
-                    )
-                    .await;
-                    let ok = matches!(dialled, Ok(Ok(())));
+                    // As long as a handshake may take here, and no longer than a
+                    // peer may stay silent.
+                    let dialled = tokio::time::timeout(timeout, gate.dial(addr))
+                        .await
+                        .unwrap_or(Err(LinkError::TimedOut(timeout)));
+                    let ok = match dialled {
+                        Ok(stream) => server
+                            .cast(NodeServerMessage::ConnectionOpenedExternal {
+                                stream,
+                                is_server: false,
+                            })
+                            .is_ok(),
+                        // Down, most likely: dialled again after a backoff.
+                        Err(error @ (LinkError::Io(_) | LinkError::TimedOut(_))) => {
+                            tracing::debug!(%addr, %error, "dialling a peer");
+                            false
+                        }
+                        Err(error) => {
+                            tracing::warn!(%addr, %error, "cluster link refused");
+                            false
+                        }
+                    };
                     let _ = myself.cast(MembershipMsg::Dialled { addr, ok });
                 });
             }
