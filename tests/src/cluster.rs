@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -36,6 +37,45 @@ pub struct Member {
     pub http: String,
     /// Flags added to every start.
     pub args: Vec<String>,
+    /// The certificates of its cluster, once [`with_certs`] made them.
+    pub certs: Option<Arc<TempDir>>,
+}
+
+/// Runs `tidings certs` for `nodes`: a CA and a directory per node, under
+/// `<returned dir>/certs`.
+pub fn make_certs(nodes: &[&str]) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(process::binary())
+        .arg("certs")
+        .arg("--out")
+        .arg(dir.path().join("certs"))
+        .arg("--nodes")
+        .arg(nodes.join(","))
+        .output()
+        .expect("tidings certs runs");
+    assert!(
+        out.status.success(),
+        "tidings certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// The directory `--cluster-certs` takes for `node`, in `make_certs`' output.
+pub fn certs_of(certs: &TempDir, node: &str) -> std::path::PathBuf {
+    certs.path().join("certs").join(node)
+}
+
+/// Gives `members` one CA and each its certificate (`--cluster-certs`).
+pub fn with_certs(members: &mut [Member]) {
+    let ids: Vec<&str> = members.iter().map(|m| m.id).collect();
+    let certs = Arc::new(make_certs(&ids));
+    for member in members {
+        let dir = certs_of(&certs, member.id);
+        member.args.push("--cluster-certs".into());
+        member.args.push(dir.display().to_string());
+        member.certs = Some(certs.clone());
+    }
 }
 
 /// A free loopback port for a node's cluster address, which the other
@@ -88,6 +128,7 @@ impl Member {
             child: None,
             http: String::new(),
             args: Vec::new(),
+            certs: None,
         }
     }
 
@@ -229,7 +270,14 @@ pub async fn start_cluster(ids: &[&'static str]) -> Vec<Member> {
 
 /// Starts `members`, which all know each other, and waits until every node
 /// sees a leader for every shard.
+///
+/// Nodes whose cluster addresses are not on loopback (in network
+/// namespaces) get certificates first, as they must.
 pub async fn form(mut members: Vec<Member>) -> Vec<Member> {
+    let off_loopback = members.iter().any(|m| !m.cluster.ip().is_loopback());
+    if off_loopback && members.iter().all(|m| m.certs.is_none()) {
+        with_certs(&mut members);
+    }
     let all: Vec<SocketAddr> = members.iter().map(|m| m.cluster).collect();
     for member in &mut members {
         member.start(&all).await;
