@@ -226,6 +226,10 @@ async fn a_relayed_challenge_does_not_make_a_peer() {
     let logs = start_logged(&mut node, &all, &[]).await;
 
     let attacked = tokio::time::timeout(WAIT, relay_challenge(&relay, node.cluster)).await;
+    // A peer's id is listed once its session is ready: the node must never
+    // have taken the relay for a peer.
+    let (id, _) = seen(&node, relay_addr).await.expect("the relay is listed");
+    assert_ne!(id, "intruder", "the node took the relay for a peer");
     assert!(
         attacked.is_ok(),
         "the node kept the relayed session open; it sees the relay as {:?}",
@@ -381,6 +385,72 @@ async fn ractor_clusters_own_handshake_is_let_in_nowhere() {
             .unwrap_or_else(|_| panic!("port {port} neither closed nor admitted the dial"));
         assert_eq!(event, Some("disconnected"), "port {port}");
     }
+    server.stop(None);
+    node.kill().await;
+}
+
+#[tokio::test]
+async fn a_session_naming_another_node_than_its_handshake_proved_is_closed() {
+    let _turn = one_cluster_at_a_time().await;
+    let mut node = Member::new("n1");
+    let all = [node.cluster];
+    let logs = start_logged(&mut node, &all, &["--replicas", "1"]).await;
+
+    // Prove the cookie as n2, then speak ractor_cluster as n3.
+    let claimed = free_addr();
+    let gate = tidings_actors::cluster::link::Gate::new(
+        "n2".into(),
+        claimed,
+        COOKIE,
+        None,
+        Duration::from_secs(5),
+    );
+    let stream = gate.dial(node.cluster).await.expect("the handshake passes");
+    let server = ractor_cluster::NodeServer::new(
+        0,
+        COOKIE.into(),
+        "n3".into(),
+        "127.0.0.1".into(),
+        None,
+        None,
+    )
+    .with_listen_addr([127, 0, 0, 1].into());
+    let (server, _) = ractor::Actor::spawn(None, server, ()).await.unwrap();
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    server
+        .cast(ractor_cluster::NodeServerMessage::SubscribeToEvents {
+            id: "test".into(),
+            subscription: Box::new(Events(tx)),
+        })
+        .unwrap();
+    server
+        .cast(
+            ractor_cluster::NodeServerMessage::ConnectionOpenedExternal {
+                stream,
+                is_server: false,
+            },
+        )
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        while let Some(event) = events.recv().await {
+            if event == "disconnected" {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the node closes the session");
+    let refused = eventually("the node to say why", || async {
+        logs.find("names another node than its handshake proved")
+    })
+    .await;
+    assert!(refused.contains("n3"), "{refused}");
+    let view = node.view().await.unwrap();
+    assert!(
+        view.values()
+            .all(|(id, state)| id == "n1" || state == "down"),
+        "{view:?}"
+    );
     server.stop(None);
     node.kill().await;
 }
