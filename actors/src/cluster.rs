@@ -66,7 +66,7 @@ pub struct ClusterConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("starting the cluster links: {0}")]
+    #[error("starting an actor: {0}")]
     Spawn(#[from] ractor::SpawnErr),
     #[error("listening on {addr}: {error}")]
     Bind {

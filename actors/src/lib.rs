@@ -15,7 +15,9 @@
 //! │                               user's fan-out list (the directory) and serves
 //! │                               the client's frames
 //! ├── NodeServer (ractor_cluster) in a cluster only: the links to the other
-//! │                               nodes, one NodeSession each
+//! │                               nodes, one NodeSession each, every one
+//! │                               admitted first by the node's own listener
+//! │                               and handshake (`cluster::link`)
 //! ├── PeerActor                   in a cluster only: this node's face to the others,
 //! │                               in the process group `tidings.peers`
 //! └── Membership                  in a cluster only: dials, re-dials with backoff,
