@@ -5,14 +5,23 @@
 //! [`crate::directory`]; the device leaves it when the actor stops), and
 //! serves the client's frames one at a time, in order. Replies and pushes
 //! share the connection's bounded outbound queue ([`crate::outbound`]). A
-//! token bucket limits how fast one connection may send.
+//! token bucket limits how fast one connection may send: every frame
+//! takes a token before anything else is done with it, malformed, binary,
+//! ping and pong frames included, so a flood of frames that fail to parse
+//! costs no more than one of good ones.
+//!
+//! A socket lives as long as the token it was opened with; `refresh`
+//! moves that deadline to a fresh token's expiry. The deadline is shared
+//! with the socket reader, which closes the socket with 4001 when it
+//! passes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use tidings_protocol::{ClientEnvelope, ErrorCode, ErrorFrame, ServerFrame, UserId};
+use tidings_protocol::{ClientEnvelope, ClientFrame, ErrorCode, ErrorFrame, ServerFrame, UserId};
 
 use crate::directory::Subscription;
 use crate::metrics::Metrics;
@@ -38,14 +47,15 @@ impl Default for RateLimit {
 }
 
 /// A token bucket.
-struct Bucket {
+#[derive(Debug, Clone)]
+pub struct Bucket {
     limit: RateLimit,
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
-    fn new(limit: RateLimit) -> Bucket {
+    pub fn new(limit: RateLimit) -> Bucket {
         Bucket {
             limit,
             tokens: limit.burst,
@@ -53,16 +63,64 @@ impl Bucket {
         }
     }
 
-    fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.duration_since(self.at).as_secs_f64();
-        self.at = now;
-        self.tokens = (self.tokens + elapsed * self.limit.per_second).min(self.limit.burst);
+    pub fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = self.at.max(now);
+        self.tokens = (self.tokens + elapsed * self.limit.per_second).min(self.limit.burst);
+    }
+
+    /// How long until the next token, from `now` (zero if one is there).
+    pub fn retry_after(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        let missing = (1.0 - self.tokens).max(0.0);
+        Duration::from_secs_f64(missing / self.limit.per_second)
+    }
+
+    /// Whether the bucket is full at `now`: a full bucket holds nothing
+    /// that a new one would not.
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.limit.burst
+    }
+
+    pub fn limit(&self) -> RateLimit {
+        self.limit
+    }
+}
+
+/// Checks a token a client presents in `refresh`: the user it speaks for
+/// and its expiry (unix seconds), or the error to answer.
+pub trait TokenCheck: Send + Sync + 'static {
+    fn check(&self, token: &str) -> Result<(UserId, u64), ErrorFrame>;
+}
+
+/// When a connection's token expires, in unix seconds: set when the
+/// socket opens, moved by `refresh`, watched by the socket reader.
+#[derive(Debug, Clone, Default)]
+pub struct Expiry(Arc<AtomicU64>);
+
+impl Expiry {
+    pub fn new(exp: u64) -> Expiry {
+        Expiry(Arc::new(AtomicU64::new(exp)))
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Moves the expiry to `exp`, never earlier than it is.
+    fn extend(&self, exp: u64) -> u64 {
+        self.0.fetch_max(exp, Ordering::AcqRel).max(exp)
     }
 }
 
@@ -74,6 +132,10 @@ pub struct ConnectionArgs {
     pub outbound: Outbound,
     pub rate: RateLimit,
     pub metrics: Arc<Metrics>,
+    /// Checks the tokens of `refresh` frames.
+    pub tokens: Arc<dyn TokenCheck>,
+    /// The socket's deadline, shared with its reader.
+    pub expiry: Expiry,
 }
 
 pub struct Connection {
@@ -82,6 +144,8 @@ pub struct Connection {
     outbound: Outbound,
     bucket: Bucket,
     metrics: Arc<Metrics>,
+    tokens: Arc<dyn TokenCheck>,
+    expiry: Expiry,
     /// Held for the connection's life: dropped with the state, however the
     /// actor ends, it takes the device out of the fan-out list.
     _subscription: Subscription,
@@ -97,12 +161,24 @@ impl Drop for Connection {
     }
 }
 
-/// A text frame from the client; the reply port answers once it is served,
+/// A frame from the client; the reply port answers once it is served,
 /// so the socket reader reads the next frame only then.
 #[derive(RactorMessage)]
 pub struct Inbound {
-    pub text: String,
+    pub frame: ClientData,
     pub done: RpcReplyPort<()>,
+}
+
+/// What a client frame carried, as far as the connection needs to know.
+#[derive(Debug)]
+pub enum ClientData {
+    Text(String),
+    /// A binary frame: refused, the protocol is JSON in text frames.
+    Binary,
+    /// A WebSocket ping, with its payload for the pong.
+    Ping(bytes::Bytes),
+    /// A WebSocket pong (or an unsolicited one, a heartbeat).
+    Pong,
 }
 
 impl Actor for ConnectionActor {
@@ -123,6 +199,8 @@ impl Actor for ConnectionActor {
             outbound: args.outbound,
             bucket: Bucket::new(args.rate),
             metrics: args.metrics,
+            tokens: args.tokens,
+            expiry: args.expiry,
             _subscription: subscription,
         })
     }
@@ -142,34 +220,84 @@ impl Actor for ConnectionActor {
         message: Inbound,
         state: &mut Connection,
     ) -> Result<(), ActorProcessingErr> {
-        state.serve(&message.text).await;
+        state.serve(message.frame).await;
         let _ = message.done.send(());
         Ok(())
     }
 }
 
 impl Connection {
-    async fn serve(&mut self, text: &str) {
+    async fn serve(&mut self, data: ClientData) {
         self.metrics.frames_received.inc();
-        let (req, result) = match ClientEnvelope::parse(text) {
-            Err((req, err)) => (req, Err(err)),
-            Ok(envelope) if !self.bucket.take(Instant::now()) => (
-                envelope.req,
-                Err(ErrorFrame::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "more than {} frames per second; slow down",
-                        self.bucket.limit.per_second
-                    ),
-                )),
-            ),
-            // Boxed: the service's future is large, and unboxed it would be
-            // part of every idle connection actor's task.
-            Ok(envelope) => (
-                envelope.req,
-                Box::pin(self.service.handle(&self.user, envelope.frame)).await,
-            ),
+        // Counted before anything is read from the frame.
+        let allowed = self.bucket.take(Instant::now());
+        let text = match data {
+            ClientData::Text(text) => text,
+            ClientData::Ping(payload) => {
+                // Over the rate a ping gets no pong.
+                if allowed {
+                    self.outbound.pong(payload);
+                }
+                return;
+            }
+            ClientData::Pong => return,
+            ClientData::Binary => {
+                let err = if allowed {
+                    ErrorFrame::bad_request("frames must be JSON in text frames, not binary")
+                } else {
+                    self.rate_limited()
+                };
+                self.reply(None, Err(err));
+                return;
+            }
         };
+        let (req, result) = if !allowed {
+            (ClientEnvelope::req_of(&text), Err(self.rate_limited()))
+        } else {
+            match ClientEnvelope::parse(&text) {
+                Err((req, err)) => (req, Err(err)),
+                Ok(ClientEnvelope {
+                    req,
+                    frame: ClientFrame::Refresh { token },
+                }) => (req, self.refresh(&token).map(Some)),
+                // Boxed: the service's future is large, and unboxed it would
+                // be part of every idle connection actor's task.
+                Ok(envelope) => (
+                    envelope.req,
+                    Box::pin(self.service.handle(&self.user, envelope.frame)).await,
+                ),
+            }
+        };
+        self.reply(req, result);
+    }
+
+    fn rate_limited(&self) -> ErrorFrame {
+        ErrorFrame::new(
+            ErrorCode::RateLimited,
+            format!(
+                "more than {} frames per second; slow down",
+                self.bucket.limit.per_second
+            ),
+        )
+    }
+
+    /// Serves `refresh`: a valid token for this connection's user moves the
+    /// socket's deadline to the token's expiry.
+    #[allow(clippy::result_large_err)] // the error is the reply
+    fn refresh(&self, token: &str) -> Result<ServerFrame, ErrorFrame> {
+        let (user, exp) = self.tokens.check(token)?;
+        if user != self.user {
+            return Err(ErrorFrame::new(
+                ErrorCode::Forbidden,
+                "the token is for another user than this connection's",
+            ));
+        }
+        let exp = self.expiry.extend(exp);
+        tracing::debug!(user = %self.user, exp, "token refreshed");
+        Ok(ServerFrame::Refreshed { exp })
+    }
+
+    fn reply(&self, req: Option<String>, result: Result<Option<ServerFrame>, ErrorFrame>) {
         let frame = match result {
             Ok(Some(frame)) => frame,
             Ok(None) => return,
@@ -205,5 +333,35 @@ mod tests {
         );
         assert!(!bucket.take(start + Duration::from_millis(100)));
         assert!(bucket.take(start + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn the_bucket_says_when_the_next_token_comes() {
+        let limit = RateLimit {
+            per_second: 4.0,
+            burst: 2.0,
+        };
+        let mut bucket = Bucket::new(limit);
+        let start = bucket.at;
+        assert!(bucket.is_full(start));
+        assert_eq!(bucket.retry_after(start), Duration::ZERO);
+        assert!(bucket.take(start) && bucket.take(start));
+        assert!(!bucket.is_full(start));
+        let near =
+            |d: Duration, ms: u64| d.abs_diff(Duration::from_millis(ms)) < Duration::from_millis(1);
+        assert!(near(bucket.retry_after(start), 250));
+        assert!(near(
+            bucket.retry_after(start + Duration::from_millis(100)),
+            150
+        ));
+        assert!(bucket.is_full(start + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_expiry_only_moves_later() {
+        let expiry = Expiry::new(100);
+        assert_eq!(expiry.extend(200), 200);
+        assert_eq!(expiry.extend(150), 200);
+        assert_eq!(expiry.get(), 200);
     }
 }

@@ -666,6 +666,12 @@ impl Service {
                 self.typing(by, &conv);
                 return Ok(None);
             }
+            // A socket's own business: the connection serves it.
+            ClientFrame::Refresh { .. } => {
+                return Err(ErrorFrame::bad_request(
+                    "refresh is sent over a WebSocket, for its own token",
+                ))
+            }
         };
         Ok(Some(reply))
     }

@@ -111,7 +111,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
          the {ports} ephemeral ports each has: raise --source-addrs"
     );
 
-    let mut flags = vec!["--auth-secret", SECRET];
+    // Every connection the bench opens is to be held, not shed at the
+    // node's default cap (a tenth below its open-file limit).
+    let cap = (n + 16).to_string();
+    let mut flags = vec!["--auth-secret", SECRET, "--max-connections", &cap];
     flags.extend(QUIET);
     let server = Server::start(&args.server, &flags).await?;
     let addr: SocketAddr = server.addr.parse().context("the server's address")?;

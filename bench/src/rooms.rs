@@ -27,7 +27,7 @@ use crate::wire::{self, Publish, PROBE};
 use crate::{progress, ServerArgs, Target};
 
 /// The secret the bench starts Tidings with, to sign its users' tokens.
-pub(crate) const SECRET: &str = "tidings-bench-secret";
+pub(crate) const SECRET: &str = "tidings-bench-secret-of-at-least-32-bytes";
 
 /// How long in-flight messages may take to arrive after the last send.
 const DRAIN: Duration = Duration::from_secs(5);

@@ -8,12 +8,18 @@
 // duplicates) and the highest version it has seen. After every (re)connect
 // it sends `sync` with those versions and merges what it missed, then
 // resends the messages that were never acknowledged, with their cmid.
+//
+// A socket lives as long as the token it was opened with: before it
+// expires the page gets a new one from the dev token endpoint and sends
+// `refresh` on the open socket, which keeps it open.
 'use strict';
 
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 15000;
 const REQUEST_TIMEOUT_MS = 10000;
 const HEARTBEAT_EVERY_MS = 20000;
+const REFRESH_MARGIN_MS = 60000;   // refresh this long before the token expires
+const REFRESH_RETRY_MS = 5000;
 const PRESENCE_EVERY_MS = 10000;
 const TYPING_SEND_EVERY_MS = 2000;
 const TYPING_SHOW_MS = 3000;
@@ -33,6 +39,7 @@ const state = {
   retryTimer: null,
   countdownTimer: null,
   heartbeatTimer: null,
+  refreshTimer: null,
   nextReq: 1,
   requests: new Map(),        // req -> {resolve, reject}
   convs: new Map(),           // conv id -> conversation record (newConv)
@@ -148,6 +155,7 @@ function forgetConnection() {
   state.ws = null;
   state.connected = false;
   clearInterval(state.heartbeatTimer);
+  clearTimeout(state.refreshTimer);
   for (const { reject } of state.requests.values()) reject(new Disconnected('disconnected'));
   state.requests.clear();
   if (ws && ws.readyState <= WebSocket.OPEN) ws.close();
@@ -156,6 +164,7 @@ function forgetConnection() {
 async function onConnected() {
   showBanner('connected');
   state.heartbeatTimer = setInterval(heartbeat, HEARTBEAT_EVERY_MS);
+  scheduleRefresh(tokenExpiry(state.token));
   try {
     const caughtUp = await resume();
     // Only a connection that got this far resets the backoff, so a node
@@ -306,6 +315,44 @@ async function loadMoreNotifications() {
 }
 
 // ---- tokens and signing in ------------------------------------------------------
+
+// A token's `exp` (unix seconds), or null if it cannot be read.
+function tokenExpiry(token) {
+  try {
+    const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const exp = JSON.parse(atob(payload)).exp;
+    return Number.isFinite(exp) ? exp : null;
+  } catch {
+    return null;
+  }
+}
+
+// Refreshes the open socket's token before `exp`: within the last minute,
+// or half-way through a shorter life.
+function scheduleRefresh(exp) {
+  clearTimeout(state.refreshTimer);
+  if (exp == null) return;
+  const left = exp * 1000 - Date.now();
+  const delay = Math.max(0, left - Math.min(REFRESH_MARGIN_MS, left / 2));
+  state.refreshTimer = setTimeout(refreshToken, delay);
+}
+
+// Gets a new token and hands it to the open socket, so the node does not
+// close it (4001) when the old one expires. On failure, tries again a
+// little later; a socket closed meanwhile reconnects with a new token.
+async function refreshToken() {
+  if (!state.connected || !state.user) return;
+  try {
+    const token = await fetchToken(state.user);
+    const reply = await request({ type: 'refresh', token });
+    state.token = token;
+    saveSession();
+    scheduleRefresh(reply.exp);
+  } catch (err) {
+    if (err instanceof Disconnected) return; // the next connect schedules again
+    state.refreshTimer = setTimeout(refreshToken, REFRESH_RETRY_MS);
+  }
+}
 
 async function fetchToken(user) {
   const res = await fetch('/v1/dev/token', {

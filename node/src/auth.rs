@@ -1,6 +1,8 @@
 //! Authentication: users' HS256 tokens and backends' API key.
 
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{
+    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use serde::{Deserialize, Serialize};
 use tidings_protocol::UserId;
 
@@ -16,6 +18,14 @@ pub struct Claims {
     pub exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+}
+
+/// A token that passed: whom it speaks for, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub user: UserId,
+    /// Unix seconds: the token is refused from this second on.
+    pub exp: u64,
 }
 
 /// Verifies users' tokens and the backends' key.
@@ -42,6 +52,22 @@ impl Auth {
 
     /// The user a token speaks for, or `unauthorized` saying why not.
     pub fn verify(&self, token: &str) -> Result<UserId, ApiError> {
+        self.verify_token(token).map(|verified| verified.user)
+    }
+
+    /// The user a token speaks for and when it expires, or `unauthorized`
+    /// saying why not.
+    pub fn verify_token(&self, token: &str) -> Result<Verified, ApiError> {
+        // A header naming critical extensions must be refused unless every
+        // one is understood (RFC 7515, section 4.1.11); this node
+        // understands none. jsonwebtoken reads `crit` but does not check it.
+        let header =
+            decode_header(token).map_err(|_| ApiError::unauthorized("the token is malformed"))?;
+        if let Some(crit) = header.crit {
+            return Err(ApiError::unauthorized(format!(
+                "the token's header marks extensions critical that this node does not understand: {crit:?}"
+            )));
+        }
         let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|err| {
             use jsonwebtoken::errors::ErrorKind;
             let why = match err.kind() {
@@ -53,8 +79,13 @@ impl Auth {
             };
             ApiError::unauthorized(why)
         })?;
-        UserId::try_from(data.claims.sub)
-            .map_err(|_| ApiError::unauthorized("the token's sub is not a valid user id"))
+        let exp = data
+            .claims
+            .exp
+            .ok_or_else(|| ApiError::unauthorized("the token lacks a required claim (sub, exp)"))?;
+        let user = UserId::try_from(data.claims.sub)
+            .map_err(|_| ApiError::unauthorized("the token's sub is not a valid user id"))?;
+        Ok(Verified { user, exp })
     }
 
     /// A token for `user`, valid for `ttl_secs`.
@@ -109,11 +140,13 @@ mod tests {
             .as_secs()
     }
 
+    const SECRET: &[u8] = b"a-secret-of-at-least-thirty-two-bytes";
+
     #[test]
     fn accepts_good_tokens_and_says_why_it_refuses_others() {
-        let auth = Auth::new(b"secret", None);
+        let auth = Auth::new(SECRET, None);
         let good = token(
-            b"secret",
+            SECRET,
             serde_json::json!({"sub": "alice", "exp": now() + 60}),
         );
         assert_eq!(auth.verify(&good).unwrap().as_str(), "alice");
@@ -126,25 +159,19 @@ mod tests {
                 "signature",
             ),
             (
-                token(
-                    b"secret",
-                    serde_json::json!({"sub": "a", "exp": now() - 10}),
-                ),
+                token(SECRET, serde_json::json!({"sub": "a", "exp": now() - 10})),
                 "expired",
             ),
-            (token(b"secret", serde_json::json!({"sub": "a"})), "claim"),
+            (token(SECRET, serde_json::json!({"sub": "a"})), "claim"),
             (
                 token(
-                    b"secret",
+                    SECRET,
                     serde_json::json!({"sub": "a", "exp": now() + 60, "nbf": now() + 30}),
                 ),
                 "not valid yet",
             ),
             (
-                token(
-                    b"secret",
-                    serde_json::json!({"sub": "a b", "exp": now() + 60}),
-                ),
+                token(SECRET, serde_json::json!({"sub": "a b", "exp": now() + 60})),
                 "user id",
             ),
             ("not.a.token".to_owned(), "malformed"),
@@ -153,6 +180,30 @@ mod tests {
             let err = auth.verify(&token).unwrap_err();
             assert!(err.message().contains(why), "{why}: {}", err.message());
         }
+    }
+
+    fn token_with_crit(crit: Option<Vec<String>>, claims: &serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = crit;
+        encode(&header, claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    #[test]
+    fn refuses_critical_header_extensions_it_does_not_understand() {
+        let auth = Auth::new(SECRET, None);
+        let claims = serde_json::json!({"sub": "alice", "exp": now() + 60});
+        let plain = token_with_crit(None, &claims);
+        let verified = auth.verify_token(&plain).unwrap();
+        assert_eq!(verified.user.as_str(), "alice");
+        assert_eq!(verified.exp, claims["exp"].as_u64().unwrap());
+
+        let critical = token_with_crit(Some(vec!["exp-ext".into()]), &claims);
+        let err = auth.verify(&critical).unwrap_err();
+        assert!(err.message().contains("critical"), "{}", err.message());
+        // An empty list is not allowed either (RFC 7515, section 4.1.11).
+        assert!(auth
+            .verify(&token_with_crit(Some(vec![]), &claims))
+            .is_err());
     }
 
     #[test]

@@ -46,7 +46,8 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_COMMIT_INTERVAL", default_value = "1ms", value_parser = humantime::parse_duration)]
     pub commit_interval: Duration,
 
-    /// Secret that signs users' tokens (HS256). Required unless --dev.
+    /// Secret that signs users' tokens (HS256), at least 32 bytes.
+    /// Required unless --dev.
     #[arg(long, env = "TIDINGS_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
 
@@ -57,7 +58,8 @@ pub struct Config {
     pub api_key: Option<String>,
 
     /// Development mode: POST /v1/dev/token issues tokens, and a random
-    /// auth secret is used when none is given.
+    /// auth secret is used when none is given. Only on a loopback --listen
+    /// address: the endpoint hands out tokens for any user.
     #[arg(long, env = "TIDINGS_DEV")]
     pub dev: bool,
 
@@ -85,6 +87,27 @@ pub struct Config {
     /// Largest WebSocket frame a client may send, in bytes (close 1009).
     #[arg(long, env = "TIDINGS_MAX_FRAME", default_value_t = 64 * 1024)]
     pub max_frame: usize,
+
+    /// An HTTP connection that has not sent a request's complete headers
+    /// within this long is closed.
+    #[arg(long, env = "TIDINGS_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// An HTTP connection with no traffic for this long is closed (once its
+    /// request in flight, if any, is answered). WebSockets are not affected.
+    #[arg(long, env = "TIDINGS_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Open client connections (HTTP and WebSocket) above which a new one
+    /// is answered 503 and closed. Default: a tenth below the open-file
+    /// limit.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Open WebSockets one user may have on this node; the next upgrade
+    /// is refused with 429.
+    #[arg(long, env = "TIDINGS_MAX_DEVICES", default_value_t = 32)]
+    pub max_devices: usize,
 
     /// An idle user or conversation actor stops after this long.
     #[arg(long, env = "TIDINGS_ENTITY_IDLE", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -148,10 +171,18 @@ pub struct Config {
 /// (150 ms), since a shard's Raft core waits for each of its log writes.
 const MAX_COMMIT_INTERVAL: Duration = Duration::from_millis(20);
 
+/// Shortest `--auth-secret`: an HS256 key must have at least 256 bits
+/// (RFC 7518, section 3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("no auth secret: pass --auth-secret (or TIDINGS_AUTH_SECRET) to verify users' tokens, or --dev to run with a random one")]
     NoAuthSecret,
+    #[error("--auth-secret is {0} bytes; an HS256 secret must be at least {MIN_SECRET_BYTES} bytes (RFC 7518, section 3.2)")]
+    SecretTooShort(usize),
+    #[error("--dev hands out tokens for any user, so it serves only a loopback --listen address, not {0}")]
+    DevNotLoopback(SocketAddr),
     #[error("{0} must be positive")]
     NotPositive(&'static str),
     #[error("--heartbeat-timeout ({timeout:?}) must be longer than --ping-interval ({ping:?})")]
@@ -196,8 +227,15 @@ impl Config {
 
     /// Checks what flags alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.auth_secret.is_none() && !self.dev {
-            return Err(ConfigError::NoAuthSecret);
+        match &self.auth_secret {
+            None if !self.dev => return Err(ConfigError::NoAuthSecret),
+            Some(secret) if secret.len() < MIN_SECRET_BYTES => {
+                return Err(ConfigError::SecretTooShort(secret.len()))
+            }
+            _ => {}
+        }
+        if self.dev && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::DevNotLoopback(self.listen));
         }
         if self.ping_interval.is_zero() {
             return Err(ConfigError::NotPositive("--ping-interval"));
@@ -222,6 +260,16 @@ impl Config {
         }
         if self.entity_idle.is_zero() || self.call_timeout.is_zero() {
             return Err(ConfigError::NotPositive("--entity-idle and --call-timeout"));
+        }
+        if self.header_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return Err(ConfigError::NotPositive(
+                "--header-timeout and --idle-timeout",
+            ));
+        }
+        if self.max_connections == Some(0) || self.max_devices == 0 {
+            return Err(ConfigError::NotPositive(
+                "--max-connections and --max-devices",
+            ));
         }
         if self.max_frame < 1024 {
             return Err(ConfigError::FrameTooSmall);
@@ -285,12 +333,83 @@ mod tests {
     fn refuses_to_start_without_a_secret_unless_dev() {
         let config = Config::from_args(["tidings"]).unwrap();
         assert!(matches!(config.validate(), Err(ConfigError::NoAuthSecret)));
-        let config = Config::from_args(["tidings", "--auth-secret", "s"]).unwrap();
+        let secret = "s".repeat(MIN_SECRET_BYTES);
+        let config = Config::from_args(["tidings", "--auth-secret", &secret]).unwrap();
         config.validate().unwrap();
         Config::from_args(["tidings", "--dev"])
             .unwrap()
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn refuses_a_secret_shorter_than_256_bits() {
+        for short in ["", "s", &"s".repeat(MIN_SECRET_BYTES - 1)] {
+            let config = Config::from_args(["tidings", "--auth-secret", short]).unwrap();
+            assert!(
+                matches!(config.validate(), Err(ConfigError::SecretTooShort(n)) if n == short.len()),
+                "{short:?}"
+            );
+        }
+        // Dev mode with a secret of its own is held to the same rule.
+        let config = Config::from_args(["tidings", "--dev", "--auth-secret", "short"]).unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::SecretTooShort(5))
+        ));
+    }
+
+    #[test]
+    fn dev_mode_serves_only_loopback() {
+        let dev = |listen: &str| {
+            Config::from_args(["tidings", "--dev", "--listen", listen])
+                .unwrap()
+                .validate()
+        };
+        dev("127.0.0.1:0").unwrap();
+        dev("127.9.9.9:8080").unwrap();
+        dev("[::1]:8080").unwrap();
+        for open in ["0.0.0.0:8080", "[::]:8080", "192.168.1.10:8080"] {
+            assert!(
+                matches!(dev(open), Err(ConfigError::DevNotLoopback(_))),
+                "{open}"
+            );
+        }
+        // Without --dev any address is served.
+        let secret = "s".repeat(MIN_SECRET_BYTES);
+        Config::from_args([
+            "tidings",
+            "--auth-secret",
+            &secret,
+            "--listen",
+            "0.0.0.0:8080",
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn http_limits_must_be_positive() {
+        for flags in [
+            ["--header-timeout", "0s"],
+            ["--idle-timeout", "0s"],
+            ["--max-connections", "0"],
+            ["--max-devices", "0"],
+        ] {
+            let mut args = vec!["tidings", "--dev"];
+            args.extend_from_slice(&flags);
+            let config = Config::from_args(args).unwrap();
+            assert!(
+                matches!(config.validate(), Err(ConfigError::NotPositive(_))),
+                "{flags:?}"
+            );
+        }
+        let config = Config::from_args(["tidings", "--dev"]).unwrap();
+        assert_eq!(config.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.max_connections, None);
+        assert_eq!(config.max_devices, 32);
     }
 
     #[test]

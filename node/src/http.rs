@@ -1,13 +1,19 @@
 //! HTTP routes: `fn app(state) -> Router`, testable without a socket.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+
 use serde::Deserialize;
 use serde_json::json;
+use tidings_actors::connection::{Bucket, RateLimit};
 use tidings_protocol::{Cmid, ConvId, ErrorCode, UserId};
 
 use crate::auth::bearer;
@@ -67,7 +73,9 @@ pub fn bearer_of(parts: &Parts) -> Option<&str> {
     )
 }
 
-/// The user whose token is in `Authorization: Bearer`.
+/// The user whose token is in `Authorization: Bearer`, within the user's
+/// rate: each request takes a token from the user's bucket, and one over
+/// it is answered 429 with `Retry-After`.
 pub struct AuthUser(pub UserId);
 
 impl<S> FromRequestParts<S> for AuthUser
@@ -75,13 +83,61 @@ where
     AppState: FromRef<S>,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
         let state = AppState::from_ref(state);
-        let token = bearer_of(parts)
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
-        state.auth.verify(token).map(AuthUser)
+        let token = bearer_of(parts).ok_or_else(|| {
+            ApiError::unauthorized("missing Authorization: Bearer token").into_response()
+        })?;
+        let user = state
+            .auth
+            .verify(token)
+            .map_err(IntoResponse::into_response)?;
+        let limit = RateLimit {
+            per_second: state.config.rate_limit,
+            burst: state.config.rate_burst,
+        };
+        if let Err(wait) = state.http_rates.take(&user, limit, Instant::now()) {
+            // Whole seconds, rounded up: `Retry-After` has no fractions.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let refused = ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} requests per second; slow down",
+                    limit.per_second
+                ),
+            );
+            return Err(([(header::RETRY_AFTER, secs.max(1).to_string())], refused).into_response());
+        }
+        Ok(AuthUser(user))
+    }
+}
+
+/// Users' buckets with more than this many entries are pruned of the full
+/// ones (a full bucket is what a new one would be).
+const RATES_PRUNED_ABOVE: usize = 10_000;
+
+/// Each user's token bucket for the HTTP API: the same size as one
+/// WebSocket's, shared by all of the user's requests to this node.
+#[derive(Clone, Default)]
+pub struct UserRates(Arc<Mutex<HashMap<UserId, Bucket>>>);
+
+impl UserRates {
+    /// Takes a token of `user`'s bucket, or says how long until one comes.
+    pub fn take(&self, user: &UserId, limit: RateLimit, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self.0.lock().expect("rates lock");
+        if buckets.len() > RATES_PRUNED_ABOVE && !buckets.contains_key(user) {
+            buckets.retain(|_, bucket| !bucket.is_full(now));
+        }
+        let bucket = buckets
+            .entry(user.clone())
+            .or_insert_with(|| Bucket::new(limit));
+        if bucket.take(now) {
+            Ok(())
+        } else {
+            Err(bucket.retry_after(now))
+        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod certs;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod serve;
 pub mod ws;
 
 use std::future::Future;
@@ -20,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use ractor::ActorRef;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::RngCore;
@@ -52,6 +52,12 @@ pub struct AppState {
     pub cluster: Option<Cluster>,
     /// This node's part in every shard's Raft group, in a cluster.
     pub replicator: Option<Replicator>,
+    /// Each user's open WebSockets on this node (`--max-devices`).
+    pub devices: ws::Devices,
+    /// Each user's token bucket for the HTTP API.
+    pub http_rates: http::UserRates,
+    /// Open client connections (`--max-connections`).
+    pub connections: serve::Connections,
 }
 
 /// A running node.
@@ -187,22 +193,30 @@ impl Node {
             storage,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            devices: ws::Devices::default(),
+            http_rates: http::UserRates::default(),
+            connections: serve::Connections::default(),
         };
         let stop_accepting = CancellationToken::new();
         let app = http::app(state.clone());
         let stop = stop_accepting.clone();
-        let server = tokio::spawn(async move {
-            // No Nagle: a small frame (an ack, then the event) must not wait
-            // for the peer's delayed ack of the one before it.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(error) = tcp.set_nodelay(true) {
-                    tracing::warn!(%error, "TCP_NODELAY not set on a connection");
-                }
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
+        let limits = serve::Limits {
+            header_timeout: state.config.header_timeout,
+            idle_timeout: state.config.idle_timeout,
+            max_connections: state.config.max_connections.unwrap_or_else(|| {
+                serve::open_file_limit()
+                    .map(serve::default_max_connections)
+                    .unwrap_or(usize::MAX)
+            }),
+        };
+        tracing::info!(max_connections = limits.max_connections, "connection limit");
+        let server = tokio::spawn(serve::serve(
+            listener,
+            app,
+            limits,
+            state.connections.clone(),
+            stop,
+        ));
         tracing::info!(%addr, data_dir = %state.config.data_dir.display(), dev = state.config.dev, "node started");
         Ok(Node {
             addr,

@@ -22,8 +22,10 @@
 //! that one timer and asks the writer for the ping, so the writer waits on
 //! its queue alone and a busy socket polls no timer per frame.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,11 +38,13 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use ractor::Actor;
 use serde::Deserialize;
-use tidings_actors::connection::{ConnectionActor, ConnectionArgs, Inbound, RateLimit};
+use tidings_actors::connection::{
+    ClientData, ConnectionActor, ConnectionArgs, Expiry, Inbound, RateLimit, TokenCheck,
+};
 use tidings_actors::outbound::{
     self, Frame, Next, Outbound, OutboundReceiver, CLOSE_GOING_AWAY, CLOSE_INTERNAL,
 };
-use tidings_protocol::{ErrorCode, ErrorFrame, ServerFrame, UserId};
+use tidings_protocol::{ErrorCode, ErrorFrame, UserId};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -50,7 +54,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::bearer;
+use crate::auth::{bearer, Auth};
 use crate::error::ApiError;
 use crate::http::QueryArgs;
 use crate::AppState;
@@ -59,6 +63,13 @@ use crate::AppState;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a normal end.
 pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code for a frame that breaks the WebSocket protocol (an unmasked
+/// frame, an unknown opcode).
+pub const CLOSE_PROTOCOL: u16 = 1002;
+/// Close code for a text frame that is not UTF-8.
+pub const CLOSE_BAD_DATA: u16 = 1007;
+/// Close code for a socket whose token expired without a `refresh`.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// Initial read buffer of each socket.
 const READ_BUFFER: usize = 512;
 /// How long a close frame may take to leave before the socket is dropped.
@@ -89,10 +100,11 @@ pub async fn upgrade(
         return ApiError::unauthorized("missing token: pass ?token= or Authorization: Bearer")
             .into_response();
     };
-    let user = match state.auth.verify(token) {
-        Ok(user) => user,
+    let verified = match state.auth.verify_token(token) {
+        Ok(verified) => verified,
         Err(err) => return err.into_response(),
     };
+    let user = verified.user;
     let accept = match accept_key(request.method(), request.version(), headers) {
         Ok(accept) => accept,
         Err(refused) => return refused.into_response(),
@@ -103,8 +115,19 @@ pub async fn upgrade(
     if state.shutdown.is_cancelled() {
         return ApiError::new(ErrorCode::Unavailable, "the node is shutting down").into_response();
     }
+    let Some(device) = state.devices.admit(&user, state.config.max_devices) else {
+        tracing::info!(%user, max = state.config.max_devices, "device refused: too many open sockets");
+        return ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "this user has {} open WebSockets on this node, the most allowed; close one first",
+                state.config.max_devices
+            ),
+        )
+        .into_response();
+    };
     let tracker = state.tracker.clone();
-    tracker.spawn(serve(state, user, on_upgrade));
+    tracker.spawn(serve(state, user, verified.exp, device, on_upgrade));
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
@@ -188,8 +211,15 @@ fn accept_key(method: &Method, version: Version, headers: &HeaderMap) -> Result<
 /// returned future: that future lives as long as the connection, and
 /// whatever it captures (the whole state, say) would be part of every
 /// idle connection's memory.
-fn serve(state: AppState, user: UserId, upgrade: OnUpgrade) -> impl Future<Output = ()> {
+fn serve(
+    state: AppState,
+    user: UserId,
+    exp: u64,
+    device: DeviceSlot,
+    upgrade: OnUpgrade,
+) -> impl Future<Output = ()> {
     let config = &state.config;
+    let expiry = Expiry::new(exp);
     let (outbound, receiver) = outbound::channel(config.outbound_queue);
     let args = ConnectionArgs {
         user: user.clone(),
@@ -200,6 +230,8 @@ fn serve(state: AppState, user: UserId, upgrade: OnUpgrade) -> impl Future<Outpu
             burst: config.rate_burst,
         },
         metrics: state.metrics.clone(),
+        tokens: state.auth.clone(),
+        expiry: expiry.clone(),
     };
     let max = config.max_frame;
     let heartbeat = Heartbeat {
@@ -208,6 +240,9 @@ fn serve(state: AppState, user: UserId, upgrade: OnUpgrade) -> impl Future<Outpu
     };
     let shutdown = state.shutdown.clone();
     async move {
+        // Held while the socket is open: it counts as one of the user's
+        // devices on this node.
+        let _device = device;
         let socket = match upgrade.await {
             Ok(upgraded) => TokioIo::new(upgraded),
             Err(err) => {
@@ -245,7 +280,15 @@ fn serve(state: AppState, user: UserId, upgrade: OnUpgrade) -> impl Future<Outpu
             }
         };
         tracing::debug!(%user, "connected");
-        let reason = read_frames(&mut stream, &connection, &outbound, heartbeat, &shutdown).await;
+        let reason = read_frames(
+            &mut stream,
+            &connection,
+            &outbound,
+            heartbeat,
+            &expiry,
+            &shutdown,
+        )
+        .await;
         tracing::debug!(%user, ?reason, "disconnected");
         outbound.close(reason.close_code());
         connection.stop(None);
@@ -265,6 +308,12 @@ pub enum Ended {
     /// The node closed the socket, and the client's close reply did not
     /// come within [`CLOSE_GRACE`].
     NodeClosed,
+    /// A text frame was not UTF-8.
+    BadUtf8,
+    /// A frame broke the WebSocket protocol (unmasked, unknown opcode, …).
+    ProtocolError,
+    /// The socket's token expired and no `refresh` replaced it.
+    TokenExpired,
 }
 
 impl Ended {
@@ -273,6 +322,9 @@ impl Ended {
             Ended::ClientClosed => CLOSE_NORMAL,
             Ended::Shutdown | Ended::HeartbeatTimeout => CLOSE_GOING_AWAY,
             Ended::TooBig => CLOSE_TOO_BIG,
+            Ended::BadUtf8 => CLOSE_BAD_DATA,
+            Ended::ProtocolError => CLOSE_PROTOCOL,
+            Ended::TokenExpired => CLOSE_TOKEN_EXPIRED,
             // Asked for already; the first code asked is the one sent.
             Ended::Broken | Ended::NodeClosed => CLOSE_INTERNAL,
         }
@@ -325,6 +377,7 @@ async fn read_frames<S>(
     connection: &ractor::ActorRef<Inbound>,
     outbound: &Outbound,
     heartbeat: Heartbeat,
+    expiry: &Expiry,
     shutdown: &CancellationToken,
 ) -> Ended
 where
@@ -340,6 +393,10 @@ where
     let closed = outbound.closed();
     tokio::pin!(closed);
     let mut closing = false;
+    // The token's expiry: when it comes, the deadline is read again, as
+    // a `refresh` may have moved it.
+    let expires = tokio::time::sleep_until(deadline_of(expiry.get()));
+    tokio::pin!(expires);
     loop {
         let next = tokio::select! {
             // In this order: a close asked for wins over a frame read at
@@ -354,6 +411,14 @@ where
                 continue;
             }
             next = stream.next() => next,
+            () = &mut expires, if !closing => {
+                let exp = expiry.get();
+                if exp <= unix_now() {
+                    return Ended::TokenExpired;
+                }
+                expires.as_mut().reset(deadline_of(exp));
+                continue;
+            }
             () = &mut silence => {
                 if closing {
                     return Ended::NodeClosed;
@@ -372,6 +437,11 @@ where
         let message = match next {
             None => return Ended::ClientClosed,
             Some(Err(tungstenite::Error::Capacity(_))) => return Ended::TooBig,
+            Some(Err(tungstenite::Error::Utf8(_))) => return Ended::BadUtf8,
+            Some(Err(tungstenite::Error::Protocol(error))) => {
+                tracing::debug!(%error, "a client broke the WebSocket protocol");
+                return Ended::ProtocolError;
+            }
             Some(Err(_)) => return Ended::Broken,
             Some(Ok(message)) => message,
         };
@@ -385,33 +455,23 @@ where
             }
             continue;
         }
-        match message {
-            Message::Text(text) => {
-                // Boxed: a call is a large future, and it would otherwise
-                // take room in every connection's task while idle.
-                let served = Box::pin(connection.call(
-                    |done| Inbound {
-                        text: text.as_str().to_owned(),
-                        done,
-                    },
-                    None,
-                ))
-                .await;
-                // Anything but an answer means the actor is gone (it
-                // failed, and its reply port went with it).
-                if !matches!(served, Ok(ractor::rpc::CallResult::Success(()))) {
-                    return Ended::Broken;
-                }
-            }
-            Message::Binary(_) => {
-                let error = ServerFrame::Error(ErrorFrame::bad_request(
-                    "frames must be JSON in text frames, not binary",
-                ));
-                outbound.push(error.push().to_json().into());
-            }
+        let data = match message {
+            Message::Text(text) => ClientData::Text(text.as_str().to_owned()),
+            Message::Binary(_) => ClientData::Binary,
+            Message::Ping(payload) => ClientData::Ping(payload),
+            Message::Pong(_) => ClientData::Pong,
             Message::Close(_) => return Ended::ClientClosed,
-            Message::Ping(payload) => outbound.pong(payload),
-            Message::Pong(_) | Message::Frame(_) => {}
+            Message::Frame(_) => continue,
+        };
+        // Every frame goes to the connection, which counts it against the
+        // rate before anything else. Boxed: a call is a large future, and
+        // it would otherwise take room in every connection's task while
+        // idle.
+        let served = Box::pin(connection.call(|done| Inbound { frame: data, done }, None)).await;
+        // Anything but an answer means the actor is gone (it failed, and
+        // its reply port went with it).
+        if !matches!(served, Ok(ractor::rpc::CallResult::Success(()))) {
+            return Ended::Broken;
         }
         // Once the frame is served: time spent serving it is not the
         // client's silence.
@@ -419,6 +479,82 @@ where
         silence
             .as_mut()
             .reset(tokio::time::Instant::now() + heartbeat.ping_after);
+    }
+}
+
+/// Unix time now.
+fn unix_time() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Unix seconds now.
+fn unix_now() -> u64 {
+    unix_time().as_secs()
+}
+
+/// Longest a socket's expiry timer is set for at once; a later expiry is
+/// read again when it fires (and no far-off `exp` overflows a clock).
+const EXPIRY_TIMER_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The instant a token expiring at `exp` (unix seconds) stops being
+/// valid, or [`EXPIRY_TIMER_MAX`] from now if that is sooner.
+fn deadline_of(exp: u64) -> tokio::time::Instant {
+    let left = Duration::from_secs(exp).saturating_sub(unix_time());
+    tokio::time::Instant::now() + left.min(EXPIRY_TIMER_MAX)
+}
+
+impl TokenCheck for Auth {
+    fn check(&self, token: &str) -> Result<(UserId, u64), ErrorFrame> {
+        self.verify_token(token)
+            .map(|verified| (verified.user, verified.exp))
+            .map_err(|err| err.0)
+    }
+}
+
+/// The open WebSockets of each user on this node, so that one user cannot
+/// hold more than `--max-devices` of them.
+#[derive(Clone, Default)]
+pub struct Devices(Arc<Mutex<HashMap<UserId, usize>>>);
+
+impl Devices {
+    /// A slot for one more socket of `user`, unless the user has `max`.
+    pub fn admit(&self, user: &UserId, max: usize) -> Option<DeviceSlot> {
+        let mut open = self.0.lock().expect("devices lock");
+        let count = open.entry(user.clone()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(DeviceSlot {
+            devices: self.clone(),
+            user: user.clone(),
+        })
+    }
+
+    /// How many sockets `user` has open here.
+    pub fn open(&self, user: &UserId) -> usize {
+        let open = self.0.lock().expect("devices lock");
+        open.get(user).copied().unwrap_or(0)
+    }
+}
+
+/// One open socket of a user; dropped, it frees its slot.
+pub struct DeviceSlot {
+    devices: Devices,
+    user: UserId,
+}
+
+impl Drop for DeviceSlot {
+    fn drop(&mut self) {
+        let mut open = self.devices.0.lock().expect("devices lock");
+        if let Some(count) = open.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.user);
+            }
+        }
     }
 }
 
@@ -485,6 +621,9 @@ where
                 outbound::CLOSE_TOO_SLOW => "reading too slowly; reconnect and sync",
                 CLOSE_GOING_AWAY => "going away",
                 CLOSE_TOO_BIG => "frame too large",
+                CLOSE_BAD_DATA => "a text frame is not UTF-8",
+                CLOSE_PROTOCOL => "WebSocket protocol error",
+                CLOSE_TOKEN_EXPIRED => "token expired; refresh before it expires",
                 _ => "",
             }),
         };
@@ -518,6 +657,23 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Pending
         }
+    }
+
+    #[test]
+    fn a_user_holds_at_most_max_device_slots() {
+        let devices = Devices::default();
+        let alice = UserId::try_from("alice").unwrap();
+        let bob = UserId::try_from("bob").unwrap();
+        let first = devices.admit(&alice, 2).unwrap();
+        let second = devices.admit(&alice, 2).unwrap();
+        assert!(devices.admit(&alice, 2).is_none());
+        assert!(devices.admit(&bob, 2).is_some(), "counted per user");
+        drop(first);
+        let third = devices.admit(&alice, 2).unwrap();
+        assert_eq!(devices.open(&alice), 2);
+        drop((second, third));
+        assert_eq!(devices.open(&alice), 0);
+        assert!(devices.0.lock().unwrap().is_empty(), "no entry kept");
     }
 
     #[tokio::test]

@@ -33,8 +33,15 @@
 //! - In a cluster, a `resync` push (the node lost a link to another node)
 //!   or an event that skips a version makes the client `sync` again,
 //!   holding live pushes until what was missed is delivered.
+//! - A socket lives as long as the token it was opened with: the node
+//!   closes it with 4001 when the token expires. Given a
+//!   [`TokenSource`] ([`ClientConfig::with_refresh`]), the client asks it
+//!   for a fresh token before then (`refresh_before` ahead, or half-way
+//!   through a shorter life) and sends `refresh` on the open socket, which
+//!   stays open; the fresh token is also the one the next connect uses.
 //! - A token the node refuses (HTTP 401) ends the client with
-//!   [`ClientError::Unauthorized`].
+//!   [`ClientError::Unauthorized`], unless the token source gives one the
+//!   node accepts.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tidings_protocol::client::ClientError> {
@@ -49,9 +56,11 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use rand::distr::{Alphanumeric, SampleString};
@@ -74,6 +83,77 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// A socket with no frame for this long is taken as dead.
     pub idle_timeout: Duration,
+    /// Where fresh tokens come from, to keep sockets open past the
+    /// current token's expiry.
+    pub refresh: Option<TokenSource>,
+    /// How long before the token expires a fresh one is asked for (half
+    /// of what is left, if less than twice this is).
+    pub refresh_before: Duration,
+}
+
+/// The application's way to a fresh token for the same user (its login
+/// service, say); `None` when it has none now (asked again shortly).
+#[derive(Clone)]
+pub struct TokenSource(
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<String>> + Send>> + Send + Sync>,
+);
+
+impl TokenSource {
+    pub fn new<F, Fut>(source: F) -> TokenSource
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<String>> + Send + 'static,
+    {
+        TokenSource(Arc::new(move || Box::pin(source())))
+    }
+
+    /// A fresh token, asked of the application in a task of its own so the
+    /// socket is served meanwhile.
+    fn fetch(&self) -> oneshot::Receiver<Option<String>> {
+        let (tx, rx) = oneshot::channel();
+        let token = (self.0)();
+        tokio::spawn(async move {
+            let _ = tx.send(token.await);
+        });
+        rx
+    }
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSource")
+    }
+}
+
+/// How soon a token source that failed is asked again.
+const REFRESH_RETRY: Duration = Duration::from_secs(5);
+
+/// A token's `exp` claim (unix seconds), read without checking the
+/// signature: the node checks it; the client only needs to know when to
+/// refresh.
+pub fn token_expiry(token: &str) -> Option<u64> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()?
+        .get("exp")?
+        .as_u64()
+}
+
+/// When to refresh a token expiring at `exp` (unix seconds), `now` being
+/// the unix time: `before` ahead, or half-way through a shorter life.
+fn refresh_delay(exp: u64, now: Duration, before: Duration) -> Duration {
+    let left = Duration::from_secs(exp).saturating_sub(now);
+    left - before.min(left / 2)
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 impl ClientConfig {
@@ -88,7 +168,20 @@ impl ClientConfig {
             backoff_cap: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            refresh: None,
+            refresh_before: Duration::from_secs(60),
         }
+    }
+
+    /// Keeps sockets open past the token's expiry with tokens from
+    /// `source`.
+    pub fn with_refresh<F, Fut>(mut self, source: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<String>> + Send + 'static,
+    {
+        self.refresh = Some(TokenSource::new(source));
+        self
     }
 }
 
@@ -200,6 +293,14 @@ fn worth_asking_again(err: &crate::ErrorFrame) -> bool {
         err.code,
         crate::ErrorCode::RateLimited | crate::ErrorCode::Unavailable
     )
+}
+
+/// Sleeps until `at`; never if it is `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Exponential backoff with full jitter: a random delay up to
@@ -515,6 +616,9 @@ struct Pending {
 
 struct Driver {
     config: ClientConfig,
+    /// The token the next connect presents: the configured one, then the
+    /// last one the node accepted in a `refresh`.
+    token: String,
     pushes: mpsc::UnboundedSender<Push>,
     state: watch::Sender<ConnState>,
     seen: Seen,
@@ -539,6 +643,7 @@ impl Driver {
         state: watch::Sender<ConnState>,
     ) -> Self {
         Driver {
+            token: config.token.clone(),
             config,
             pushes,
             state,
@@ -556,21 +661,34 @@ impl Driver {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut attempt: u32 = 0;
         let mut queued: Vec<Pending> = Vec::new();
+        // Whether the token was refused since the last open socket, and a
+        // fresh one has been asked for since.
+        let mut refused_once = false;
         loop {
             let url = &self.config.urls[attempt as usize % self.config.urls.len().max(1)];
-            let url = format!(
-                "{}/v1/ws?token={}",
-                url.trim_end_matches('/'),
-                self.config.token
-            );
+            let url = format!("{}/v1/ws?token={}", url.trim_end_matches('/'), self.token);
             // No Nagle: a request must not wait for the ack of the last one.
             match tokio_tungstenite::connect_async_with_config(url.as_str(), None, true).await {
                 Ok((socket, _)) => {
                     attempt = 0;
+                    refused_once = false;
                     let _ = self.state.send(ConnState::Connected);
                     match self.session(socket, &mut commands, &mut queued).await {
                         End::Closed => break,
                         End::Dropped => {}
+                    }
+                }
+                Err(tungstenite::Error::Http(response))
+                    if response.status() == 401
+                        && !refused_once
+                        && self.config.refresh.is_some() =>
+                {
+                    // Expired, most likely: one fresh token, and try again.
+                    refused_once = true;
+                    let source = self.config.refresh.clone().expect("a token source");
+                    if let Ok(Some(token)) = source.fetch().await {
+                        self.token = token;
+                        continue;
                     }
                 }
                 Err(tungstenite::Error::Http(response)) if response.status() == 401 => {
@@ -660,6 +778,11 @@ impl Driver {
         let mut held: Option<Vec<Push>> = Some(Vec::new());
         let mut paging: HashMap<String, ConvId> = HashMap::new();
         let mut again = Again::default();
+        // Refreshing the token: when to ask the source, its answer on the
+        // way, and the `refresh` sent (its req and token) awaiting reply.
+        let mut refresh_at = self.refresh_at(token_expiry(&self.token));
+        let mut fetching: Option<oneshot::Receiver<Option<String>>> = None;
+        let mut refreshing: Option<(String, String)> = None;
         for p in queued.drain(..) {
             let req = self.req();
             if !Self::write(&mut socket, Some(req.clone()), &p.frame).await {
@@ -708,6 +831,27 @@ impl Driver {
                         }
                         paging.insert(req, conv);
                     }
+                    continue;
+                }
+                () = sleep_until_some(refresh_at), if refresh_at.is_some() => {
+                    refresh_at = None;
+                    fetching = self.config.refresh.as_ref().map(TokenSource::fetch);
+                    continue;
+                }
+                fetched = async { fetching.as_mut().expect("a token on its way").await },
+                    if fetching.is_some() =>
+                {
+                    fetching = None;
+                    let Ok(Some(token)) = fetched else {
+                        refresh_at = Some(tokio::time::Instant::now() + REFRESH_RETRY);
+                        continue;
+                    };
+                    let req = self.req();
+                    let frame = ClientFrame::Refresh { token: token.clone() };
+                    if !Self::write(&mut socket, Some(req.clone()), &frame).await {
+                        return End::Dropped;
+                    }
+                    refreshing = Some((req, token));
                     continue;
                 }
                 next = tokio::time::timeout(self.config.idle_timeout, socket.next()) => next,
@@ -819,6 +963,19 @@ impl Driver {
                         held = Some(Vec::new());
                     }
                 }
+                (Some(req), frame) if refreshing.as_ref().is_some_and(|(r, _)| *r == req) => {
+                    let (_, token) = refreshing.take().expect("a refresh awaiting reply");
+                    match frame {
+                        ServerFrame::Refreshed { exp } => {
+                            self.token = token;
+                            refresh_at = self.refresh_at(Some(exp));
+                        }
+                        other => {
+                            tracing::warn!(reply = ?other, "token refresh refused");
+                            refresh_at = Some(tokio::time::Instant::now() + REFRESH_RETRY);
+                        }
+                    }
+                }
                 (Some(req), frame) => {
                     if let Some(p) = self.pending.remove(&req) {
                         let result = match frame {
@@ -863,6 +1020,17 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// When to refresh a token expiring at `exp`; never without a token
+    /// source or an expiry.
+    fn refresh_at(&self, exp: Option<u64>) -> Option<tokio::time::Instant> {
+        self.config.refresh.as_ref()?;
+        let delay = refresh_delay(exp?, unix_now(), self.config.refresh_before);
+        // A far-off expiry is not a refresh to plan for (nor a clock to
+        // overflow): a week at most, when it is looked at again.
+        let delay = delay.min(Duration::from_secs(7 * 24 * 3600));
+        Some(tokio::time::Instant::now() + delay)
     }
 
     /// Delivers what was held during a sync, in order. If a held event
@@ -925,6 +1093,36 @@ impl Driver {
 mod tests {
     use super::*;
     use crate::EventKind;
+
+    #[test]
+    fn tokens_are_refreshed_ahead_of_their_expiry() {
+        let now = Duration::from_secs(1_000);
+        let minute = Duration::from_secs(60);
+        // A long life: a minute ahead.
+        assert_eq!(
+            refresh_delay(4_600, now, minute),
+            Duration::from_secs(3_540)
+        );
+        // A short one: half-way.
+        assert_eq!(refresh_delay(1_010, now, minute), Duration::from_secs(5));
+        // Expired already: at once.
+        assert_eq!(refresh_delay(900, now, minute), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_tokens_expiry_is_read_from_its_payload() {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let token = format!(
+            "{}.{}.sig",
+            b64.encode(r#"{"alg":"HS256"}"#),
+            b64.encode(r#"{"sub":"alice","exp":1795369414}"#)
+        );
+        assert_eq!(token_expiry(&token), Some(1_795_369_414));
+        assert_eq!(token_expiry("not-a-token"), None);
+        let no_exp = format!("h.{}.s", b64.encode(r#"{"sub":"a"}"#));
+        assert_eq!(token_expiry(&no_exp), None);
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter() {

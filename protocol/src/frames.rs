@@ -84,6 +84,11 @@ pub enum ClientFrame {
     Typing {
         conv: ConvId,
     },
+    /// A fresh token for the same user, before the one the socket was
+    /// opened with expires.
+    Refresh {
+        token: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -98,24 +103,29 @@ impl ClientEnvelope {
     /// still correlates.
     #[allow(clippy::result_large_err)] // the error path is the rare one
     pub fn parse(text: &str) -> Result<ClientEnvelope, (Option<String>, ErrorFrame)> {
-        match serde_json::from_str::<ClientEnvelope>(text) {
+        let parsed = check_type(text).and_then(|()| serde_json::from_str::<ClientEnvelope>(text));
+        match parsed {
             Ok(envelope) => {
                 let req = envelope.req.clone();
                 envelope.validate().map_err(|e| (req, e))?;
                 Ok(envelope)
             }
-            Err(err) => {
-                let req = serde_json::from_str::<ReqOnly>(text)
-                    .ok()
-                    .and_then(|r| match r.req {
-                        Some(Value::String(s)) if s.chars().count() <= crate::MAX_REQ_CHARS => {
-                            Some(s)
-                        }
-                        _ => None,
-                    });
-                Err((req, ErrorFrame::bad_request(describe_json_error(&err))))
-            }
+            Err(err) => Err((
+                ClientEnvelope::req_of(text),
+                ErrorFrame::bad_request(describe_json_error(&err)),
+            )),
         }
+    }
+
+    /// The `req` of a frame that is not otherwise read (it failed to
+    /// parse, or it is refused before parsing), when it has a valid one.
+    pub fn req_of(text: &str) -> Option<String> {
+        serde_json::from_str::<ReqOnly>(text)
+            .ok()
+            .and_then(|r| match r.req {
+                Some(Value::String(s)) if s.chars().count() <= crate::MAX_REQ_CHARS => Some(s),
+                _ => None,
+            })
     }
 
     /// Checks the limits that the types alone do not express.
@@ -130,6 +140,40 @@ impl ClientEnvelope {
         }
         self.frame.validate()
     }
+}
+
+/// The `type` of a frame, read on its own.
+#[derive(Deserialize)]
+struct TypeOnly {
+    #[serde(rename = "type", default)]
+    _kind: Option<TypeName>,
+}
+
+/// A `type` must be a string: serde would also take a variant's index
+/// (`{"type":3}`), which the protocol does not name. Its value is not
+/// kept; the frame's own parse reads it.
+struct TypeName;
+
+impl<'de> Deserialize<'de> for TypeName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = TypeName;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a frame type's name, a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<TypeName, E> {
+                Ok(TypeName)
+            }
+        }
+        deserializer.deserialize_str(Name)
+    }
+}
+
+/// Refuses a frame whose `type` is there and is not a string. A missing
+/// or unknown name is left to the frame's own parse, which says which.
+fn check_type(text: &str) -> Result<(), serde_json::Error> {
+    serde_json::from_str::<TypeOnly>(text).map(drop)
 }
 
 fn describe_json_error(err: &serde_json::Error) -> String {
@@ -359,6 +403,11 @@ pub enum ServerFrame {
     /// events sent over that link may not have arrived. The client sends
     /// `sync` with what it has, as after a reconnect.
     Resync,
+    /// The answer to `refresh`: the socket now lives until `exp` (unix
+    /// seconds), the new token's expiry.
+    Refreshed {
+        exp: u64,
+    },
     Error(ErrorFrame),
 }
 
@@ -436,6 +485,47 @@ mod tests {
         let frame = json!({"type":"send","conv":"dm:a:b","body":body}).to_string();
         let (_, err) = ClientEnvelope::parse(&frame).unwrap_err();
         assert_eq!(err.code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn a_type_must_be_a_name_the_protocol_gives() {
+        // serde takes a variant's index for its name; the protocol does not.
+        for frame in [
+            r#"{"type":0}"#,
+            r#"{"type":3,"req":"n","user":"bob"}"#,
+            r#"{"type":2.0,"user":"bob"}"#,
+            r#"{"type":true}"#,
+            r#"{"type":null}"#,
+            r#"{"type":["dm"],"user":"bob"}"#,
+            r#"{"type":{"dm":1},"user":"bob"}"#,
+            r#"{"type":"3","user":"bob"}"#,
+            r#"{"type":"Dm","user":"bob"}"#,
+            r#"{"type":"dm ","user":"bob"}"#,
+        ] {
+            let (_, err) = ClientEnvelope::parse(frame).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{frame}");
+        }
+        let (req, _) = ClientEnvelope::parse(r#"{"type":3,"req":"n","user":"bob"}"#).unwrap_err();
+        assert_eq!(req.as_deref(), Some("n"));
+        // A name written with escapes is still the name.
+        let env = ClientEnvelope::parse(r#"{"type":"d\u006d","user":"bob"}"#).unwrap();
+        assert!(matches!(env.frame, ClientFrame::Dm { .. }));
+        let (_, err) = ClientEnvelope::parse(r#"{"user":"bob"}"#).unwrap_err();
+        assert!(err.message.contains("type"), "{}", err.message);
+    }
+
+    #[test]
+    fn refresh_frames_round_trip() {
+        let env = ClientEnvelope::parse(r#"{"type":"refresh","req":"t","token":"abc"}"#).unwrap();
+        assert_eq!(
+            env.frame,
+            ClientFrame::Refresh {
+                token: "abc".into()
+            }
+        );
+        let reply = ServerFrame::Refreshed { exp: 42 }.reply(Some("t".into()));
+        let value: Value = serde_json::from_str(&reply.to_json()).unwrap();
+        assert_eq!(value, json!({"type":"refreshed","req":"t","exp":42}));
     }
 
     #[test]

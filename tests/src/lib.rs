@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The auth secret test nodes run with.
-pub const SECRET: &str = "integration-test-secret";
+pub const SECRET: &str = "integration-test-secret-of-at-least-32-bytes";
 /// The API key test nodes run with.
 pub const API_KEY: &str = "integration-test-api-key";
 /// How long any single wait in a test may take.
@@ -170,6 +170,11 @@ impl Ws {
             .send(Message::Text(text.into().into()))
             .await
             .expect("send a frame");
+    }
+
+    /// Sends any WebSocket message: a binary frame, a ping.
+    pub async fn send_message(&mut self, message: Message) {
+        self.stream.send(message).await.expect("send a frame");
     }
 
     pub async fn send(&mut self, frame: Value) {
