@@ -26,10 +26,22 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     if let Some(Command::Certs(args)) = cli.command {
-        for path in tidings_node::certs::write(&args)? {
-            println!("wrote {}", path.display());
+        match tidings_node::certs::write(&args) {
+            Ok(written) => {
+                for path in written {
+                    println!("wrote {}", path.display());
+                }
+                eprintln!(
+                    "tidings certs: give each node its own directory (--cluster-certs); keep {} off the nodes, whoever holds it can make members",
+                    args.out.join("ca.key").display()
+                );
+                return Ok(());
+            }
+            Err(err) => {
+                eprintln!("tidings certs: {err:#}");
+                std::process::exit(1);
+            }
         }
-        return Ok(());
     }
     let config = cli.config;
     if let Err(err) = config.validate() {

@@ -106,7 +106,7 @@ async fn seen(member: &Member, addr: SocketAddr) -> Option<(String, String)> {
 
 fn varint(mut n: u64, out: &mut Vec<u8>) {
     while n >= 0x80 {
-        out.push(n as u8 | 0x80);
+        out.push((n as u8) | 0x80);
         n >>= 7;
     }
     out.push(n as u8);
@@ -114,7 +114,7 @@ fn varint(mut n: u64, out: &mut Vec<u8>) {
 
 fn field(tag: u64, bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    varint(tag << 3 | 2, &mut out);
+    varint((tag << 3) | 2, &mut out);
     varint(bytes.len() as u64, &mut out);
     out.extend_from_slice(bytes);
     out
@@ -146,7 +146,7 @@ fn ractor_ready() -> Vec<u8> {
 
 /// Whether a frame is NetworkMessage { auth: { server_ack } }.
 fn is_server_ack(frame: &[u8]) -> bool {
-    frame.len() > 2 && frame[0] == 0x0a && frame[2] == 6 << 3 | 2
+    frame.len() > 2 && frame[0] == 0x0a && frame[2] == ((6 << 3) | 2)
 }
 
 async fn read_ractor_frame<R: AsyncReadExt + Unpin>(from: &mut R) -> std::io::Result<Vec<u8>> {
