@@ -84,6 +84,14 @@ pub enum ClientFrame {
     Typing {
         conv: ConvId,
     },
+    /// Refuse direct conversations and additions to conversations from
+    /// `user`, until `unblock`.
+    Block {
+        user: UserId,
+    },
+    Unblock {
+        user: UserId,
+    },
 }
 
 #[derive(Deserialize)]
@@ -345,9 +353,20 @@ pub enum ServerFrame {
     },
     Convs {
         conversations: Vec<ConvSummary>,
+        /// The users this user has blocked.
+        #[serde(default)]
+        blocked: Vec<UserId>,
     },
     Presence {
         users: BTreeMap<UserId, PresenceInfo>,
+    },
+    /// The answer to `block`: `user` is blocked (whether or not it was).
+    Blocked {
+        user: UserId,
+    },
+    /// The answer to `unblock`: `user` is not blocked (whether or not it was).
+    Unblocked {
+        user: UserId,
     },
     Event(Event),
     Notification(Notification),
