@@ -108,7 +108,12 @@ impl ClientEnvelope {
     pub fn parse(text: &str) -> Result<ClientEnvelope, (Option<String>, ErrorFrame)> {
         match serde_json::from_str::<ClientEnvelope>(text) {
             Ok(envelope) => {
-                let req = envelope.req.clone();
+                // A `req` over its limit is not echoed back: the error says
+                // it is too long.
+                let req = envelope
+                    .req
+                    .clone()
+                    .filter(|r| r.chars().count() <= crate::MAX_REQ_CHARS);
                 envelope.validate().map_err(|e| (req, e))?;
                 Ok(envelope)
             }
@@ -455,6 +460,18 @@ mod tests {
         let frame = json!({"type":"send","conv":"dm:a:b","body":body}).to_string();
         let (_, err) = ClientEnvelope::parse(&frame).unwrap_err();
         assert_eq!(err.code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn a_req_over_its_limit_is_refused_and_not_echoed() {
+        let req = "r".repeat(crate::MAX_REQ_CHARS + 1);
+        let frame = json!({"type":"ping","req":req}).to_string();
+        let (echoed, err) = ClientEnvelope::parse(&frame).unwrap_err();
+        assert_eq!(echoed, None);
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        let req = "r".repeat(crate::MAX_REQ_CHARS);
+        let frame = json!({"type":"ping","req":req}).to_string();
+        assert_eq!(ClientEnvelope::parse(&frame).unwrap().req, Some(req));
     }
 
     #[test]
