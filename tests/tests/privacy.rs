@@ -5,7 +5,7 @@
 //! the user who blocked them, durably and on every node of a cluster.
 
 use serde_json::{json, Value};
-use tidings_tests::cluster::{one_cluster_at_a_time, start_cluster};
+use tidings_tests::cluster::{all_leaders, one_cluster_at_a_time, start_cluster};
 use tidings_tests::process;
 use tidings_tests::{http, token, TestNode, Ws};
 
@@ -353,4 +353,32 @@ async fn in_a_cluster_presence_and_blocks_hold_on_every_node() {
     let mut carol_elsewhere = nodes[1].connect("carol").await;
     let listed = carol_elsewhere.ok(json!({"type":"convs"}), "convs").await;
     assert_eq!(listed["blocked"], json!(["alice"]), "{listed}");
+
+    // The block is on a majority's disks, not in the memory of the node
+    // that led carol's shard: with that node killed, the new leader
+    // refuses alice too.
+    let shard = u64::from(tidings_actors::shard::shard_of("carol").0);
+    let leaders = all_leaders(&nodes).await;
+    let leader = nodes
+        .iter()
+        .position(|n| Some(n.id) == leaders.get(&shard).map(String::as_str))
+        .expect("carol's shard has a leader");
+    let mut nodes = nodes;
+    nodes[leader].kill().await;
+    let survivor = &nodes[(leader + 1) % nodes.len()];
+    let mut alice = survivor.connect("alice").await;
+    // Asked again while the shard has no leader (bounded by a deadline).
+    let deadline = tokio::time::Instant::now() + 3 * tidings_tests::WAIT;
+    let refused = loop {
+        let reply = alice.request(json!({"type":"dm","user":"carol"})).await;
+        if reply["code"] != "unavailable" {
+            break reply;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "carol's shard never got a new leader"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(refused["code"], "forbidden", "{refused}");
 }
