@@ -252,7 +252,7 @@ const PONG: u8 = 10;
 impl WsFrame {
     /// The frame's bytes on the wire (RFC 6455, 5.2).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(u8::from(self.fin) << 7 | (self.rsv & 7) << 4 | (self.opcode & 0xF));
+        out.push((u8::from(self.fin) << 7) | ((self.rsv & 7) << 4) | (self.opcode & 0xF));
         let masked = u8::from(self.mask.is_some()) << 7;
         let len = self.claimed.unwrap_or(self.payload.len() as u64);
         if len < 126 {
