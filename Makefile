@@ -5,7 +5,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/tidings-target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/debug/tidings
 
-.PHONY: run test build deps test-deps browser-test bench bench-deps bench-rates fmt lint
+.PHONY: run test build deps test-deps browser-test bench bench-deps bench-rates fmt lint fuzz
 RELEASE := $(CARGO_TARGET_DIR)/release
 
 run: deps build
@@ -24,6 +24,12 @@ build:
 
 deps:
 	@scripts/install-deps.sh
+
+# The fuzz targets (fuzz/), TIDINGS_FUZZ_CASES cases each (a million by
+# default), in the debug build and target directory `make test` uses.
+# Not part of `make test`, which runs their regression tests only.
+fuzz: deps
+	$(CARGO) test --workspace --test fuzz -- --ignored --nocapture
 
 test-deps:
 	@scripts/install-deps.sh test

@@ -23,6 +23,14 @@ pub enum CodecError {
     Trailing(usize),
 }
 
+/// Most bytes the strings and byte buffers of one decoded value may claim:
+/// the largest frame a cluster link carries. bincode allocates a string's
+/// length as the value states it before reading it, so without this a few
+/// bytes claiming an exabyte-long string abort the process.
+pub const MAX_DECODED_BYTES: usize = 16 * 1024 * 1024;
+
+/// How values are written; they are read with the same settings and
+/// [`MAX_DECODED_BYTES`].
 fn config() -> impl bincode::config::Config {
     bincode::config::standard()
 }
@@ -38,7 +46,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (&version, rest) = bytes.split_first().ok_or(CodecError::Empty)?;
     match version {
         FORMAT_V1 => {
-            let (value, used) = bincode::serde::decode_from_slice(rest, config())?;
+            let limited = bincode::config::standard().with_limit::<MAX_DECODED_BYTES>();
+            let (value, used) = bincode::serde::decode_from_slice(rest, limited)?;
             if used != rest.len() {
                 return Err(CodecError::Trailing(rest.len() - used));
             }
@@ -70,6 +79,22 @@ mod tests {
         let bytes = encode(&value).unwrap();
         assert_eq!(bytes[0], FORMAT_V1);
         assert_eq!(decode::<Sample>(&bytes).unwrap(), value);
+    }
+
+    #[test]
+    fn a_string_claiming_more_than_the_limit_is_refused_before_it_is_allocated() {
+        // Format byte, then a string whose varint length (0xFD: a u64
+        // follows) says 2^60 bytes.
+        let mut bytes = vec![FORMAT_V1, 0xFD];
+        bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(matches!(
+            decode::<String>(&bytes),
+            Err(CodecError::Decode(
+                bincode::error::DecodeError::LimitExceeded
+            ))
+        ));
+        let within = encode(&"x".repeat(1000)).unwrap();
+        assert_eq!(decode::<String>(&within).unwrap().len(), 1000);
     }
 
     #[test]

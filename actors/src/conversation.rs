@@ -256,16 +256,15 @@ impl Conversation {
         ErrorFrame::new(ErrorCode::NotFound, format!("no conversation {}", self.id))
     }
 
-    /// The state, if the conversation exists and `by` is a member.
+    /// The state, if the conversation exists and `by` is a member. A
+    /// non-member gets the very error of a conversation that does not
+    /// exist, so that nobody outside can tell whether it does (whether two
+    /// users have a direct conversation, say).
     fn member_meta(&self, by: &UserId) -> Result<&ConvMeta> {
-        let meta = self.meta.as_ref().ok_or_else(|| self.not_found())?;
-        if !meta.members.contains(by) {
-            return Err(ErrorFrame::new(
-                ErrorCode::Forbidden,
-                format!("{by} is not a member of {}", self.id),
-            ));
-        }
-        Ok(meta)
+        self.meta
+            .as_ref()
+            .filter(|meta| meta.members.contains(by))
+            .ok_or_else(|| self.not_found())
     }
 
     /// Appends `events` (versions following the current one) with `extra`

@@ -137,6 +137,21 @@ pub enum UserMsg {
         entry: IndexEntry,
         reply: Reply<()>,
     },
+    /// Add `user` to this user's block list (`block`), or take it off.
+    Block {
+        user: UserId,
+        block: bool,
+        reply: Reply<()>,
+    },
+    /// Whether this user has blocked `user`.
+    Blocks {
+        user: UserId,
+        reply: Reply<bool>,
+    },
+    /// This user's block list.
+    BlockList {
+        reply: Reply<Vec<UserId>>,
+    },
     Tick,
     Shutdown,
 }

@@ -11,7 +11,7 @@
 //! peer actor ([`forward`]). While a shard has no reachable leader the
 //! service asks again until the call timeout, and answers `unavailable`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -290,6 +290,22 @@ impl Service {
                     .user(&user, |reply| UserMsg::Index { conv, entry, reply })
                     .await
                     .map(|()| Answer::Done),
+                UserOp::Block { user: other, block } => self
+                    .user(&user, |reply| UserMsg::Block {
+                        user: other,
+                        block,
+                        reply,
+                    })
+                    .await
+                    .map(|()| Answer::Done),
+                UserOp::Blocks { user: other } => self
+                    .user(&user, |reply| UserMsg::Blocks { user: other, reply })
+                    .await
+                    .map(Answer::Flag),
+                UserOp::BlockList => self
+                    .user(&user, |reply| UserMsg::BlockList { reply })
+                    .await
+                    .map(Answer::Users),
             },
         }
     }
@@ -336,6 +352,50 @@ impl Service {
         }
     }
 
+    /// `by` blocks `user` (`block`) or unblocks it: kept in `by`'s shard.
+    pub async fn block(&self, by: &UserId, user: &UserId, block: bool) -> Result<()> {
+        let op = UserOp::Block {
+            user: user.clone(),
+            block,
+        };
+        match self.user_op(by, op).await? {
+            Answer::Done => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// The users `by` has blocked.
+    pub async fn blocked(&self, by: &UserId) -> Result<Vec<UserId>> {
+        match self.user_op(by, UserOp::BlockList).await? {
+            Answer::Users(users) => Ok(users),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// `forbidden` if any of `others` has blocked `by`: a blocked user may
+    /// not open a direct conversation with, or add to a conversation, the
+    /// user who blocked them. Each block list is asked in its own shard.
+    async fn refuse_if_blocked(&self, by: &UserId, others: &[UserId]) -> Result<()> {
+        let others: BTreeSet<&UserId> = others.iter().filter(|u| *u != by).collect();
+        let asks = others.iter().map(|other| async move {
+            let op = UserOp::Blocks { user: by.clone() };
+            (*other, self.user_op(other, op).await)
+        });
+        for (other, answer) in join_all(asks).await {
+            match answer? {
+                Answer::Flag(false) => {}
+                Answer::Flag(true) => {
+                    return Err(ErrorFrame::new(
+                        ErrorCode::Forbidden,
+                        format!("{other} has blocked {by}"),
+                    ))
+                }
+                _ => return Err(unexpected()),
+            }
+        }
+        Ok(())
+    }
+
     /// A new group conversation with `by` and `members`.
     pub async fn create(
         &self,
@@ -345,6 +405,7 @@ impl Service {
     ) -> Result<Created> {
         validate_members(&members)?;
         validate_title(title.as_deref())?;
+        self.refuse_if_blocked(by, &members).await?;
         let suffix = Alphanumeric.sample_string(&mut rand::rng(), 20);
         let conv = ConvId::group(&suffix)
             .map_err(|e| ErrorFrame::new(ErrorCode::Internal, e.to_string()))?;
@@ -355,6 +416,8 @@ impl Service {
 
     /// The direct conversation of `by` and `other`, created on first use.
     pub async fn dm(&self, by: &UserId, other: &UserId) -> Result<Created> {
+        self.refuse_if_blocked(by, std::slice::from_ref(other))
+            .await?;
         let conv = ConvId::direct(by, other);
         self.created(&conv, ConvOp::OpenDirect { by: by.clone() })
             .await
@@ -418,6 +481,7 @@ impl Service {
     ) -> Result<Ack> {
         validate_members(&add)?;
         validate_members(&remove)?;
+        self.refuse_if_blocked(by, &add).await?;
         let by = by.clone();
         self.ack(conv, ConvOp::Members { by, add, remove }).await
     }
@@ -483,7 +547,8 @@ impl Service {
             match page {
                 Ok(Answer::Synced(page)) => convs.push(page),
                 Ok(_) => return Err(unexpected()),
-                Err(err) if err.code == ErrorCode::Forbidden => {}
+                // Left between the two reads.
+                Err(err) if err.code == ErrorCode::NotFound => {}
                 Err(err) => return Err(err),
             }
         }
@@ -525,14 +590,54 @@ impl Service {
         }
     }
 
-    /// Whether each of `users` is online, counting devices on every node.
-    pub async fn presence(&self, users: &[UserId]) -> Result<BTreeMap<UserId, PresenceInfo>> {
+    /// Of `users`, those who share a conversation with `by` (and `by`):
+    /// the only ones whose presence `by` may see. A direct conversation
+    /// names its other member; groups are asked for their members only
+    /// while someone asked about is still unaccounted for.
+    async fn contacts_among(&self, by: &UserId, users: &[UserId]) -> Result<Vec<UserId>> {
+        let asked: BTreeSet<&UserId> = users.iter().filter(|u| *u != by).collect();
+        if asked.is_empty() {
+            return Ok(dedup_users(users));
+        }
+        let convs = self.convs_of(by).await?;
+        let (direct, groups): (Vec<&ConvId>, Vec<&ConvId>) =
+            convs.iter().partition(|conv| conv.is_direct());
+        let mut shared: BTreeSet<UserId> = direct
+            .iter()
+            .filter_map(|conv| conv.direct_members())
+            .flat_map(|(a, b)| [a, b])
+            .collect();
+        if asked.iter().any(|u| !shared.contains(*u)) {
+            let summaries = join_all(
+                groups
+                    .iter()
+                    .map(|conv| self.conv_op(conv, ConvOp::Summary { by: by.clone() })),
+            )
+            .await;
+            for answer in summaries {
+                if let Ok(Answer::Summary(summary)) = answer {
+                    shared.extend(summary.members);
+                }
+            }
+        }
+        Ok(visible(by, users, &shared))
+    }
+
+    /// Whether each of `users` is online, counting devices on every node,
+    /// for those of them who share a conversation with `by`; the others
+    /// are left out of the answer.
+    pub async fn presence(
+        &self,
+        by: &UserId,
+        users: &[UserId],
+    ) -> Result<BTreeMap<UserId, PresenceInfo>> {
         if users.len() > tidings_protocol::MAX_PRESENCE_USERS {
             return Err(ErrorFrame::bad_request(format!(
                 "presence takes at most {} users",
                 tidings_protocol::MAX_PRESENCE_USERS
             )));
         }
+        let users = &self.contacts_among(by, users).await?;
         let mut infos = self.local_presence(users);
         if let Some(replicator) = &self.replicator {
             // Devices are where they connected: ask every other node. A node
@@ -647,9 +752,14 @@ impl Service {
                     notifications,
                 }
             }
-            ClientFrame::Convs => ServerFrame::Convs {
-                conversations: self.conversations(by).await?,
-            },
+            ClientFrame::Convs => {
+                let (conversations, blocked) =
+                    tokio::join!(self.conversations(by), self.blocked(by));
+                ServerFrame::Convs {
+                    conversations: conversations?,
+                    blocked: blocked?,
+                }
+            }
             ClientFrame::Members { conv, add, remove } => ack_frame(
                 self.members(
                     by,
@@ -660,8 +770,16 @@ impl Service {
                 .await?,
             ),
             ClientFrame::Presence { users } => ServerFrame::Presence {
-                users: self.presence(&users).await?,
+                users: self.presence(by, &users).await?,
             },
+            ClientFrame::Block { user } => {
+                self.block(by, &user, true).await?;
+                ServerFrame::Blocked { user }
+            }
+            ClientFrame::Unblock { user } => {
+                self.block(by, &user, false).await?;
+                ServerFrame::Unblocked { user }
+            }
             ClientFrame::Typing { conv } => {
                 self.typing(by, &conv);
                 return Ok(None);
@@ -690,5 +808,46 @@ fn ack_frame(ack: Ack) -> ServerFrame {
         version: ack.version,
         ts: ack.ts,
         dup: ack.dup,
+    }
+}
+
+/// `users` without repeats, in the order asked.
+fn dedup_users(users: &[UserId]) -> Vec<UserId> {
+    let mut seen = BTreeSet::new();
+    users.iter().filter(|u| seen.insert(*u)).cloned().collect()
+}
+
+/// Of `users`, those `by` may see the presence of: `by` itself and those in
+/// `shared` (the members of `by`'s conversations), without repeats.
+fn visible(by: &UserId, users: &[UserId], shared: &BTreeSet<UserId>) -> Vec<UserId> {
+    dedup_users(users)
+        .into_iter()
+        .filter(|u| u == by || shared.contains(u))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<UserId> {
+        names
+            .iter()
+            .map(|n| UserId::try_from(n.to_string()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn presence_shows_only_the_asker_and_those_who_share_a_conversation() {
+        let by = &ids(&["al"])[0];
+        let shared: BTreeSet<UserId> = ids(&["al", "bo", "cy"]).into_iter().collect();
+        let asked = ids(&["zed", "bo", "al", "bo", "dee"]);
+        assert_eq!(visible(by, &asked, &shared), ids(&["bo", "al"]));
+        assert_eq!(
+            visible(by, &ids(&["al"]), &BTreeSet::new()),
+            ids(&["al"]),
+            "a user with no conversations still sees itself"
+        );
+        assert!(visible(by, &ids(&["zed"]), &BTreeSet::new()).is_empty());
     }
 }

@@ -17,7 +17,7 @@ use crate::entity::{now_ms, EntityArgs, IdleClock};
 use crate::messages::{EntityKey, RouterMsg, UserMsg};
 use crate::metrics::Metrics;
 use crate::shard::{shard_of, ShardId};
-use crate::storage::records::{IndexEntry, StoredNotification, UserMeta};
+use crate::storage::records::{BlockList, IndexEntry, StoredNotification, UserMeta};
 use crate::storage::{keys, Cf, Storage, WriteSet};
 
 pub struct UserActor;
@@ -112,6 +112,15 @@ impl Actor for UserActor {
             }
             UserMsg::Index { conv, entry, reply } => {
                 let _ = reply.send(Box::pin(state.index(conv, entry)).await);
+            }
+            UserMsg::Block { user, block, reply } => {
+                let _ = reply.send(Box::pin(state.block(user, block)).await);
+            }
+            UserMsg::Blocks { user, reply } => {
+                let _ = reply.send(state.block_list().map(|list| list.contains(&user)));
+            }
+            UserMsg::BlockList { reply } => {
+                let _ = reply.send(state.block_list().map(|list| list.users));
             }
             UserMsg::Tick | UserMsg::Shutdown => {
                 unreachable!("handled above")
@@ -249,5 +258,40 @@ impl User {
             .commit(self.shard, writes)
             .await
             .map_err(crate::conversation::commit_failed)
+    }
+
+    /// The users this user has blocked. Read from storage, like the index:
+    /// another node may have led the shard since this actor started.
+    fn block_list(&self) -> Result<BlockList> {
+        Ok(self
+            .storage
+            .get(Cf::UserMeta, &keys::block_list(self.id.as_str()))
+            .map_err(internal)?
+            .unwrap_or_default())
+    }
+
+    /// Blocks or unblocks `user`, durably in this user's shard; a change
+    /// that changes nothing writes nothing.
+    async fn block(&mut self, user: UserId, block: bool) -> Result<()> {
+        let mut list = self.block_list()?;
+        let changed = if block {
+            list.block(&self.id, user.clone())
+                .map_err(|err| ErrorFrame::bad_request(err.to_string()))?
+        } else {
+            list.unblock(&user)
+        };
+        if !changed {
+            return Ok(());
+        }
+        let mut writes = WriteSet::default();
+        writes
+            .put(Cf::UserMeta, keys::block_list(self.id.as_str()), &list)
+            .map_err(internal)?;
+        self.storage
+            .commit(self.shard, writes)
+            .await
+            .map_err(crate::conversation::commit_failed)?;
+        tracing::debug!(user = %self.id, other = %user, block, "block list changed");
+        Ok(())
     }
 }

@@ -8,7 +8,7 @@ use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, Pa
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
 use serde::Deserialize;
@@ -47,6 +47,8 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/users/{user}/notifications", post(notify))
         .route("/v1/presence", get(presence))
+        .route("/v1/blocks", get(list_blocked))
+        .route("/v1/blocks/{user}", put(block).delete(unblock))
         .route("/v1/notifications", get(notifications))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -272,8 +274,41 @@ async fn list_conversations(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let conversations = state.service.conversations(&user).await?;
-    Ok(Json(json!({ "conversations": conversations })))
+    let (conversations, blocked) = tokio::join!(
+        state.service.conversations(&user),
+        state.service.blocked(&user)
+    );
+    Ok(Json(
+        json!({ "conversations": conversations?, "blocked": blocked? }),
+    ))
+}
+
+async fn list_blocked(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let blocked = state.service.blocked(&user).await?;
+    Ok(Json(json!({ "blocked": blocked })))
+}
+
+async fn block(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(other): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let other: UserId = parse(other)?;
+    state.service.block(&user, &other, true).await?;
+    Ok(Json(json!({ "user": other, "blocked": true })))
+}
+
+async fn unblock(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(other): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let other: UserId = parse(other)?;
+    state.service.block(&user, &other, false).await?;
+    Ok(Json(json!({ "user": other, "blocked": false })))
 }
 
 #[derive(Deserialize)]
@@ -372,7 +407,7 @@ struct PresenceQuery {
 
 async fn presence(
     State(state): State<AppState>,
-    AuthUser(_user): AuthUser,
+    AuthUser(user): AuthUser,
     QueryArgs(query): QueryArgs<PresenceQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let users = query
@@ -381,7 +416,7 @@ async fn presence(
         .filter(|u| !u.is_empty())
         .map(|u| parse::<UserId>(u.to_owned()))
         .collect::<Result<Vec<_>, _>>()?;
-    let users = state.service.presence(&users).await?;
+    let users = state.service.presence(&user, &users).await?;
     Ok(Json(json!({ "users": users })))
 }
 

@@ -258,13 +258,7 @@ fn serve(
             let _ = writer.await;
             return;
         }
-        // tungstenite allocates a 128 KiB read buffer per connection by
-        // default; idle connections need little, and the buffer grows for
-        // large frames.
-        let protocol = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max));
+        let protocol = protocol(max);
         // Read in place (`&mut`): moved into `read_frames`, the stream
         // would take room twice in every connection's task.
         let mut stream =
@@ -295,6 +289,16 @@ fn serve(
         let _ = handle.await;
         let _ = writer.await;
     }
+}
+
+/// The reader's protocol settings. tungstenite allocates a 128 KiB read
+/// buffer per connection by default; idle connections need little, and
+/// the buffer grows for large frames.
+fn protocol(max_frame: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
 }
 
 /// Why a connection ended.
@@ -334,9 +338,9 @@ impl Ended {
 /// The read half as the reader's tungstenite sees it. What tungstenite
 /// writes on it (its automatic pong and close replies) is dropped: the
 /// reader asks the writer for those instead.
-struct ReadOnly(ReadHalf<Socket>);
+struct ReadOnly<R = ReadHalf<Socket>>(R);
 
-impl AsyncRead for ReadOnly {
+impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -346,7 +350,7 @@ impl AsyncRead for ReadOnly {
     }
 }
 
-impl AsyncWrite for ReadOnly {
+impl<R: Unpin> AsyncWrite for ReadOnly<R> {
     fn poll_write(
         self: Pin<&mut Self>,
         _: &mut Context<'_>,
@@ -360,6 +364,34 @@ impl AsyncWrite for ReadOnly {
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+}
+
+/// Serves the client bytes `socket` yields as a connection's reader does
+/// (same protocol settings, same reader), handing text frames to
+/// `connection`, until the bytes end. What the fuzz harness drives with
+/// arbitrary bytes; no timer fires while it reads from memory.
+#[doc(hidden)]
+pub async fn read_client_bytes<R: AsyncRead + Unpin>(
+    socket: R,
+    connection: &ractor::ActorRef<Inbound>,
+    outbound: &Outbound,
+    max_frame: usize,
+) -> Ended {
+    let protocol = protocol(max_frame);
+    let mut stream =
+        WebSocketStream::from_raw_socket(ReadOnly(socket), Role::Server, Some(protocol)).await;
+    let heartbeat = Heartbeat {
+        ping_after: Duration::from_secs(3600),
+        timeout: Duration::from_secs(7200),
+    };
+    read_frames(
+        &mut stream,
+        connection,
+        outbound,
+        heartbeat,
+        &CancellationToken::new(),
+    )
+    .await
 }
 
 /// How long a socket may be silent.

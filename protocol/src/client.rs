@@ -513,6 +513,22 @@ impl Client {
         }
     }
 
+    /// Blocks `user`: it can no longer open a direct conversation with
+    /// this user or add this user to a conversation.
+    pub async fn block(&self, user: UserId) -> Result<(), ClientError> {
+        match self.request(ClientFrame::Block { user }).await? {
+            ServerFrame::Blocked { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn unblock(&self, user: UserId) -> Result<(), ClientError> {
+        match self.request(ClientFrame::Unblock { user }).await? {
+            ServerFrame::Unblocked { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), ClientError> {
         match self.request(ClientFrame::Ping).await? {
             ServerFrame::Pong => Ok(()),

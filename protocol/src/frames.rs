@@ -89,6 +89,14 @@ pub enum ClientFrame {
     Refresh {
         token: String,
     },
+    /// Refuse direct conversations and additions to conversations from
+    /// `user`, until `unblock`.
+    Block {
+        user: UserId,
+    },
+    Unblock {
+        user: UserId,
+    },
 }
 
 #[derive(Deserialize)]
@@ -106,7 +114,12 @@ impl ClientEnvelope {
         let parsed = check_type(text).and_then(|()| serde_json::from_str::<ClientEnvelope>(text));
         match parsed {
             Ok(envelope) => {
-                let req = envelope.req.clone();
+                // A `req` over its limit is not echoed back: the error says
+                // it is too long.
+                let req = envelope
+                    .req
+                    .clone()
+                    .filter(|r| r.chars().count() <= crate::MAX_REQ_CHARS);
                 envelope.validate().map_err(|e| (req, e))?;
                 Ok(envelope)
             }
@@ -389,9 +402,20 @@ pub enum ServerFrame {
     },
     Convs {
         conversations: Vec<ConvSummary>,
+        /// The users this user has blocked.
+        #[serde(default)]
+        blocked: Vec<UserId>,
     },
     Presence {
         users: BTreeMap<UserId, PresenceInfo>,
+    },
+    /// The answer to `block`: `user` is blocked (whether or not it was).
+    Blocked {
+        user: UserId,
+    },
+    /// The answer to `unblock`: `user` is not blocked (whether or not it was).
+    Unblocked {
+        user: UserId,
     },
     Event(Event),
     Notification(Notification),
@@ -526,6 +550,18 @@ mod tests {
         let reply = ServerFrame::Refreshed { exp: 42 }.reply(Some("t".into()));
         let value: Value = serde_json::from_str(&reply.to_json()).unwrap();
         assert_eq!(value, json!({"type":"refreshed","req":"t","exp":42}));
+    }
+
+    #[test]
+    fn a_req_over_its_limit_is_refused_and_not_echoed() {
+        let req = "r".repeat(crate::MAX_REQ_CHARS + 1);
+        let frame = json!({"type":"ping","req":req}).to_string();
+        let (echoed, err) = ClientEnvelope::parse(&frame).unwrap_err();
+        assert_eq!(echoed, None);
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        let req = "r".repeat(crate::MAX_REQ_CHARS);
+        let frame = json!({"type":"ping","req":req}).to_string();
+        assert_eq!(ClientEnvelope::parse(&frame).unwrap().req, Some(req));
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_REQ_CHARS: usize = 64;
 /// Most users a `presence` query may name.
 pub const MAX_PRESENCE_USERS: usize = 100;
+/// Most users one user may block.
+pub const MAX_BLOCKED: usize = 1000;
 /// Most members a conversation may have.
 pub const MAX_MEMBERS: usize = 1000;
 /// Largest `limit` of a `history` or `sync` page.

@@ -239,8 +239,8 @@ async fn http_errors_map_to_their_statuses() {
             "/v1/conversations/dm:alice:bob/messages",
             Some(&carol),
             None,
-            403,
-            "forbidden",
+            404,
+            "not_found",
         ),
         (
             Method::GET,
@@ -345,7 +345,9 @@ async fn backends_push_notifications_with_the_api_key() {
 #[tokio::test]
 async fn open_endpoints_health_metrics_page_and_presence() {
     let node = TestNode::start().await;
-    let _alice = node.connect("alice").await;
+    let mut alice = node.connect("alice").await;
+    // Presence is only for those who share a conversation.
+    alice.ok(json!({"type":"dm","user":"bob"}), "created").await;
     use reqwest::Method;
     let (status, health) = call(Method::GET, node.http("/healthz"), None, None).await;
     assert_eq!(status, 200);

@@ -232,6 +232,8 @@ async fn a_silent_peer_is_closed_after_the_heartbeat_timeout() {
     tcp.read_exact(&mut head).await.unwrap();
     assert_eq!(&head, b"HTTP/1.1 101");
     let mut watcher = node.connect("watcher").await;
+    // Presence is only for those who share a conversation.
+    watcher.create(["mute"]).await;
     let deadline = tokio::time::Instant::now() + tidings_tests::WAIT;
     loop {
         let reply = watcher

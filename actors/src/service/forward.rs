@@ -97,6 +97,9 @@ pub enum UserOp {
     Notifications { after: Option<u64>, limit: u32 },
     Conversations,
     Index { conv: ConvId, entry: IndexEntry },
+    Block { user: UserId, block: bool },
+    Blocks { user: UserId },
+    BlockList,
 }
 
 /// The result of an [`Op`].
@@ -110,6 +113,8 @@ pub enum Answer {
     Version(u64),
     Notifications(SyncedNotifications),
     Convs(Vec<ConvId>),
+    Users(Vec<UserId>),
+    Flag(bool),
     Done,
 }
 

@@ -29,6 +29,13 @@ pub fn named(id: &str, name: &str) -> Vec<u8> {
     key
 }
 
+/// `[len][user]blocked`: a user's
+/// [`BlockList`](super::records::BlockList), in the user meta family beside
+/// the user's meta (whose key is the bare entity prefix).
+pub fn block_list(user: &str) -> Vec<u8> {
+    named(user, "blocked")
+}
+
 /// `[0][shard be][conv]`: a conversation's
 /// [`IndexOutbox`](super::records::IndexOutbox), in the conversation meta
 /// family. No entity key starts with 0 (ids are not empty), and a shard's
@@ -123,12 +130,20 @@ mod tests {
             versioned("g:1", 7),
             named("g:1", "cmid-1"),
             index_outbox(shard, "g:1"),
+            block_list("g:1"),
         ] {
             assert_eq!(shard_of_key(&key), Some(shard), "{key:?}");
         }
         assert_eq!(shard_of_key(&index_outbox(5, "g:1")), Some(5));
         assert_eq!(shard_of_key(&[9, b'x']), None, "an id cut short");
         assert_eq!(shard_of_key(&[]), None);
+    }
+
+    #[test]
+    fn a_block_list_is_apart_from_every_users_meta() {
+        assert_ne!(block_list("al"), entity("al"));
+        assert_ne!(block_list("al"), entity("alblocked"));
+        assert!(block_list("al").starts_with(&entity("al")));
     }
 
     #[test]

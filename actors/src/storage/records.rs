@@ -93,6 +93,58 @@ pub struct UserMeta {
     pub notification_version: u64,
 }
 
+/// The users a user has blocked (in the user meta family, in the user's
+/// shard): none of them may open a direct conversation with the user or
+/// add the user to a conversation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockList {
+    /// Sorted, without duplicates.
+    pub users: Vec<UserId>,
+}
+
+/// Why a block list refuses a change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    #[error("a user cannot block themselves")]
+    Themselves,
+    #[error("a user may block at most {max} users")]
+    Full { max: usize },
+}
+
+impl BlockList {
+    pub fn contains(&self, user: &UserId) -> bool {
+        self.users.binary_search(user).is_ok()
+    }
+
+    /// Adds `user` (blocked by `owner`); `Ok(false)` if already there.
+    pub fn block(&mut self, owner: &UserId, user: UserId) -> Result<bool, BlockError> {
+        if &user == owner {
+            return Err(BlockError::Themselves);
+        }
+        match self.users.binary_search(&user) {
+            Ok(_) => Ok(false),
+            Err(_) if self.users.len() >= tidings_protocol::MAX_BLOCKED => Err(BlockError::Full {
+                max: tidings_protocol::MAX_BLOCKED,
+            }),
+            Err(at) => {
+                self.users.insert(at, user);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Removes `user`; `false` if it was not there.
+    pub fn unblock(&mut self, user: &UserId) -> bool {
+        match self.users.binary_search(user) {
+            Ok(at) => {
+                self.users.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 /// One notification of a user's log. The payload is kept as JSON text: it
 /// is arbitrary JSON, which bincode cannot describe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +212,46 @@ mod tests {
             user: UserId::try_from(user.to_owned()).unwrap(),
             entry: IndexEntry { version, member },
         }
+    }
+
+    fn user(name: &str) -> UserId {
+        UserId::try_from(name.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn a_block_list_stays_sorted_and_says_what_changed() {
+        let mut list = BlockList::default();
+        let owner = user("me");
+        assert_eq!(list.block(&owner, user("zed")), Ok(true));
+        assert_eq!(list.block(&owner, user("al")), Ok(true));
+        assert_eq!(list.block(&owner, user("zed")), Ok(false), "already there");
+        assert_eq!(list.users, [user("al"), user("zed")]);
+        assert!(list.contains(&user("al")) && !list.contains(&user("bo")));
+        assert!(list.unblock(&user("al")));
+        assert!(!list.unblock(&user("al")), "already gone");
+        assert_eq!(list.users, [user("zed")]);
+    }
+
+    #[test]
+    fn a_block_list_refuses_its_owner_and_growth_past_the_limit() {
+        let owner = user("me");
+        let mut list = BlockList::default();
+        assert_eq!(
+            list.block(&owner, owner.clone()),
+            Err(BlockError::Themselves)
+        );
+        for i in 0..tidings_protocol::MAX_BLOCKED {
+            assert_eq!(list.block(&owner, user(&format!("u{i}"))), Ok(true));
+        }
+        assert!(matches!(
+            list.block(&owner, user("one-more")),
+            Err(BlockError::Full { .. })
+        ));
+        assert_eq!(
+            list.block(&owner, user("u7")),
+            Ok(false),
+            "no growth, no error"
+        );
     }
 
     #[test]

@@ -1,0 +1,180 @@
+//! Fuzz targets: what Tidings does with bytes that come from outside, one
+//! function per entry point, each taking one input and panicking only on a
+//! bug. Everything a node reads from a client or a peer goes through one
+//! of them:
+//!
+//! - [`client_frame`]: a client's text frame, parsed and validated as the
+//!   connection actor does before it serves it;
+//! - [`WsReader`]: raw client bytes after the upgrade, read by the node's
+//!   own WebSocket reader (`tidings_node::ws::read_client_bytes`), each text
+//!   frame handed on to [`client_frame`];
+//! - [`ClusterDecoders`]: a payload from another node, through every
+//!   decoder a peer message reaches (heartbeats, Raft requests and answers,
+//!   forwarded requests and their answers, presence, event deliveries,
+//!   device locations).
+//!
+//! `make fuzz` drives them with proptest for a bounded number of cases
+//! (`tests/fuzz.rs`, run only there); every input that ever crashed one is
+//! a named test in `tests/regressions.rs`, which `make test` runs.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tidings_actors::cluster::locations::Locations;
+use tidings_actors::cluster::peer::Hello;
+use tidings_actors::codec;
+use tidings_actors::connection::Inbound;
+use tidings_actors::directory::Directory;
+use tidings_actors::metrics::Metrics;
+use tidings_actors::outbound;
+use tidings_actors::replication::network::{RaftRequest, RaftResponse};
+use tidings_actors::service::forward::{Forwarded, Op};
+use tidings_protocol::frames::PresenceInfo;
+use tidings_protocol::{ClientEnvelope, ErrorCode, UserId};
+
+pub mod inputs;
+
+/// The largest client frame the reader takes, as a node runs by default.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// Parses one client text frame as a connection does. A frame that parses
+/// is valid, and reads back the same once serialized; one that does not
+/// gets a client error with a message and, if it named one, its `req`.
+pub fn client_frame(text: &str) {
+    match ClientEnvelope::parse(text) {
+        Ok(envelope) => {
+            if let Err(err) = envelope.validate() {
+                panic!("{text:?} parsed but is invalid: {}", err.message);
+            }
+            let again = serde_json::to_string(&envelope).expect("a parsed frame serializes");
+            match ClientEnvelope::parse(&again) {
+                Ok(back) => assert_eq!(back, envelope, "{text:?} read back as {again:?}"),
+                Err((_, err)) => panic!("{text:?} serialized as {again:?}: {}", err.message),
+            }
+        }
+        Err((req, err)) => {
+            assert!(
+                matches!(err.code, ErrorCode::BadRequest | ErrorCode::TooLarge),
+                "{text:?} refused with {:?}",
+                err.code
+            );
+            assert!(!err.message.is_empty(), "{text:?} refused without a reason");
+            if let Some(req) = req {
+                assert!(req.chars().count() <= tidings_protocol::MAX_REQ_CHARS);
+            }
+        }
+    }
+}
+
+/// Stands in for the connection actor: takes each text frame the reader
+/// hands over, keeps it, and answers at once.
+struct Collector;
+
+impl Actor for Collector {
+    type Msg = Inbound;
+    type State = Arc<Mutex<Vec<String>>>;
+    type Arguments = Arc<Mutex<Vec<String>>>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Inbound>,
+        texts: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(texts)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Inbound>,
+        message: Inbound,
+        texts: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        texts.lock().expect("collector lock").push(message.text);
+        let _ = message.done.send(());
+        Ok(())
+    }
+}
+
+/// The node's WebSocket reader over bytes in memory, on one runtime and
+/// one stand-in connection actor for every input.
+pub struct WsReader {
+    runtime: tokio::runtime::Runtime,
+    connection: ActorRef<Inbound>,
+    texts: Arc<Mutex<Vec<String>>>,
+}
+
+impl Default for WsReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WsReader {
+    pub fn new() -> WsReader {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let texts = Arc::new(Mutex::new(Vec::new()));
+        let (connection, _) = runtime
+            .block_on(Actor::spawn(None, Collector, texts.clone()))
+            .expect("the collector starts");
+        WsReader {
+            runtime,
+            connection,
+            texts,
+        }
+    }
+
+    /// Reads `bytes` as a client's bytes after the upgrade, until they end
+    /// (which must be soon), and returns the text frames handed on, each
+    /// also parsed as the connection would.
+    pub fn read(&self, bytes: &[u8]) -> Vec<String> {
+        self.texts.lock().expect("collector lock").clear();
+        self.runtime.block_on(async {
+            let (out, _receiver) = outbound::channel(1024);
+            let read =
+                tidings_node::ws::read_client_bytes(bytes, &self.connection, &out, MAX_FRAME);
+            if tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .is_err()
+            {
+                panic!("the reader did not end on {} bytes: {bytes:?}", bytes.len());
+            }
+        });
+        let texts = std::mem::take(&mut *self.texts.lock().expect("collector lock"));
+        for text in &texts {
+            client_frame(text);
+        }
+        texts
+    }
+}
+
+/// Every decoder a payload from another node reaches.
+#[derive(Default)]
+pub struct ClusterDecoders {
+    directory: Directory,
+    metrics: Metrics,
+}
+
+impl ClusterDecoders {
+    pub fn new() -> ClusterDecoders {
+        ClusterDecoders::default()
+    }
+
+    /// Feeds `bytes` to each decoder; none may panic or abort.
+    pub fn feed(&self, bytes: &[u8]) {
+        let _ = Hello::decode(bytes);
+        let _ = codec::decode::<RaftRequest>(bytes);
+        let _ = codec::decode::<RaftResponse>(bytes);
+        let _ = serde_json::from_slice::<Op>(bytes);
+        let _ = serde_json::from_slice::<Forwarded>(bytes);
+        let _ = serde_json::from_slice::<Vec<UserId>>(bytes);
+        let _ = serde_json::from_slice::<Vec<PresenceInfo>>(bytes);
+        self.directory.deliver_from_peer(bytes, &self.metrics);
+        // A fresh table each time: what it learns from one input must not
+        // pile up over a million.
+        let _ = Locations::new("fuzz".to_owned()).apply(bytes);
+    }
+}
