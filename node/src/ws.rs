@@ -190,7 +190,10 @@ fn accept_key(method: &Method, version: Version, headers: &HeaderMap) -> Result<
 /// idle connection's memory.
 fn serve(state: AppState, user: UserId, upgrade: OnUpgrade) -> impl Future<Output = ()> {
     let config = &state.config;
-    let (outbound, receiver) = outbound::channel(config.outbound_queue);
+    let (outbound, receiver) = outbound::bounded(outbound::Limits {
+        frames: config.outbound_queue,
+        bytes: config.outbound_bytes,
+    });
     let args = ConnectionArgs {
         user: user.clone(),
         service: state.service.clone(),
