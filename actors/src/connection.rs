@@ -25,7 +25,7 @@ use tidings_protocol::{ClientEnvelope, ClientFrame, ErrorCode, ErrorFrame, Serve
 
 use crate::directory::Subscription;
 use crate::metrics::Metrics;
-use crate::outbound::{Outbound, CLOSE_INTERNAL};
+use crate::outbound::{Outbound, Refused, CLOSE_INTERNAL};
 use crate::service::Service;
 
 /// How fast one connection may send frames.
@@ -306,7 +306,10 @@ impl Connection {
                 ServerFrame::Error(err)
             }
         };
-        self.outbound.push(frame.reply(req).to_json().into());
+        let refused = self.outbound.try_push(frame.reply(req).to_json().into());
+        if refused == Err(Refused::TooSlow) {
+            self.metrics.slow_consumer_closes.inc();
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use tidings_protocol::error::CurrentMessage;
 use tidings_protocol::frames::{ConvSummary, SyncedConv};
 use tidings_protocol::{Cmid, ConvId, ErrorCode, ErrorFrame, Event, ServerFrame, UserId};
 
+use crate::budget::{cut, Budget, Keep};
 use crate::directory::{Directory, Fanout};
 use crate::entity::{now_ms, EntityArgs, IdleClock};
 use crate::messages::{Ack, ConvMsg, Created, EntityKey, HistoryPage, Page, RouterMsg};
@@ -207,9 +208,10 @@ impl Actor for ConversationActor {
                 by,
                 after,
                 limit,
+                max_bytes,
                 reply,
             } => {
-                let _ = reply.send(state.catchup(&by, after, limit));
+                let _ = reply.send(state.catchup(&by, after, limit, max_bytes));
             }
             ConvMsg::Typing { by } => state.typing(by),
             ConvMsg::Settle => state.send_outbox().await,
@@ -251,9 +253,15 @@ fn dedup(users: impl IntoIterator<Item = UserId>) -> Vec<UserId> {
     out
 }
 
+/// The error for a conversation that does not exist: the actor's, and the
+/// router's for a request it answers without starting one.
+pub(crate) fn no_such_conversation(conv: &ConvId) -> ErrorFrame {
+    ErrorFrame::new(ErrorCode::NotFound, format!("no conversation {conv}"))
+}
+
 impl Conversation {
     fn not_found(&self) -> ErrorFrame {
-        ErrorFrame::new(ErrorCode::NotFound, format!("no conversation {}", self.id))
+        no_such_conversation(&self.id)
     }
 
     /// The state, if the conversation exists and `by` is a member. A
@@ -765,14 +773,16 @@ impl Conversation {
     fn history(&self, by: &UserId, page: Page) -> Result<HistoryPage> {
         let version = self.member_meta(by)?.version;
         let before = page.before.unwrap_or(u64::MAX);
-        let events = match page.after {
-            Some(after) => self.events(after, before, page.limit, false)?,
-            None => self.events(0, before, page.limit, true)?,
+        let (mut events, keep) = match page.after {
+            Some(after) => (self.events(after, before, page.limit, false)?, Keep::First),
+            None => (self.events(0, before, page.limit, true)?, Keep::Last),
         };
+        let more = cut(&mut events, keep, &mut Budget::new(page.max_bytes));
         Ok(HistoryPage {
             conv: self.id.clone(),
             version,
             events,
+            more,
         })
     }
 
@@ -786,16 +796,25 @@ impl Conversation {
         })
     }
 
-    fn catchup(&self, by: &UserId, after: Option<u64>, limit: u32) -> Result<SyncedConv> {
+    fn catchup(
+        &self,
+        by: &UserId,
+        after: Option<u64>,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<SyncedConv> {
         let meta = self.member_meta(by)?;
+        let mut budget = Budget::new(max_bytes);
         let (events, more) = match after {
             Some(after) => {
-                let events = self.events(after, u64::MAX, limit, false)?;
+                let mut events = self.events(after, u64::MAX, limit, false)?;
+                cut(&mut events, Keep::First, &mut budget);
                 let last = events.last().map_or(after, |e| e.version);
                 (events, last < meta.version)
             }
             None => {
-                let events = self.events(0, u64::MAX, limit, true)?;
+                let mut events = self.events(0, u64::MAX, limit, true)?;
+                cut(&mut events, Keep::Last, &mut budget);
                 let more = events.first().is_some_and(|e| e.version > 1);
                 (events, more)
             }

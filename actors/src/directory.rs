@@ -35,16 +35,18 @@ use crate::cluster::peer::PeerMsg;
 use crate::cluster::Peers;
 use crate::codec;
 use crate::metrics::Metrics;
-use crate::outbound::{Frame, Outbound};
+use crate::outbound::{Frame, Outbound, Refused};
 
 /// Queues `frame` on every device in `devices`; returns how many took it.
 fn push(devices: &[Outbound], frame: &Frame, metrics: &Metrics) -> u64 {
     let mut queued = 0;
     for device in devices {
-        if device.push(frame.clone()) {
-            queued += 1;
-        } else if device.is_closed_for_slowness() {
-            metrics.slow_consumer_closes.inc();
+        match device.try_push(frame.clone()) {
+            Ok(()) => queued += 1,
+            Err(Refused::TooSlow) => {
+                metrics.slow_consumer_closes.inc();
+            }
+            Err(Refused::Closed) => {}
         }
     }
     queued

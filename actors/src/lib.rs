@@ -45,6 +45,7 @@
 //! led) before it acknowledges, and clears the outbox. An outbox left by a
 //! failure is retried, by this actor or by the next leader's.
 
+pub mod budget;
 pub mod cluster;
 pub mod codec;
 pub mod connection;

@@ -37,6 +37,10 @@ pub struct HistoryPage {
     pub conv: ConvId,
     pub version: u64,
     pub events: Vec<Event>,
+    /// The page was cut at the reply's byte bound: more events follow in
+    /// the direction it pages.
+    #[serde(default)]
+    pub more: bool,
 }
 
 /// Which part of a log a history request wants.
@@ -45,6 +49,15 @@ pub struct Page {
     pub after: Option<u64>,
     pub before: Option<u64>,
     pub limit: u32,
+    /// The most JSON bytes of events the page may carry (at least one
+    /// event goes in).
+    #[serde(default = "default_reply_bytes")]
+    pub max_bytes: usize,
+}
+
+/// The byte bound of a request from a node that named none.
+pub fn default_reply_bytes() -> usize {
+    crate::budget::DEFAULT_MAX_REPLY_BYTES
 }
 
 /// What a conversation actor is asked. `by` is the authenticated user.
@@ -100,6 +113,8 @@ pub enum ConvMsg {
         by: UserId,
         after: Option<u64>,
         limit: u32,
+        /// The most JSON bytes of events to carry (at least one goes in).
+        max_bytes: usize,
         reply: Reply<SyncedConv>,
     },
     Typing {
@@ -125,6 +140,9 @@ pub enum UserMsg {
     Notifications {
         after: Option<u64>,
         limit: u32,
+        /// The most JSON bytes of notifications to carry (at least one
+        /// goes in).
+        max_bytes: usize,
         reply: Reply<SyncedNotifications>,
     },
     Conversations {

@@ -4,6 +4,11 @@
 //! they go to. A connection whose queue is full reads too slowly to keep up:
 //! it is closed with 1013 rather than let memory grow; the client reconnects
 //! and syncs, and loses nothing.
+//!
+//! The queue is bounded twice: in frames (`--outbound-queue`) and in bytes
+//! (`--outbound-bytes`). Frames alone do not bound memory: a client that
+//! never reads and keeps asking for history gets replies of up to a MiB
+//! each, and 1,024 of them held for it would be a GiB.
 
 use std::collections::vec_deque::Drain;
 use std::collections::VecDeque;
@@ -73,7 +78,7 @@ struct Shared {
     /// nothing until a frame comes, and afterwards keeps at most
     /// [`SPARE_KEPT`] slots, as the writer's spare deque does.
     queue: Mutex<Queue>,
-    capacity: usize,
+    limits: Limits,
     /// Wakes the writer when the queue stops being empty, a ping is asked
     /// for, or a close.
     ready: Notify,
@@ -89,12 +94,25 @@ struct Shared {
 struct Queue {
     /// Frames not yet taken by the writer.
     frames: VecDeque<Frame>,
+    /// Bytes of the frames not yet taken.
+    bytes: usize,
     /// Frames the writer took in its last batch: they count against the
     /// capacity until it asks for the next batch, by which time it has
     /// written them.
     taken: usize,
+    /// Bytes of the frames taken in the last batch.
+    taken_bytes: usize,
     /// The payload of the client's last ping, not yet answered.
     pong: Option<Frame>,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue was full: this push closed the connection with 1013.
+    TooSlow,
+    /// The connection is closed, or gone, already.
+    Closed,
 }
 
 /// The sending side, held by the connection actor and the directory.
@@ -133,11 +151,43 @@ pub enum Next<'a> {
 /// had traffic and gone quiet keeps two small deques.
 const SPARE_KEPT: usize = 4;
 
-/// A queue of at most `capacity` frames.
+/// How much one connection's queue may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Frames queued or being written.
+    pub frames: usize,
+    /// Bytes of the frames queued or being written.
+    pub bytes: usize,
+}
+
+/// `--outbound-bytes` by default: 8 MiB.
+pub const DEFAULT_OUTBOUND_BYTES: usize = 8 << 20;
+
+impl Limits {
+    /// Whether a frame of `len` bytes may join `frames` frames of `bytes`
+    /// bytes already held. A frame that comes to an empty queue always
+    /// may, however large: what bounds a single frame is the reply bound.
+    pub fn admit(&self, frames: usize, bytes: usize, len: usize) -> bool {
+        frames == 0 || (frames < self.frames && bytes.saturating_add(len) <= self.bytes)
+    }
+}
+
+/// A queue of at most `capacity` frames (and [`DEFAULT_OUTBOUND_BYTES`]).
 pub fn channel(capacity: usize) -> (Outbound, OutboundReceiver) {
+    bounded(Limits {
+        frames: capacity,
+        bytes: DEFAULT_OUTBOUND_BYTES,
+    })
+}
+
+/// A queue within `limits`.
+pub fn bounded(limits: Limits) -> (Outbound, OutboundReceiver) {
     let shared = Arc::new(Shared {
         queue: Mutex::default(),
-        capacity: capacity.max(1),
+        limits: Limits {
+            frames: limits.frames.max(1),
+            bytes: limits.bytes,
+        },
         ready: Notify::new(),
         ping: AtomicBool::new(false),
         gone: AtomicBool::new(false),
@@ -164,20 +214,34 @@ impl Outbound {
     /// Queues a frame. Returns `false` when the connection is gone or has
     /// just been closed for reading too slowly.
     pub fn push(&self, frame: Frame) -> bool {
+        self.try_push(frame).is_ok()
+    }
+
+    /// Queues a frame, or says why not: [`Refused::TooSlow`] only to the
+    /// push that found the queue full and closed it (count closes by it).
+    pub fn try_push(&self, frame: Frame) -> Result<(), Refused> {
         if self.shared.signal.code().is_some() {
-            return false;
+            return Err(Refused::Closed);
         }
         let mut queue = self.shared.queue.lock().expect("outbound lock");
         // Under the lock: the writer's end clears the queue under it too.
         if self.shared.gone.load(Ordering::Acquire) {
-            return false;
+            return Err(Refused::Closed);
         }
-        if queue.frames.len() + queue.taken >= self.shared.capacity {
+        let held = queue.frames.len() + queue.taken;
+        let held_bytes = queue.bytes + queue.taken_bytes;
+        if !self.shared.limits.admit(held, held_bytes, frame.len()) {
             drop(queue);
-            self.close(CLOSE_TOO_SLOW);
-            return false;
+            return Err(match self.shared.signal.close(CLOSE_TOO_SLOW) {
+                true => {
+                    self.shared.ready.notify_one();
+                    Refused::TooSlow
+                }
+                false => Refused::Closed,
+            });
         }
         let was_empty = queue.frames.is_empty();
+        queue.bytes += frame.len();
         queue.frames.push_back(frame);
         drop(queue);
         // The writer takes everything queued at once, so only the first
@@ -185,7 +249,7 @@ impl Outbound {
         if was_empty {
             self.shared.ready.notify_one();
         }
-        true
+        Ok(())
     }
 
     /// Asks the writer to send a close frame with `code` and stop; frames
@@ -254,6 +318,7 @@ impl OutboundReceiver {
             {
                 let mut queue = self.shared.queue.lock().expect("outbound lock");
                 queue.taken = 0;
+                queue.taken_bytes = 0;
                 // Before the frames: a writer that is always a little
                 // behind still pings, and a client that only listens
                 // still gets the chance to show it is alive.
@@ -265,6 +330,7 @@ impl OutboundReceiver {
                 if queue.pong.is_some() || !queue.frames.is_empty() {
                     std::mem::swap(&mut queue.frames, &mut self.spare);
                     queue.taken = self.spare.len();
+                    queue.taken_bytes = std::mem::take(&mut queue.bytes);
                     break queue.pong.take();
                 }
             }
@@ -291,6 +357,7 @@ impl Drop for OutboundReceiver {
         // Its buffer too: senders (a conversation's kept devices) may hold
         // this queue a while after the connection is gone.
         queue.frames = VecDeque::new();
+        queue.bytes = 0;
     }
 }
 
@@ -327,6 +394,56 @@ pub(crate) mod tests {
         assert_eq!(rx.closed().await, CLOSE_TOO_SLOW);
         assert!(!out.push("d".into()));
         assert!(matches!(rx.next().await, Next::Close(CLOSE_TOO_SLOW)));
+    }
+
+    #[test]
+    fn a_frame_is_admitted_within_both_bounds_or_to_an_empty_queue() {
+        let limits = Limits {
+            frames: 3,
+            bytes: 100,
+        };
+        assert!(limits.admit(0, 0, 1000), "an empty queue takes any frame");
+        assert!(limits.admit(1, 60, 40));
+        assert!(!limits.admit(1, 60, 41), "over the bytes");
+        assert!(!limits.admit(3, 3, 1), "over the frames");
+        assert!(limits.admit(2, 0, 100));
+        assert!(!limits.admit(1, usize::MAX, 1), "no overflow");
+    }
+
+    #[tokio::test]
+    async fn a_queue_over_its_bytes_closes_with_1013() {
+        let (out, mut rx) = bounded(Limits {
+            frames: 100,
+            bytes: 10,
+        });
+        assert!(out.push("12345".into()));
+        assert!(out.push("12345".into()));
+        // Taken by the writer, not yet written: still held.
+        assert_eq!(batch(&mut rx).await.len(), 2);
+        assert!(!out.push("1".into()), "ten bytes held already");
+        assert_eq!(rx.closed().await, CLOSE_TOO_SLOW);
+        assert!(out.is_closed_for_slowness());
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_to_an_empty_queue_is_sent() {
+        let (out, mut rx) = bounded(Limits {
+            frames: 100,
+            bytes: 10,
+        });
+        let large = Frame::from(vec![b'x'; 1000]);
+        assert!(out.push(large.clone()));
+        assert_eq!(batch(&mut rx).await, [large]);
+        // Asking for the next batch says it is written: room again.
+        let next = tokio::spawn(async move { batch(&mut rx).await });
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while out.shared.queue.lock().unwrap().taken_bytes != 0 {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        assert!(out.push("small".into()));
+        assert_eq!(joined(next).await, ["small"]);
+        assert!(!out.is_closed_for_slowness());
     }
 
     #[tokio::test]

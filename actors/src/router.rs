@@ -24,14 +24,14 @@ use std::sync::{Arc, RwLock};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tidings_protocol::{ConvId, ServerFrame, UserId};
 
-use crate::conversation::ConversationActor;
+use crate::conversation::{no_such_conversation, ConversationActor};
 use crate::directory::Directory;
 use crate::entity::{tick_every, EntityArgs, EntityConfig};
 use crate::messages::{ConvMsg, EntityKey, RouterMsg, UserMsg};
 use crate::metrics::Metrics;
 use crate::service::Service;
 use crate::shard::{shard_of, ShardId};
-use crate::storage::Storage;
+use crate::storage::{keys, Cf, Storage};
 use crate::user::UserActor;
 
 pub struct Router;
@@ -185,6 +185,27 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Whether `message` can only be served by a conversation that exists: all
+/// but the ones that create it (and the internal ones, which never come
+/// for an entity without an actor).
+fn needs_existing(message: &ConvMsg) -> bool {
+    match message {
+        ConvMsg::Create { .. }
+        | ConvMsg::OpenDirect { .. }
+        | ConvMsg::Settle
+        | ConvMsg::Tick
+        | ConvMsg::Shutdown => false,
+        ConvMsg::Send { .. }
+        | ConvMsg::Edit { .. }
+        | ConvMsg::Delete { .. }
+        | ConvMsg::Members { .. }
+        | ConvMsg::History { .. }
+        | ConvMsg::Summary { .. }
+        | ConvMsg::Catchup { .. }
+        | ConvMsg::Typing { .. } => true,
+    }
+}
+
 pub struct RouterState {
     live: Arc<Live>,
     by_actor: HashMap<ActorId, EntityKey>,
@@ -214,6 +235,10 @@ impl RouterState {
         let Err(message) = read(&self.live.convs).send(&id, message) else {
             return;
         };
+        let message = match self.unknown(&id, message) {
+            Some(message) => message,
+            None => return,
+        };
         let args = self.args(myself, id.clone());
         match Actor::spawn_linked(None, ConversationActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
@@ -225,6 +250,47 @@ impl RouterState {
             // the entity as unavailable and may retry.
             Err(err) => tracing::error!(conv = %id, error = %err, "conversation failed to start"),
         }
+    }
+
+    /// Answers a request that needs an existing conversation when `id` has
+    /// none stored, without starting an actor for it; hands the message
+    /// back otherwise. Asked here, where the shard is led: the stored state
+    /// is the one the actor would load.
+    fn unknown(&self, id: &ConvId, message: ConvMsg) -> Option<ConvMsg> {
+        if !needs_existing(&message) {
+            return Some(message);
+        }
+        match self
+            .storage
+            .get_raw(Cf::ConvMeta, &keys::entity(id.as_str()))
+        {
+            Ok(None) => {}
+            // Stored, or unreadable: the actor loads it, or fails saying why.
+            Ok(Some(_)) | Err(_) => return Some(message),
+        }
+        tracing::trace!(conv = %id, "request for an unknown conversation");
+        let err = no_such_conversation(id);
+        match message {
+            ConvMsg::Send { reply, .. }
+            | ConvMsg::Edit { reply, .. }
+            | ConvMsg::Delete { reply, .. }
+            | ConvMsg::Members { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            ConvMsg::History { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            ConvMsg::Summary { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            ConvMsg::Catchup { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            // Typing to nobody: nothing to answer.
+            ConvMsg::Typing { .. } => {}
+            other => return Some(other),
+        }
+        None
     }
 
     async fn deliver_user(&mut self, myself: &ActorRef<RouterMsg>, id: UserId, message: UserMsg) {

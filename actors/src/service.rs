@@ -26,6 +26,7 @@ use tidings_protocol::{
 };
 use tokio::sync::oneshot;
 
+use crate::budget::{cut, fit_conv, json_len, Budget, Keep, DEFAULT_MAX_REPLY_BYTES};
 use crate::directory::{Directory, Subscription};
 use crate::messages::{Ack, ConvMsg, Created, HistoryPage, Page, Reply, UserMsg};
 use crate::outbound::Outbound;
@@ -38,6 +39,16 @@ pub mod forward;
 
 type Result<T> = std::result::Result<T, ErrorFrame>;
 
+/// A `sync` reply's content.
+#[derive(Debug, Default)]
+pub struct Synced {
+    pub convs: Vec<SyncedConv>,
+    pub notifications: SyncedNotifications,
+    /// Conversations with events to deliver were left out at the byte
+    /// bound: the client syncs again with the versions it now has.
+    pub more: bool,
+}
+
 /// A handle on the node's entity actors and, in a cluster, on where each
 /// shard is led; cheap to clone.
 #[derive(Clone)]
@@ -46,6 +57,8 @@ pub struct Service {
     directory: Directory,
     timeout: Duration,
     replicator: Option<Replicator>,
+    /// The most JSON bytes a `history`, `sync` or `convs` reply carries.
+    max_reply_bytes: usize,
 }
 
 fn unavailable(message: &str) -> ErrorFrame {
@@ -65,6 +78,15 @@ const PRESENCE_WAIT: Duration = Duration::from_secs(2);
 /// How long to wait before asking again where a shard's leader is.
 const LEADER_POLL: Duration = Duration::from_millis(50);
 
+/// Room kept in every bounded reply for the frame around its items: the
+/// type, a `req` of up to 64 characters, a conversation id, versions and
+/// `more` flags.
+const REPLY_FRAME_BYTES: usize = 512;
+
+/// How many conversations a `sync` or `convs` asks at once: what is read
+/// ahead of the reply's byte bound is at most this many pages.
+const WAVE: usize = 8;
+
 impl Service {
     pub fn new(routes: Routes, directory: Directory, timeout: Duration) -> Service {
         Service {
@@ -72,6 +94,7 @@ impl Service {
             directory,
             timeout,
             replicator: None,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
     }
 
@@ -88,7 +111,21 @@ impl Service {
             directory,
             timeout,
             replicator: Some(replicator),
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
+    }
+
+    /// Bounds `history`, `sync` and `convs` replies to about `bytes` of
+    /// JSON each (`--max-reply-bytes`); replies cut short say `more`.
+    pub fn with_max_reply_bytes(mut self, bytes: usize) -> Service {
+        self.max_reply_bytes = bytes;
+        self
+    }
+
+    /// The byte bound of what a reply carries: the bound less room for the
+    /// frame around it (its type, `req`, ids and versions).
+    fn reply_budget(&self) -> Budget {
+        Budget::new(self.max_reply_bytes.saturating_sub(REPLY_FRAME_BYTES))
     }
 
     /// How long a request may take before it is answered `unavailable`.
@@ -255,11 +292,17 @@ impl Service {
                     .conv(&conv, |reply| ConvMsg::Summary { by, reply })
                     .await
                     .map(Answer::Summary),
-                ConvOp::Catchup { by, after, limit } => self
+                ConvOp::Catchup {
+                    by,
+                    after,
+                    limit,
+                    max_bytes,
+                } => self
                     .conv(&conv, |reply| ConvMsg::Catchup {
                         by,
                         after,
                         limit,
+                        max_bytes,
                         reply,
                     })
                     .await
@@ -274,10 +317,15 @@ impl Service {
                     .user(&user, |reply| UserMsg::Notify { payload, reply })
                     .await
                     .map(Answer::Version),
-                UserOp::Notifications { after, limit } => self
+                UserOp::Notifications {
+                    after,
+                    limit,
+                    max_bytes,
+                } => self
                     .user(&user, |reply| UserMsg::Notifications {
                         after,
                         limit,
+                        max_bytes,
                         reply,
                     })
                     .await
@@ -499,6 +547,7 @@ impl Service {
             after,
             before,
             limit,
+            max_bytes: self.reply_budget().remaining(),
         };
         let by = by.clone();
         match self.conv_op(conv, ConvOp::History { by, page }).await? {
@@ -507,53 +556,120 @@ impl Service {
         }
     }
 
-    /// The conversations `by` belongs to.
-    pub async fn conversations(&self, by: &UserId) -> Result<Vec<ConvSummary>> {
-        let ids = self.convs_of(by).await?;
-        let summaries = join_all(
-            ids.iter()
-                .map(|conv| self.conv_op(conv, ConvOp::Summary { by: by.clone() })),
-        )
-        .await;
-        // A conversation left between the two reads is simply not listed.
-        Ok(summaries
-            .into_iter()
-            .filter_map(|answer| match answer {
-                Ok(Answer::Summary(summary)) => Some(summary),
-                _ => None,
-            })
-            .collect())
+    /// The conversations `by` belongs to, in id order from after `after`,
+    /// as many as the reply's byte bound holds; `true` if more follow (ask
+    /// again after the last one listed).
+    pub async fn conversations(
+        &self,
+        by: &UserId,
+        after: Option<&ConvId>,
+    ) -> Result<(Vec<ConvSummary>, bool)> {
+        let mut ids = self.convs_of(by).await?;
+        ids.sort();
+        ids.retain(|conv| after.is_none_or(|after| conv > after));
+        let mut budget = self.reply_budget();
+        let mut listed = Vec::new();
+        for wave in ids.chunks(WAVE) {
+            if budget.is_spent() {
+                return Ok((listed, true));
+            }
+            let summaries = join_all(
+                wave.iter()
+                    .map(|conv| self.conv_op(conv, ConvOp::Summary { by: by.clone() })),
+            )
+            .await;
+            // A conversation left between the two reads is simply not listed.
+            for summary in summaries {
+                if let Ok(Answer::Summary(summary)) = summary {
+                    if !budget.take(json_len(&summary) + 1) {
+                        return Ok((listed, true));
+                    }
+                    listed.push(summary);
+                }
+            }
+        }
+        Ok((listed, false))
     }
 
     /// What `by` missed: events of every conversation after the versions
-    /// given (the latest `limit` of those not named), and notifications.
+    /// given (the latest `limit` of those not named), and notifications,
+    /// as much as the reply's byte bound holds.
+    ///
+    /// The bound is filled in an order that makes every `sync` asked again
+    /// progress: first the conversations with events to deliver (a
+    /// conversation left out of those makes the reply's `more` true), then
+    /// the notifications, then the conversations the client is up to date
+    /// with, while room remains (those left out have nothing to tell).
     pub async fn sync(
         &self,
         by: &UserId,
         seen: BTreeMap<ConvId, u64>,
         notifications: Option<u64>,
         limit: Option<u32>,
-    ) -> Result<(Vec<SyncedConv>, SyncedNotifications)> {
+    ) -> Result<Synced> {
         let limit = validate_limit(limit, DEFAULT_SYNC_LIMIT)?;
         let ids = self.convs_of(by).await?;
-        let pages = join_all(ids.iter().map(|conv| {
-            let after = seen.get(conv).copied();
-            let by = by.clone();
-            self.conv_op(conv, ConvOp::Catchup { by, after, limit })
-        }))
-        .await;
-        let mut convs = Vec::with_capacity(pages.len());
-        for page in pages {
-            match page {
-                Ok(Answer::Synced(page)) => convs.push(page),
-                Ok(_) => return Err(unexpected()),
-                // Left between the two reads.
-                Err(err) if err.code == ErrorCode::NotFound => {}
-                Err(err) => return Err(err),
+        let mut budget = self.reply_budget();
+        let mut synced = Synced::default();
+        let mut current = Vec::new();
+        let mut current_bytes = 0;
+        for wave in ids.chunks(WAVE) {
+            if budget.is_spent() {
+                synced.more = true;
+                break;
+            }
+            let max_bytes = budget.remaining();
+            let pages = join_all(wave.iter().map(|conv| {
+                let after = seen.get(conv).copied();
+                let by = by.clone();
+                self.conv_op(
+                    conv,
+                    ConvOp::Catchup {
+                        by,
+                        after,
+                        limit,
+                        max_bytes,
+                    },
+                )
+            }))
+            .await;
+            for page in pages {
+                let page = match page {
+                    Ok(Answer::Synced(page)) => page,
+                    Ok(_) => return Err(unexpected()),
+                    // Left between the two reads.
+                    Err(err) if err.code == ErrorCode::NotFound => continue,
+                    Err(err) => return Err(err),
+                };
+                let named = seen.get(&page.conv).copied();
+                if named.is_some() && page.events.is_empty() && !page.more {
+                    // Up to date: kept for the end only while it could fit.
+                    current_bytes += json_len(&page) + 1;
+                    if current_bytes <= budget.remaining() {
+                        current.push(page);
+                    }
+                    continue;
+                }
+                let keep = if named.is_some() {
+                    Keep::First
+                } else {
+                    Keep::Last
+                };
+                match fit_conv(page, keep, &mut budget) {
+                    Some(page) => synced.convs.push(page),
+                    None => synced.more = true,
+                }
             }
         }
-        let notifications = self.notifications(by, notifications, Some(limit)).await?;
-        Ok((convs, notifications))
+        synced.notifications = self
+            .notifications_within(by, notifications, limit, &mut budget)
+            .await?;
+        for page in current {
+            if let Some(page) = fit_conv(page, Keep::First, &mut budget) {
+                synced.convs.push(page);
+            }
+        }
+        Ok(synced)
     }
 
     pub async fn notifications(
@@ -563,13 +679,34 @@ impl Service {
         limit: Option<u32>,
     ) -> Result<SyncedNotifications> {
         let limit = validate_limit(limit, DEFAULT_SYNC_LIMIT)?;
-        match self
-            .user_op(user, UserOp::Notifications { after, limit })
-            .await?
-        {
-            Answer::Notifications(page) => Ok(page),
-            _ => Err(unexpected()),
-        }
+        self.notifications_within(user, after, limit, &mut self.reply_budget())
+            .await
+    }
+
+    /// A page of `user`'s notifications that fits in `budget`.
+    async fn notifications_within(
+        &self,
+        user: &UserId,
+        after: Option<u64>,
+        limit: u32,
+        budget: &mut Budget,
+    ) -> Result<SyncedNotifications> {
+        let op = UserOp::Notifications {
+            after,
+            limit,
+            max_bytes: budget.remaining(),
+        };
+        let mut page = match self.user_op(user, op).await? {
+            Answer::Notifications(page) => page,
+            _ => return Err(unexpected()),
+        };
+        let keep = if after.is_some() {
+            Keep::First
+        } else {
+            Keep::Last
+        };
+        page.more |= cut(&mut page.events, keep, budget);
+        Ok(page)
     }
 
     /// A backend's notification for `user`; returns its version.
@@ -737,6 +874,7 @@ impl Service {
                     conv: page.conv,
                     version: page.version,
                     events: page.events,
+                    more: page.more,
                 }
             }
             ClientFrame::Sync {
@@ -744,19 +882,22 @@ impl Service {
                 notifications,
                 limit,
             } => {
-                let (convs, notifications) = self
+                let synced = self
                     .sync(by, convs.unwrap_or_default(), notifications, limit)
                     .await?;
                 ServerFrame::Synced {
-                    convs,
-                    notifications,
+                    convs: synced.convs,
+                    notifications: synced.notifications,
+                    more: synced.more,
                 }
             }
-            ClientFrame::Convs => {
+            ClientFrame::Convs { after } => {
                 let (conversations, blocked) =
-                    tokio::join!(self.conversations(by), self.blocked(by));
+                    tokio::join!(self.conversations(by, after.as_ref()), self.blocked(by));
+                let (conversations, more) = conversations?;
                 ServerFrame::Convs {
-                    conversations: conversations?,
+                    conversations,
+                    more,
                     blocked: blocked?,
                 }
             }

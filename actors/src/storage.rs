@@ -9,6 +9,7 @@
 //! happens behind it without touching the actors.
 
 mod committer;
+mod health;
 pub mod keys;
 pub mod records;
 
@@ -24,6 +25,7 @@ use crate::codec::{self, CodecError};
 use crate::shard::ShardId;
 
 pub use committer::CommitStats;
+pub use health::Health;
 
 /// The column families, each named at open and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -297,6 +299,7 @@ pub struct Storage {
     db: Arc<DB>,
     committer: committer::Committer,
     replicated: Arc<OnceLock<Arc<dyn ReplicatedLog>>>,
+    health: Arc<Health>,
 }
 
 impl Storage {
@@ -329,11 +332,14 @@ impl Storage {
             Some(v) => return Err(StorageError::Layout(v.first().copied().unwrap_or(0))),
             None => db.put(LAYOUT_KEY, [LAYOUT_VERSION])?,
         }
-        let committer = committer::Committer::start(db.clone(), options.commit_interval);
+        let health = Arc::new(Health::default());
+        let committer =
+            committer::Committer::start(db.clone(), options.commit_interval, health.clone());
         Ok(Storage {
             db,
             committer,
             replicated: Arc::default(),
+            health,
         })
     }
 
@@ -364,8 +370,18 @@ impl Storage {
     pub fn write_unsynced(&self, writes: WriteSet) -> Result<(), StorageError> {
         let mut batch = rocksdb::WriteBatch::default();
         committer::add(&self.db, &mut batch, writes);
-        self.db.write(batch)?;
-        Ok(())
+        let result = self.db.write(batch);
+        self.health.wrote(&result);
+        Ok(result?)
+    }
+
+    /// Why writes are failing (a full disk, an I/O error), while they are:
+    /// from the last write that failed until one succeeds again. While
+    /// failing, the committer tries a small write every second, so the
+    /// node sees itself recover (RocksDB resumes by itself once the disk
+    /// has room) without waiting for a client's write.
+    pub fn failing(&self) -> Option<String> {
+        self.health.failing()
     }
 
     /// A value as stored, undecoded.

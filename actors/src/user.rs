@@ -12,6 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tidings_protocol::frames::SyncedNotifications;
 use tidings_protocol::{ConvId, ErrorCode, ErrorFrame, Notification, ServerFrame, UserId};
 
+use crate::budget::{cut, Budget, Keep};
 use crate::directory::Directory;
 use crate::entity::{now_ms, EntityArgs, IdleClock};
 use crate::messages::{EntityKey, RouterMsg, UserMsg};
@@ -103,9 +104,10 @@ impl Actor for UserActor {
             UserMsg::Notifications {
                 after,
                 limit,
+                max_bytes,
                 reply,
             } => {
-                let _ = reply.send(state.notifications(after, limit));
+                let _ = reply.send(state.notifications(after, limit, max_bytes));
             }
             UserMsg::Conversations { reply } => {
                 let _ = reply.send(state.conversations());
@@ -186,7 +188,12 @@ impl User {
         Ok(version)
     }
 
-    fn notifications(&mut self, after: Option<u64>, limit: u32) -> Result<SyncedNotifications> {
+    fn notifications(
+        &mut self,
+        after: Option<u64>,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<SyncedNotifications> {
         self.refresh()?;
         let user = self.id.as_str();
         let version = self.meta.notification_version;
@@ -208,7 +215,7 @@ impl User {
                 (stored, more)
             }
         };
-        let events = stored
+        let mut events: Vec<Notification> = stored
             .into_iter()
             .map(|(version, n)| Notification {
                 version,
@@ -216,6 +223,13 @@ impl User {
                 payload: serde_json::from_str(&n.payload).unwrap_or(serde_json::Value::Null),
             })
             .collect();
+        // Cut at the byte bound, keeping the end the page continues from.
+        let keep = if after.is_some() {
+            Keep::First
+        } else {
+            Keep::Last
+        };
+        let more = cut(&mut events, keep, &mut Budget::new(max_bytes)) || more;
         Ok(SyncedNotifications {
             version,
             events,

@@ -447,6 +447,7 @@ pub fn cluster_seeds() -> Vec<Vec<u8>> {
                 after: Some(1),
                 before: None,
                 limit: 50,
+                max_bytes: 1 << 20,
             },
         },
     );

@@ -24,7 +24,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tidings_actors::cluster::locations::Locations;
 use tidings_actors::cluster::peer::Hello;
 use tidings_actors::codec;
-use tidings_actors::connection::Inbound;
+use tidings_actors::connection::{ClientData, Inbound};
 use tidings_actors::directory::Directory;
 use tidings_actors::metrics::Metrics;
 use tidings_actors::outbound;
@@ -90,7 +90,9 @@ impl Actor for Collector {
         message: Inbound,
         texts: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        texts.lock().expect("collector lock").push(message.text);
+        if let ClientData::Text(text) = message.frame {
+            texts.lock().expect("collector lock").push(text);
+        }
         let _ = message.done.send(());
         Ok(())
     }

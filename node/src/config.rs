@@ -84,6 +84,17 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
 
+    /// Bytes of frames queued for one connection before it is closed as too
+    /// slow (close code 1013), as well as --outbound-queue frames. At least
+    /// --max-reply-bytes.
+    #[arg(long, env = "TIDINGS_OUTBOUND_BYTES", default_value_t = 8 << 20)]
+    pub outbound_bytes: usize,
+
+    /// Most JSON bytes of events or conversations one `history`, `sync` or
+    /// `convs` reply carries; a reply cut there says `more: true`.
+    #[arg(long, env = "TIDINGS_MAX_REPLY_BYTES", default_value_t = 1 << 20)]
+    pub max_reply_bytes: usize,
+
     /// Largest WebSocket frame a client may send, in bytes (close 1009).
     #[arg(long, env = "TIDINGS_MAX_FRAME", default_value_t = 64 * 1024)]
     pub max_frame: usize,
@@ -167,6 +178,10 @@ pub struct Config {
     pub snapshot_every: u64,
 }
 
+/// Smallest `--max-reply-bytes`: room for an event with a body of the
+/// largest size (16 KiB, escaped characters aside) and its frame.
+const MIN_REPLY_BYTES: usize = 32 * 1024;
+
 /// Longest `--commit-interval` allowed: well inside a Raft heartbeat
 /// (150 ms), since a shard's Raft core waits for each of its log writes.
 const MAX_COMMIT_INTERVAL: Duration = Duration::from_millis(20);
@@ -193,6 +208,10 @@ pub enum ConfigError {
     CommitIntervalTooLong(Duration),
     #[error("--max-frame must be at least 1024 bytes")]
     FrameTooSmall,
+    #[error("--max-reply-bytes must be at least {MIN_REPLY_BYTES} bytes, to hold one event of the largest size")]
+    ReplyBoundTooSmall,
+    #[error("--outbound-bytes ({outbound}) must be at least --max-reply-bytes ({reply}): a reply must fit in a connection's queue")]
+    OutboundBelowReply { outbound: usize, reply: usize },
     #[error("--node-id {0:?} must be 1 to 32 letters, digits or '-'")]
     BadNodeId(String),
     #[error("--cluster-listen needs --cluster-cookie (or TIDINGS_CLUSTER_COOKIE), the secret every node of the cluster shares")]
@@ -273,6 +292,15 @@ impl Config {
         }
         if self.max_frame < 1024 {
             return Err(ConfigError::FrameTooSmall);
+        }
+        if self.max_reply_bytes < MIN_REPLY_BYTES {
+            return Err(ConfigError::ReplyBoundTooSmall);
+        }
+        if self.outbound_bytes < self.max_reply_bytes {
+            return Err(ConfigError::OutboundBelowReply {
+                outbound: self.outbound_bytes,
+                reply: self.max_reply_bytes,
+            });
         }
         let id_ok = (1..=32).contains(&self.node_id.len())
             && self
@@ -487,6 +515,27 @@ mod tests {
         assert!(matches!(
             config.validate(),
             Err(ConfigError::NotPositive(_))
+        ));
+    }
+
+    #[test]
+    fn a_reply_bound_must_hold_an_event_and_fit_in_the_queue() {
+        let check = |extra: &[&str]| {
+            let mut args = vec!["tidings", "--dev"];
+            args.extend_from_slice(extra);
+            Config::from_args(args).unwrap().validate()
+        };
+        let defaults = Config::from_args(["tidings", "--dev"]).unwrap();
+        assert_eq!(defaults.max_reply_bytes, 1 << 20);
+        assert_eq!(defaults.outbound_bytes, 8 << 20);
+        check(&["--max-reply-bytes", "32768", "--outbound-bytes", "32768"]).unwrap();
+        assert!(matches!(
+            check(&["--max-reply-bytes", "1000"]),
+            Err(ConfigError::ReplyBoundTooSmall)
+        ));
+        assert!(matches!(
+            check(&["--outbound-bytes", "65536"]),
+            Err(ConfigError::OutboundBelowReply { .. })
         ));
     }
 

@@ -174,12 +174,23 @@ async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
-async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({
-        "status": "ok",
+/// 200 while the node's writes succeed; 503 with the reason from the
+/// first failed write until one succeeds again.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let failing = state.storage.failing();
+    let status = match failing {
+        None => StatusCode::OK,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut body = json!({
+        "status": if failing.is_none() { "ok" } else { "failing" },
         "version": env!("CARGO_PKG_VERSION"),
         "connections": state.metrics.connections.get(),
-    }))
+    });
+    if let Some(reason) = failing {
+        body["reason"] = json!(format!("storage writes fail: {reason}"));
+    }
+    (status, Json(body)).into_response()
 }
 
 /// The nodes of the cluster as this node sees them, and each shard's
@@ -270,16 +281,24 @@ async fn create_conversation(
         .into_response())
 }
 
+#[derive(Deserialize)]
+struct ListQuery {
+    after: Option<String>,
+}
+
 async fn list_conversations(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    QueryArgs(query): QueryArgs<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let after: Option<ConvId> = query.after.map(parse).transpose()?;
     let (conversations, blocked) = tokio::join!(
-        state.service.conversations(&user),
+        state.service.conversations(&user, after.as_ref()),
         state.service.blocked(&user)
     );
+    let (conversations, more) = conversations?;
     Ok(Json(
-        json!({ "conversations": conversations?, "blocked": blocked? }),
+        json!({ "conversations": conversations, "more": more, "blocked": blocked? }),
     ))
 }
 
@@ -357,7 +376,7 @@ async fn history_of(
         .history(user, conv, page.after, page.before, page.limit)
         .await?;
     Ok(Json(
-        json!({ "conv": page.conv, "version": page.version, "events": page.events }),
+        json!({ "conv": page.conv, "version": page.version, "events": page.events, "more": page.more }),
     ))
 }
 

@@ -134,7 +134,11 @@ impl Node {
         .context("starting the router")?;
         let router = routes.router().clone();
         let (service, replicator) = match &cluster {
-            None => (Service::new(routes, directory, config.call_timeout), None),
+            None => (
+                Service::new(routes, directory, config.call_timeout)
+                    .with_max_reply_bytes(config.max_reply_bytes),
+                None,
+            ),
             Some(cluster) => {
                 if config.replicas > config.cluster_nodes() {
                     tracing::warn!(
@@ -160,7 +164,8 @@ impl Node {
                 .context("starting the shard groups")?;
                 storage.replicate_through(Arc::new(replicator.clone()));
                 let service =
-                    Service::clustered(routes, directory, config.call_timeout, replicator.clone());
+                    Service::clustered(routes, directory, config.call_timeout, replicator.clone())
+                        .with_max_reply_bytes(config.max_reply_bytes);
                 (service, Some(replicator))
             }
         };

@@ -220,7 +220,10 @@ fn serve(
 ) -> impl Future<Output = ()> {
     let config = &state.config;
     let expiry = Expiry::new(exp);
-    let (outbound, receiver) = outbound::channel(config.outbound_queue);
+    let (outbound, receiver) = outbound::bounded(outbound::Limits {
+        frames: config.outbound_queue,
+        bytes: config.outbound_bytes,
+    });
     let args = ConnectionArgs {
         user: user.clone(),
         service: state.service.clone(),
@@ -389,6 +392,7 @@ pub async fn read_client_bytes<R: AsyncRead + Unpin>(
         connection,
         outbound,
         heartbeat,
+        &Expiry::new(u64::MAX),
         &CancellationToken::new(),
     )
     .await

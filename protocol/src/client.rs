@@ -262,6 +262,10 @@ struct Again {
     pages: Vec<ConvId>,
     /// Refusals since the last answer, for the backoff.
     attempt: u32,
+    /// The last `synced` stopped at the node's byte bound (conversations
+    /// or notifications left out): once its pages are in, sync again from
+    /// what was delivered, live pushes still held.
+    unfinished: bool,
 }
 
 impl Again {
@@ -889,9 +893,11 @@ impl Driver {
                     ServerFrame::Synced {
                         convs,
                         notifications,
+                        more,
                     },
                 ) if req == sync_req => {
                     again.attempt = 0;
+                    again.unfinished = more || notifications.more;
                     for conv in convs {
                         for event in conv.events {
                             self.deliver(Push::Event(event));
@@ -908,10 +914,9 @@ impl Driver {
                     for n in notifications.events {
                         self.deliver(Push::Notification(n));
                     }
-                    if again.settled(&paging)
-                        && !self
-                            .release_or_resync(&mut socket, &mut held, &mut sync_req)
-                            .await
+                    if !self
+                        .after_sync(&mut socket, &mut held, &mut sync_req, &mut again, &paging)
+                        .await
                     {
                         return End::Dropped;
                     }
@@ -922,6 +927,7 @@ impl Driver {
                         conv,
                         version,
                         events,
+                        ..
                     },
                 ) if paging.contains_key(&req) => {
                     paging.remove(&req);
@@ -937,10 +943,9 @@ impl Driver {
                         }
                         paging.insert(req, conv);
                     }
-                    if again.settled(&paging)
-                        && !self
-                            .release_or_resync(&mut socket, &mut held, &mut sync_req)
-                            .await
+                    if !self
+                        .after_sync(&mut socket, &mut held, &mut sync_req, &mut again, &paging)
+                        .await
                     {
                         return End::Dropped;
                     }
@@ -971,6 +976,7 @@ impl Driver {
                     // held, and sync again from what was delivered.
                     tracing::debug!(error = %err.message, "history page refused");
                     if again.settled(&paging) {
+                        again.unfinished = false;
                         self.release_all(&mut held);
                         match self.send_sync(&mut socket).await {
                             Some(req) => sync_req = req,
@@ -1063,6 +1069,33 @@ impl Driver {
             self.deliver(push);
         }
         true
+    }
+
+    /// Once nothing more is to come for the current sync: syncs again if
+    /// its reply stopped at the node's byte bound (live pushes still held:
+    /// delivering one of a conversation left out would skip what it
+    /// missed), else delivers what was held. `false` if the socket failed.
+    async fn after_sync(
+        &mut self,
+        socket: &mut Socket,
+        held: &mut Option<Vec<Push>>,
+        sync_req: &mut String,
+        again: &mut Again,
+        paging: &HashMap<String, ConvId>,
+    ) -> bool {
+        if !again.settled(paging) {
+            return true;
+        }
+        if std::mem::take(&mut again.unfinished) {
+            return match self.send_sync(socket).await {
+                Some(req) => {
+                    *sync_req = req;
+                    true
+                }
+                None => false,
+            };
+        }
+        self.release_or_resync(socket, held, sync_req).await
     }
 
     /// [`Self::release`], syncing again on a gap; `false` if the socket

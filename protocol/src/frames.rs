@@ -70,7 +70,12 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
     },
-    Convs,
+    Convs {
+        /// List the conversations after this id (ids in order): the next
+        /// page after a reply that said `more`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<ConvId>,
+    },
     Members {
         conv: ConvId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -351,7 +356,7 @@ pub struct SyncedConv {
 }
 
 /// The notifications part of a `synced` reply.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SyncedNotifications {
     pub version: u64,
     pub events: Vec<Notification>,
@@ -395,13 +400,26 @@ pub enum ServerFrame {
         conv: ConvId,
         version: u64,
         events: Vec<Event>,
+        /// The page stopped at the node's reply byte bound
+        /// (`--max-reply-bytes`): more events follow in the direction it
+        /// pages; ask again from its last (`after`) or first (`before`).
+        #[serde(default)]
+        more: bool,
     },
     Synced {
         convs: Vec<SyncedConv>,
         notifications: SyncedNotifications,
+        /// Conversations with events to deliver were left out at the
+        /// node's reply byte bound: sync again with the versions now had.
+        #[serde(default)]
+        more: bool,
     },
     Convs {
         conversations: Vec<ConvSummary>,
+        /// The list stopped at the node's reply byte bound: ask again with
+        /// `after` set to the last conversation listed.
+        #[serde(default)]
+        more: bool,
         /// The users this user has blocked.
         #[serde(default)]
         blocked: Vec<UserId>,

@@ -83,6 +83,8 @@ pub enum ConvOp {
         by: UserId,
         after: Option<u64>,
         limit: u32,
+        #[serde(default = "crate::messages::default_reply_bytes")]
+        max_bytes: usize,
     },
     Typing {
         by: UserId,
@@ -93,8 +95,15 @@ pub enum ConvOp {
 /// [`crate::messages::UserMsg`]).
 #[derive(Debug, Serialize, Deserialize)]
 pub enum UserOp {
-    Notify { payload: serde_json::Value },
-    Notifications { after: Option<u64>, limit: u32 },
+    Notify {
+        payload: serde_json::Value,
+    },
+    Notifications {
+        after: Option<u64>,
+        limit: u32,
+        #[serde(default = "crate::messages::default_reply_bytes")]
+        max_bytes: usize,
+    },
     Conversations,
     Index { conv: ConvId, entry: IndexEntry },
     Block { user: UserId, block: bool },

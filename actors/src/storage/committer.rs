@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 use tokio::sync::oneshot;
 
+use super::health::Health;
 use super::{StorageError, Write, WriteSet};
 
 /// Most write sets folded into one batch.
@@ -68,14 +69,14 @@ pub struct CommitStats {
 }
 
 impl Committer {
-    pub(super) fn start(db: Arc<DB>, interval: Duration) -> Committer {
+    pub(super) fn start(db: Arc<DB>, interval: Duration, health: Arc<Health>) -> Committer {
         let (queue, rx) = mpsc::channel::<Command>();
         let stats = Arc::new(Counters::default());
         let counters = stats.clone();
         let thread = std::thread::Builder::new()
             .name("tidings-commit".into())
             .spawn(move || {
-                let stopped = run(&db, &rx, interval, &counters);
+                let stopped = run(&db, &rx, interval, &counters, &health);
                 drop(db);
                 if let Some(stopped) = stopped {
                     let _ = stopped.send(());
@@ -121,6 +122,7 @@ fn run(
     rx: &mpsc::Receiver<Command>,
     interval: Duration,
     counters: &Counters,
+    health: &Health,
 ) -> Option<oneshot::Sender<()>> {
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
@@ -128,7 +130,23 @@ fn run(
     let mut stop = None;
     let mut last_sync: Option<Instant> = None;
     while stop.is_none() {
-        let Ok(first) = rx.recv() else { break };
+        let first = if health.failing().is_some() {
+            // Writes are failing: try one of our own now and then, so the
+            // node sees it when they succeed again, writers or not.
+            match rx.recv_timeout(PROBE_EVERY) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    health.wrote(&probe(db, &sync));
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(first) => first,
+                Err(_) => break,
+            }
+        };
         let mut batch = WriteBatch::default();
         stop = gather(db, rx, first, &mut batch, &mut waiting);
         // Too soon after the last sync: sleep out the interval (a sleeping
@@ -147,6 +165,7 @@ fn run(
         }
         last_sync = Some(Instant::now());
         let result = db.write_opt(batch, &sync);
+        health.wrote(&result);
         counters.batches.fetch_add(1, Ordering::Relaxed);
         counters
             .write_sets
@@ -159,6 +178,17 @@ fn run(
         }
     }
     stop
+}
+
+/// How often the committer tries a write of its own while writes fail.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The key of that write, in the default column family.
+const PROBE_KEY: &[u8] = b"tidings.probe";
+
+/// A small synced write: whether the database takes writes again.
+fn probe(db: &DB, sync: &WriteOptions) -> Result<(), rocksdb::Error> {
+    db.put_opt(PROBE_KEY, [1u8], sync)
 }
 
 /// Folds `first` and whatever else is queued, up to [`MAX_BATCH`] write
