@@ -382,3 +382,20 @@ async fn in_a_cluster_presence_and_blocks_hold_on_every_node() {
     };
     assert_eq!(refused["code"], "forbidden", "{refused}");
 }
+
+#[tokio::test]
+async fn the_rust_client_blocks_and_unblocks() {
+    use tidings_protocol::client::{Client, ClientConfig};
+    let node = TestNode::start().await;
+    let config = ClientConfig::new([format!("ws://{}", node.addr)], token("bob"));
+    let (bob, _pushes) = Client::connect(config);
+    let alice_id = tidings_protocol::UserId::try_from("alice").unwrap();
+    bob.block(alice_id.clone()).await.unwrap();
+    let mut alice = node.connect("alice").await;
+    alice
+        .err(json!({"type":"dm","user":"bob"}), "forbidden")
+        .await;
+    bob.unblock(alice_id).await.unwrap();
+    alice.ok(json!({"type":"dm","user":"bob"}), "created").await;
+    bob.close();
+}
