@@ -94,9 +94,10 @@ pub struct ClientConfig {
 /// The application's way to a fresh token for the same user (its login
 /// service, say); `None` when it has none now (asked again shortly).
 #[derive(Clone)]
-pub struct TokenSource(
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<String>> + Send>> + Send + Sync>,
-);
+pub struct TokenSource(Arc<dyn Fn() -> FreshToken + Send + Sync>);
+
+/// A token on its way from the application.
+type FreshToken = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
 impl TokenSource {
     pub fn new<F, Fut>(source: F) -> TokenSource

@@ -330,6 +330,7 @@ async fn malformed_binary_and_ping_frames_count_against_the_rate() {
         ("binary", Message::Binary(vec![1, 2, 3].into())),
         ("ping", Message::Ping(vec![7].into())),
     ];
+    let mut uncounted = Vec::new();
     for (what, frame) in cases {
         let node = slow_node(5.0).await;
         let mut alice = Ws::connect(&node.ws_url(), &token("alice")).await.unwrap();
@@ -338,11 +339,11 @@ async fn malformed_binary_and_ping_frames_count_against_the_rate() {
         }
         alice.send(json!({"type":"ping","req":"after"})).await;
         let reply = alice.take(what, |v| v["req"] == "after").await.unwrap();
-        assert_eq!(
-            reply["code"], "rate_limited",
-            "after five {what} frames: {reply}"
-        );
+        if reply["code"] != "rate_limited" {
+            uncounted.push(format!("after five {what} frames: {reply}"));
+        }
     }
+    assert!(uncounted.is_empty(), "{uncounted:#?}");
 }
 
 #[tokio::test]
