@@ -426,6 +426,65 @@ mod tests {
         }
     }
 
+    #[test]
+    fn only_requests_that_create_a_conversation_may_start_one_that_is_not_stored() {
+        fn reply<T>() -> crate::messages::Reply<T> {
+            tokio::sync::oneshot::channel().0.into()
+        }
+        let by = UserId::try_from("alice").unwrap();
+        let page = crate::messages::Page {
+            after: None,
+            before: None,
+            limit: 1,
+            max_bytes: 1,
+        };
+        let creating = [
+            ConvMsg::Create {
+                by: by.clone(),
+                members: Vec::new(),
+                title: None,
+                reply: reply(),
+            },
+            ConvMsg::OpenDirect {
+                by: by.clone(),
+                reply: reply(),
+            },
+            ConvMsg::Settle,
+        ];
+        for message in &creating {
+            assert!(!needs_existing(message));
+        }
+        let reading_or_writing = [
+            ConvMsg::Send {
+                by: by.clone(),
+                body: "hi".into(),
+                cmid: None,
+                expect: None,
+                reply: reply(),
+            },
+            ConvMsg::History {
+                by: by.clone(),
+                page,
+                reply: reply(),
+            },
+            ConvMsg::Catchup {
+                by: by.clone(),
+                after: None,
+                limit: 1,
+                max_bytes: 1,
+                reply: reply(),
+            },
+            ConvMsg::Summary {
+                by: by.clone(),
+                reply: reply(),
+            },
+            ConvMsg::Typing { by },
+        ];
+        for message in &reading_or_writing {
+            assert!(needs_existing(message));
+        }
+    }
+
     #[tokio::test]
     async fn only_the_live_actor_with_nothing_in_flight_is_retired() {
         let (old, old_task) = Actor::spawn(None, Sink, ()).await.unwrap();
