@@ -16,12 +16,17 @@
 //! actors are stopped ([`Routes::shard_lost`]), so that none keeps a
 //! version counter that another leader has moved on from.
 //!
-//! The groups form once every node in `--join` is linked: the node names,
+//! The groups form once every node in `--join` is linked and has knocked
+//! on this one ([`rejoin`]): the node names,
 //! sorted, place shard `s` on the `--replicas` nodes from position `s` on
 //! (so that shards and leadership start spread out), and the first of
 //! those initializes the group with all of them as voters. The names are
 //! kept in storage, so a node restarted with its data directory knows the
-//! placement at once, finds its groups and rejoins them.
+//! placement at once, finds its groups and rejoins them. A node that
+//! starts with an empty data directory takes no part in any group until a
+//! peer has answered its knock, and refuses to start if its peers know it
+//! as a member: having forgotten its votes and entries, it could let an
+//! acknowledged message be lost ([`rejoin`]).
 //!
 //! A node that holds no replica of a shard forwards its requests to the
 //! leader it last heard of, or else to one of the replicas, which either
@@ -32,20 +37,24 @@
 //! entries already purged is sent the shard's records ([`snapshot`]).
 
 pub mod network;
+pub mod rejoin;
 pub mod snapshot;
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use ractor::rpc::CallResult;
 use ractor::ActorRef;
+use rand::Rng;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::cluster::peer::PeerMsg;
 use crate::cluster::{Agreement, Peers};
@@ -55,6 +64,7 @@ use crate::router::Routes;
 use crate::shard::{ShardId, SHARDS};
 use crate::storage::{keys, Cf, ReplicatedLog, Storage, StorageError, WriteSet};
 use network::{Network, RaftRequest, RaftResponse};
+use rejoin::{Answer, Knock, Verdict};
 use store::ShardStore;
 
 openraft::declare_raft_types!(
@@ -176,6 +186,41 @@ struct Inner {
     peers: Peers,
     routes: Routes,
     timeout: Duration,
+    /// Drawn at this start: tells this run's knocks from another's.
+    boot: u64,
+    /// Whether the data directory held no Raft state at this start.
+    empty: bool,
+    /// Whether this node takes part in the groups ([`rejoin`]).
+    part: watch::Sender<Part>,
+    /// Why this node must stop, once it must.
+    fatal: watch::Sender<Option<String>>,
+    /// The knocks heard and who formed the groups, under one lock with the
+    /// formation itself.
+    formation: tokio::sync::Mutex<Formation>,
+    /// The node names the groups are placed by, once known.
+    nodes: std::sync::OnceLock<Vec<String>>,
+    stopped: AtomicBool,
+}
+
+/// Whether this node takes part in the shard groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Its data directory is empty and no peer has answered its knock: it
+    /// serves no Raft request and forms nothing.
+    Undecided,
+    Serving,
+    /// Its peers know it from before it lost its data: it must stop.
+    Refused,
+}
+
+/// What the formation of the groups depends on ([`rejoin`]).
+#[derive(Default)]
+struct Formation {
+    /// (node, boot) of every knock heard during this run.
+    knocked: BTreeSet<(String, u64)>,
+    /// The knocks heard when this run formed the groups; `None` if they
+    /// were formed before it (read from storage) or are not yet.
+    founders: Option<BTreeSet<(String, u64)>>,
 }
 
 impl Replicator {
@@ -209,6 +254,26 @@ impl Replicator {
         };
         let config = Arc::new(config.validate()?);
         let id = raft_id(&node);
+        let nodes: Option<Vec<String>> = storage
+            .get(Cf::RaftState, &keys::cluster_nodes())
+            .map_err(|e| ReplicationError::Start {
+                shard: u16::MAX,
+                message: format!("reading the cluster's nodes: {e}"),
+            })?;
+        // Read before any group starts: a node that has not taken part yet
+        // writes no Raft state until it does.
+        let mut empty = nodes.is_none();
+        for shard in 0..SHARDS {
+            if !empty {
+                break;
+            }
+            empty = ShardStore::new(shard, storage.clone())
+                .holds_nothing()
+                .map_err(|e| ReplicationError::Start {
+                    shard,
+                    message: format!("reading its Raft state: {e}"),
+                })?;
+        }
         let mut rafts = Vec::with_capacity(SHARDS as usize);
         for shard in 0..SHARDS {
             let store = ShardStore::new(shard, storage.clone());
@@ -225,12 +290,17 @@ impl Replicator {
             store.send_snapshots();
             rafts.push(raft);
         }
-        let nodes: Option<Vec<String>> = storage
-            .get(Cf::RaftState, &keys::cluster_nodes())
-            .map_err(|e| ReplicationError::Start {
-                shard: u16::MAX,
-                message: format!("reading the cluster's nodes: {e}"),
-            })?;
+        let part = match rejoin::verdict(&node, empty, expected, &[]) {
+            Verdict::Proceed => Part::Serving,
+            _ => {
+                tracing::warn!(
+                    node = %node,
+                    "empty data directory: taking part in no shard group until a peer \
+                     says whether it knows this node"
+                );
+                Part::Undecided
+            }
+        };
         let replicator = Replicator {
             inner: Arc::new(Inner {
                 node,
@@ -247,6 +317,13 @@ impl Replicator {
                 peers,
                 routes: routes.clone(),
                 timeout,
+                boot: rand::rng().random(),
+                empty,
+                part: watch::Sender::new(part),
+                fatal: watch::Sender::new(None),
+                formation: tokio::sync::Mutex::default(),
+                nodes: std::sync::OnceLock::new(),
+                stopped: AtomicBool::new(false),
             }),
         };
         if let Some(nodes) = nodes {
@@ -259,24 +336,51 @@ impl Replicator {
                 routes.clone(),
             ));
         }
+        tokio::spawn(replicator.clone().knock(expected));
         tokio::spawn(replicator.clone().form(expected));
         let router = routes.router().clone();
         tokio::spawn(resync_on_loss(replicator.inner.peers.losses(), router));
         Ok(replicator)
     }
 
-    /// Waits until the other `expected` nodes are linked, then initializes
-    /// the groups this node is the founder of. A group that already exists
-    /// (a restart) refuses, which is fine.
+    /// Waits until this node takes part and the other `expected` nodes
+    /// are linked and have knocked, then initializes the groups this node
+    /// is the founder of. A group that already exists (a restart) refuses,
+    /// which is fine.
     async fn form(self, expected: usize) {
+        let decided = self
+            .inner
+            .part
+            .subscribe()
+            .wait_for(|part| *part != Part::Undecided)
+            .await
+            .map(|part| *part);
+        if !matches!(decided, Ok(Part::Serving)) {
+            return;
+        }
         let mut told = None;
-        let mut names = loop {
-            let names = self.inner.peers.names();
+        let names = loop {
+            let mut names = self.inner.peers.names();
             if names.len() >= expected {
                 // Nodes started with different node lists would place the
                 // shards differently: wait until every one agrees.
                 match self.inner.peers.agreement(&names) {
-                    Agreement::Agreed => break names,
+                    Agreement::Agreed => {
+                        // Groups formed with a node that has not knocked
+                        // would report it as returning ([`rejoin`]).
+                        let mut formation = self.inner.formation.lock().await;
+                        let knocked =
+                            |name: &String| formation.knocked.iter().any(|(node, _)| node == name);
+                        if self.inner.placement.get().is_some() || names.iter().all(knocked) {
+                            names.push(self.inner.node.clone());
+                            names.sort();
+                            names.dedup();
+                            if let Err(err) = self.remember_nodes(&names, &mut formation).await {
+                                tracing::error!(error = %err, "storing the cluster's nodes failed");
+                            }
+                            break names;
+                        }
+                    }
                     Agreement::Unknown => {}
                     Agreement::Disagree(differ) => {
                         if told.as_ref() != Some(&differ) {
@@ -293,12 +397,6 @@ impl Replicator {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        names.push(self.inner.node.clone());
-        names.sort();
-        names.dedup();
-        if let Err(err) = self.remember_nodes(&names).await {
-            tracing::error!(error = %err, "storing the cluster's nodes failed");
-        }
         let mut founded = 0;
         for (shard, raft) in self.inner.rafts.iter().enumerate() {
             let Some(replicas) = self.placement(shard as u16) else {
@@ -324,15 +422,125 @@ impl Replicator {
 
     /// Keeps the node names the groups are placed by. A restarted node
     /// keeps the names it first stored, so placement never moves.
-    async fn remember_nodes(&self, names: &[String]) -> Result<(), StorageError> {
+    /// The processes that had knocked by then are the groups' founders.
+    async fn remember_nodes(
+        &self,
+        names: &[String],
+        formation: &mut Formation,
+    ) -> Result<(), StorageError> {
         if self.inner.placement.get().is_some() {
             return Ok(());
         }
         let mut writes = WriteSet::default();
         writes.put(Cf::RaftState, keys::cluster_nodes(), &names.to_vec())?;
         self.inner.storage.commit_local(writes).await?;
+        formation.founders = Some(formation.knocked.clone());
         self.place(names);
         Ok(())
+    }
+
+    /// Knocks on every linked peer, once per link, for as long as the node
+    /// runs: its peers form the groups only with nodes that have knocked.
+    /// While this node is undecided, the answers decide whether it takes
+    /// part or must stop ([`rejoin::verdict`]).
+    async fn knock(self, expected: usize) {
+        let knock = Knock {
+            node: self.inner.node.clone(),
+            boot: self.inner.boot,
+        };
+        let Ok(knock) = codec::encode(&knock) else {
+            return;
+        };
+        // Per peer, the peer actor that answered (a new link asks again).
+        let mut answered: HashMap<String, ractor::ActorId> = HashMap::new();
+        let mut answers: Vec<Answer> = Vec::new();
+        while !self.inner.stopped.load(Ordering::Acquire) {
+            for name in self.inner.peers.names() {
+                let Some(peer) = self.inner.peers.get(&name) else {
+                    continue;
+                };
+                if answered.get(&name) == Some(&peer.get_id()) {
+                    continue;
+                }
+                let call = peer.call(
+                    |reply| PeerMsg::Knock(knock.clone(), reply),
+                    Some(self.inner.timeout.min(Duration::from_secs(1))),
+                );
+                if let Ok(CallResult::Success(bytes)) = call.await {
+                    match codec::decode::<Answer>(&bytes) {
+                        Ok(answer) => {
+                            answered.insert(name, peer.get_id());
+                            answers.push(answer);
+                        }
+                        Err(err) => {
+                            tracing::warn!(peer = %name, error = %err, "undecodable answer to a knock")
+                        }
+                    }
+                }
+            }
+            if *self.inner.part.borrow() == Part::Undecided {
+                match rejoin::verdict(&self.inner.node, self.inner.empty, expected, &answers) {
+                    Verdict::Wait => {}
+                    Verdict::Proceed => {
+                        tracing::info!(
+                            node = %self.inner.node,
+                            "no peer knows this node from before: taking part in the shard groups"
+                        );
+                        self.inner.part.send_replace(Part::Serving);
+                    }
+                    Verdict::Refuse(refusal) => {
+                        tracing::error!(
+                            node = %refusal.node,
+                            known_by = ?refusal.known_by,
+                            members = ?refusal.members,
+                            "empty data directory on a known member: not starting"
+                        );
+                        self.inner.part.send_replace(Part::Refused);
+                        self.inner.fatal.send_replace(Some(refusal.to_string()));
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Answers a peer's knock ([`rejoin`]), noting it for the formation.
+    pub async fn answer_knock(&self, bytes: &[u8]) -> Vec<u8> {
+        let knock: Knock = match codec::decode(bytes) {
+            Ok(knock) => knock,
+            Err(err) => {
+                tracing::warn!(error = %err, "undecodable knock dropped");
+                return Vec::new();
+            }
+        };
+        let mut formation = self.inner.formation.lock().await;
+        let founder = formation
+            .founders
+            .as_ref()
+            .is_some_and(|founders| founders.contains(&(knock.node.clone(), knock.boot)));
+        formation.knocked.insert((knock.node, knock.boot));
+        let answer = Answer {
+            node: self.inner.node.clone(),
+            formed: self.inner.nodes.get().cloned(),
+            founder,
+        };
+        codec::encode(&answer).unwrap_or_default()
+    }
+
+    /// Resolves with the reason once this node must stop: its data
+    /// directory is empty and its peers know it as a member ([`rejoin`]).
+    pub async fn failed(&self) -> String {
+        let mut fatal = self.inner.fatal.subscribe();
+        let reason = fatal
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|reason| reason.clone());
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
     }
 
     /// Places every shard on `--replicas` of `nodes` (sorted names): shard
@@ -350,6 +558,7 @@ impl Replicator {
             })
             .collect();
         let _ = self.inner.placement.set(placement);
+        let _ = self.inner.nodes.set(nodes.to_vec());
     }
 
     /// The nodes that hold `shard`, founder first; `None` until the
@@ -495,6 +704,11 @@ impl Replicator {
 
     /// Serves a Raft request from another node.
     pub async fn serve(&self, bytes: Vec<u8>) -> Vec<u8> {
+        // Until it is known that nobody counts on what this node's empty
+        // disk forgot, it neither votes nor takes entries.
+        if *self.inner.part.borrow() != Part::Serving {
+            return Vec::new();
+        }
         let request: RaftRequest = match codec::decode(&bytes) {
             Ok(request) => request,
             Err(err) => {
@@ -565,6 +779,7 @@ impl Replicator {
 
     /// Leaves every group (on shutdown, before storage closes).
     pub async fn shutdown(&self) {
+        self.inner.stopped.store(true, Ordering::Release);
         for raft in &self.inner.rafts {
             let _ = raft.shutdown().await;
         }

@@ -241,6 +241,16 @@ impl Node {
         &self.state
     }
 
+    /// Resolves with the reason once the node must stop by itself: it
+    /// started with an empty data directory, and its peers know it as a
+    /// member ([`tidings_actors::replication::rejoin`]).
+    pub async fn failed(&self) -> String {
+        match &self.state.replicator {
+            Some(replicator) => replicator.failed().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Stops in order: stop accepting, close sockets with 1001, stop the
     /// entity actors, flush storage.
     pub async fn shutdown(self) -> anyhow::Result<()> {

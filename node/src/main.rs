@@ -61,9 +61,21 @@ async fn main() -> anyhow::Result<()> {
     {
         tracing::warn!(error = %err, "could not print the address to stdout");
     }
-    shutdown_signal().await;
-    node.shutdown().await
+    let failed = tokio::select! {
+        () = shutdown_signal() => None,
+        reason = node.failed() => Some(reason),
+    };
+    node.shutdown().await?;
+    if let Some(reason) = failed {
+        eprintln!("tidings: {reason}");
+        std::process::exit(FAILED);
+    }
+    Ok(())
 }
+
+/// The exit status of a node that stops by itself because it must not run
+/// (see [`Node::failed`]); 2 is a configuration refused at start.
+const FAILED: i32 = 3;
 
 /// Below this many open files a node turns clients away while still idle.
 const FEW_OPEN_FILES: u64 = 4096;

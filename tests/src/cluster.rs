@@ -2,16 +2,18 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
 use tidings_protocol::client::{Client, ClientConfig, Pushes};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 
-use crate::{eventually, http, process, token, Ws};
+use crate::{eventually, http, process, token, Ws, API_KEY, SECRET};
 
 pub const COOKIE: &str = "cluster-test-cookie";
 
@@ -39,6 +41,9 @@ pub struct Member {
     pub args: Vec<String>,
     /// The certificates of its cluster, once [`with_certs`] made them.
     pub certs: Option<Arc<TempDir>>,
+    /// A fixed HTTP address, kept across restarts so that clients reach
+    /// the node again; port 0 (a new one each start) otherwise.
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// Runs `tidings certs` for `nodes`: a CA and a directory per node, under
@@ -129,16 +134,14 @@ impl Member {
             http: String::new(),
             args: Vec::new(),
             certs: None,
+            http_listen: None,
         }
     }
 
-    pub async fn start(&mut self, all: &[SocketAddr]) {
+    /// The cluster flags of a start among the nodes at `all`.
+    fn flags(&self, all: &[SocketAddr]) -> Vec<String> {
         // Every node gets the same list, its own address included.
         let join: Vec<String> = all.iter().map(ToString::to_string).collect();
-        let (netns, listen) = match &self.netns {
-            Some((ns, ip)) => (Some(ns.as_str()), format!("{ip}:0")),
-            None => (None, "127.0.0.1:0".to_owned()),
-        };
         let flags = [
             "--node-id",
             self.id,
@@ -154,17 +157,102 @@ impl Member {
             "--call-timeout",
             "3s",
         ];
-        let (child, http) = process::spawn_in(
-            netns,
-            &listen,
-            self.data.path(),
-            flags
-                .into_iter()
-                .chain(self.args.iter().map(String::as_str)),
-        )
-        .await;
+        flags
+            .into_iter()
+            .map(str::to_owned)
+            .chain(self.args.iter().cloned())
+            .collect()
+    }
+
+    pub async fn start(&mut self, all: &[SocketAddr]) {
+        let (netns, listen) = match (&self.netns, self.http_listen) {
+            (Some((ns, ip)), _) => (Some(ns.as_str()), format!("{ip}:0")),
+            (None, Some(addr)) => (None, addr.to_string()),
+            (None, None) => (None, "127.0.0.1:0".to_owned()),
+        };
+        let (child, http) =
+            process::spawn_in(netns, &listen, self.data.path(), self.flags(all)).await;
         self.child = Some(child);
         self.http = http;
+    }
+
+    /// Like [`Member::start`] (on loopback), keeping what the node writes
+    /// to stderr (its logs, and why it stopped) in the returned buffer.
+    pub async fn start_logged(&mut self, all: &[SocketAddr]) -> Arc<Mutex<String>> {
+        let mut child = tokio::process::Command::new(process::binary())
+            .arg("--listen")
+            .arg(
+                self.http_listen
+                    .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()),
+            )
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .args(self.flags(all))
+            .env("TIDINGS_AUTH_SECRET", SECRET)
+            .env("TIDINGS_API_KEY", API_KEY)
+            .env("TIDINGS_LOG", "warn,openraft=off")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the tidings binary starts");
+        let logged = Arc::new(Mutex::new(String::new()));
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        let (into, id) = (logged.clone(), self.id);
+        tokio::spawn(async move {
+            // Drained to the end, so the node never blocks on a full pipe;
+            // the last 64 KiB are kept.
+            while let Ok(Some(line)) = stderr.next_line().await {
+                eprintln!("[{id}] {line}");
+                let mut kept = into.lock().unwrap();
+                kept.push_str(&line);
+                kept.push('\n');
+                if kept.len() > 64 << 10 {
+                    let cut = kept.len() - (32 << 10);
+                    let cut = (cut..kept.len())
+                        .find(|&i| kept.is_char_boundary(i))
+                        .unwrap_or(0);
+                    kept.drain(..cut);
+                }
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let line = tokio::time::timeout(crate::WAIT, stdout.next_line())
+            .await
+            .expect("the node says where it listens")
+            .expect("stdout is readable")
+            .expect("a line on stdout");
+        self.http = line
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        self.child = Some(child);
+        logged
+    }
+
+    /// The process's exit status, if it exits within `within`; it keeps
+    /// running (and counts as started) otherwise.
+    pub async fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let status = tokio::time::timeout(within, child.wait()).await.ok()?;
+        self.child = None;
+        Some(status.unwrap())
+    }
+
+    /// Whether the process runs.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Replaces the (stopped) node's data directory with an empty one, as
+    /// a lost disk would.
+    pub fn wipe(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "{} is stopped before its wipe",
+            self.id
+        );
+        self.data = tempfile::tempdir().unwrap();
     }
 
     pub fn signal(&self, signal: &str) {

@@ -62,6 +62,10 @@ pub enum PeerMsg {
     /// Which users have devices on the sending node
     /// ([`crate::cluster::locations`]).
     Located(Vec<u8>),
+    /// A linked node's greeting: whether this node formed the shard groups
+    /// with it ([`crate::replication::rejoin`]).
+    #[rpc]
+    Knock(Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
 
 /// What the peer actor serves with, installed once the node's service is
@@ -145,6 +149,11 @@ impl Actor for PeerActor {
             PeerMsg::Forward(bytes, reply) => {
                 tokio::spawn(async move {
                     let _ = reply.send(handlers.service.serve_forwarded(&bytes).await);
+                });
+            }
+            PeerMsg::Knock(bytes, reply) => {
+                tokio::spawn(async move {
+                    let _ = reply.send(handlers.replicator.answer_knock(&bytes).await);
                 });
             }
             PeerMsg::Presence(bytes, reply) => {

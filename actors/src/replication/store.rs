@@ -143,6 +143,19 @@ impl ShardStore {
         self.storage.commit_local(writes).await.map_err(write_err)
     }
 
+    /// Whether this shard has no Raft state here at all: no vote, no log
+    /// entry, nothing purged. A replica that ever voted or took an entry
+    /// has a vote stored, synced before it answered.
+    pub fn holds_nothing(&self) -> Result<bool> {
+        let vote: Option<Vote<u64>> = self.get(VOTE)?;
+        let purged: Option<LogId<u64>> = self.get(PURGED)?;
+        let last = self
+            .storage
+            .last_raw(Cf::RaftLog, &self.entry_key(0), &self.log_end())
+            .map_err(read_err)?;
+        Ok(vote.is_none() && purged.is_none() && last.is_none())
+    }
+
     fn entry_key(&self, index: u64) -> Vec<u8> {
         keys::raft_entry(self.shard, index)
     }
