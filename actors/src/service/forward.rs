@@ -105,9 +105,17 @@ pub enum UserOp {
         max_bytes: usize,
     },
     Conversations,
-    Index { conv: ConvId, entry: IndexEntry },
-    Block { user: UserId, block: bool },
-    Blocks { user: UserId },
+    Index {
+        conv: ConvId,
+        entry: IndexEntry,
+    },
+    Block {
+        user: UserId,
+        block: bool,
+    },
+    Blocks {
+        user: UserId,
+    },
     BlockList,
 }
 
