@@ -5,7 +5,7 @@
 //! within the bound by most runs. With `--sweep`, each target's rate sweep
 //! once. Both draw the latency-versus-rate plot.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::report::print;
 use crate::rooms::{self, Args, RoomsResult};
@@ -104,6 +104,68 @@ pub(crate) async fn compare(args: Args, runs: usize) -> anyhow::Result<serde_jso
             }),
         );
     }
+    json.insert("runs".into(), serde_json::to_value(&results)?);
+    Ok(serde_json::Value::Object(json))
+}
+
+/// Runs rooms against the Tidings binary `before` and the one in `args`,
+/// alternately, `runs` times each, and prints each figure's median per
+/// build and the ratio after over before (below 1 is better for costs and
+/// latencies, above 1 for throughput).
+pub(crate) async fn versus(
+    args: Args,
+    before: PathBuf,
+    runs: usize,
+) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(runs > 0, "--runs must be at least 1");
+    anyhow::ensure!(
+        args.server.target == Target::Tidings || args.server.target == Target::TidingsCluster,
+        "versus compares two builds of Tidings: --target tidings or tidings-cluster"
+    );
+    let builds = [before, args.server.server.clone()];
+    let mut results: [Vec<RoomsResult>; 2] = [Vec::new(), Vec::new()];
+    for run in 0..runs {
+        // Which build goes first alternates, so that neither always meets
+        // the machine just after the other has warmed or loaded it.
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        for b in order {
+            let mut args = args.clone();
+            args.server.server = builds[b].clone();
+            let result = rooms::run(args).await?;
+            let name = ["before", "after"][b];
+            print(&format!("run {} of {runs}: {name}", run + 1), &result);
+            results[b].push(result);
+        }
+    }
+    println!(
+        "medians of {runs} runs each, {} connections in {} groups, {} msg/s offered",
+        args.groups * args.members,
+        args.groups,
+        args.rate
+    );
+    println!("  before: {}", builds[0].display());
+    println!("  after:  {}", builds[1].display());
+    println!(
+        "  {:<30} {:>10} {:>10} {:>12}",
+        "figure", "before", "after", "after/before"
+    );
+    let mut json = serde_json::Map::new();
+    for (name, f) in FIGURES {
+        let m = [0, 1].map(|b| median(results[b].iter().map(f).collect()));
+        let ratio = if m[0] == 0.0 { f64::NAN } else { m[1] / m[0] };
+        println!("  {name:<30} {:>10.2} {:>10.2} {:>12.3}", m[0], m[1], ratio);
+        json.insert(
+            name.into(),
+            serde_json::json!({ "before": m[0], "after": m[1], "after_over_before": ratio }),
+        );
+    }
+    json.insert(
+        "builds".into(),
+        serde_json::json!([
+            builds[0].display().to_string(),
+            builds[1].display().to_string()
+        ]),
+    );
     json.insert("runs".into(), serde_json::to_value(&results)?);
     Ok(serde_json::Value::Object(json))
 }

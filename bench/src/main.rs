@@ -75,6 +75,20 @@ enum Command {
         #[arg(long, default_value = "bench/results/rooms-latency.svg")]
         plot: PathBuf,
     },
+    /// Rooms against two builds of Tidings, --before and --server, runs
+    /// interleaved: each figure's median per build and the new build's
+    /// median over the old one's. For before/after compares of a change.
+    Versus {
+        #[command(flatten)]
+        rooms: rooms::Args,
+        /// The build to compare against (say, the release binary of the
+        /// commit before a change, copied aside).
+        #[arg(long)]
+        before: PathBuf,
+        /// Runs per build.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Rooms against one Tidings node and three as one cluster on the same
     /// cores (runs interleaved; medians and ratios), then failover time.
     Cluster {
@@ -164,6 +178,11 @@ fn main() -> anyhow::Result<()> {
                 compare::ladders(rooms, &rates, runs, &plot).await?
             }
             Command::Compare { rooms, runs, .. } => compare::compare(rooms, runs).await?,
+            Command::Versus {
+                rooms,
+                before,
+                runs,
+            } => compare::versus(rooms, before, runs).await?,
             Command::Cluster {
                 rooms,
                 runs,
