@@ -359,11 +359,11 @@ async fn the_disk_loss_drill_loses_no_acknowledged_message() {
     more_acks(&acked, 60, phase).await;
 
     // Rolling SIGKILL.
-    for i in 0..nodes.len() {
-        nodes[i].kill().await;
+    for node in nodes.iter_mut() {
+        node.kill().await;
         more_acks(&acked, 30, phase).await;
-        nodes[i].start(&all).await;
-        led(&nodes[i]).await;
+        node.start(&all).await;
+        led(node).await;
         more_acks(&acked, 30, phase).await;
     }
 
