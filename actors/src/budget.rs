@@ -132,6 +132,32 @@ pub fn cut<T: Serialize>(items: &mut Vec<T>, keep: Keep, budget: &mut Budget) ->
     }
 }
 
+/// Fills a page of a log into `budget`: `items` were read forward from
+/// `after` or, when `after` is `None`, are the latest of the log, and the
+/// log's last version is `latest`. Keeps the end the page continues from
+/// and says whether more follow in the direction it pages: beyond the
+/// page's last item (read from `after`), or before its first (the latest).
+/// One rule for every log a client catches up on: a conversation's
+/// (`sync`) and a user's notifications.
+pub fn page<T: Serialize>(
+    items: &mut Vec<T>,
+    after: Option<u64>,
+    latest: u64,
+    version: impl Fn(&T) -> u64,
+    budget: &mut Budget,
+) -> bool {
+    match after {
+        Some(after) => {
+            cut(items, Keep::First, budget);
+            items.last().map_or(after, &version) < latest
+        }
+        None => {
+            cut(items, Keep::Last, budget);
+            items.first().is_some_and(|item| version(item) > 1)
+        }
+    }
+}
+
 /// Fits one conversation of a `synced` reply into `budget`: its summary,
 /// then as many of its events as fit (the `keep` end), with `more` set if
 /// some were cut. `None`, leaving `budget` as it was, if its summary does
@@ -202,6 +228,96 @@ mod tests {
             events,
             more: false,
         }
+    }
+
+    fn versions(events: &[Event]) -> Vec<u64> {
+        events.iter().map(|e| e.version).collect()
+    }
+
+    #[test]
+    fn a_page_read_after_a_version_says_more_until_it_reaches_the_latest() {
+        // Read after 2 with a limit of 3, in a log at 9: more follow.
+        let mut events: Vec<Event> = (3..=5).map(|v| event(v, 10)).collect();
+        let more = page(
+            &mut events,
+            Some(2),
+            9,
+            |e| e.version,
+            &mut Budget::new(1 << 20),
+        );
+        assert!(more);
+        assert_eq!(versions(&events), vec![3, 4, 5]);
+        // The same page in a log at 5: the page reaches the end.
+        let mut events: Vec<Event> = (3..=5).map(|v| event(v, 10)).collect();
+        assert!(!page(
+            &mut events,
+            Some(2),
+            5,
+            |e| e.version,
+            &mut Budget::new(1 << 20)
+        ));
+        // Nothing after 5 in a log at 5.
+        let mut none: Vec<Event> = Vec::new();
+        assert!(!page(
+            &mut none,
+            Some(5),
+            5,
+            |e| e.version,
+            &mut Budget::new(1 << 20)
+        ));
+    }
+
+    #[test]
+    fn a_page_cut_at_the_byte_bound_keeps_the_end_it_continues_from() {
+        let size = json_len(&event(3, 100)) + 1;
+        let mut forward: Vec<Event> = (3..=5).map(|v| event(v, 100)).collect();
+        let more = page(
+            &mut forward,
+            Some(2),
+            5,
+            |e| e.version,
+            &mut Budget::new(2 * size),
+        );
+        assert!(more, "cut short of the latest");
+        assert_eq!(versions(&forward), vec![3, 4]);
+        let mut latest: Vec<Event> = (3..=5).map(|v| event(v, 100)).collect();
+        let more = page(
+            &mut latest,
+            None,
+            5,
+            |e| e.version,
+            &mut Budget::new(2 * size),
+        );
+        assert!(more, "earlier events were left out");
+        assert_eq!(versions(&latest), vec![4, 5]);
+    }
+
+    #[test]
+    fn the_latest_page_says_more_only_if_it_does_not_start_at_the_first_version() {
+        let mut whole: Vec<Event> = (1..=3).map(|v| event(v, 10)).collect();
+        assert!(!page(
+            &mut whole,
+            None,
+            3,
+            |e| e.version,
+            &mut Budget::new(1 << 20)
+        ));
+        let mut tail: Vec<Event> = (2..=3).map(|v| event(v, 10)).collect();
+        assert!(page(
+            &mut tail,
+            None,
+            3,
+            |e| e.version,
+            &mut Budget::new(1 << 20)
+        ));
+        let mut empty: Vec<Event> = Vec::new();
+        assert!(!page(
+            &mut empty,
+            None,
+            0,
+            |e| e.version,
+            &mut Budget::new(1 << 20)
+        ));
     }
 
     #[test]

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tidings_protocol::error::CurrentMessage;
 use tidings_protocol::frames::{ConvSummary, SyncedConv};
 use tidings_protocol::{Cmid, ConvId, ErrorCode, ErrorFrame, Event, ServerFrame, UserId};
 
-use crate::budget::{cut, Budget, Keep};
+use crate::budget::{cut, page, Budget, Keep};
+use crate::command::{Answer, ConvCommand};
 use crate::directory::{Directory, Fanout};
 use crate::entity::{now_ms, EntityArgs, IdleClock};
 use crate::messages::{Ack, ConvMsg, Created, EntityKey, HistoryPage, Page, RouterMsg};
@@ -27,6 +27,10 @@ use crate::storage::records::{
     CmidRecord, ConvMeta, IndexOutbox, MessageState, StoredEvent, StoredKind,
 };
 use crate::storage::{keys, Cf, Storage, StorageError, WriteSet};
+
+use rules::Refusal;
+
+pub mod rules;
 
 pub struct ConversationActor;
 
@@ -153,67 +157,9 @@ impl Actor for ConversationActor {
             _ => state.idle.handled(),
         }
         match message {
-            ConvMsg::Create {
-                by,
-                members,
-                title,
-                reply,
-            } => {
-                let _ = reply.send(state.create(by, members, title).await);
+            ConvMsg::Command(command, reply) => {
+                let _ = reply.send(state.run(command).await);
             }
-            ConvMsg::OpenDirect { by, reply } => {
-                let _ = reply.send(state.open_direct(by).await);
-            }
-            ConvMsg::Send {
-                by,
-                body,
-                cmid,
-                expect,
-                reply,
-            } => {
-                let _ = reply.send(state.send(by, body, cmid, expect).await);
-            }
-            ConvMsg::Edit {
-                by,
-                target,
-                rev,
-                body,
-                reply,
-            } => {
-                let _ = reply.send(state.revise(by, target, rev, Some(body)).await);
-            }
-            ConvMsg::Delete {
-                by,
-                target,
-                rev,
-                reply,
-            } => {
-                let _ = reply.send(state.revise(by, target, rev, None).await);
-            }
-            ConvMsg::Members {
-                by,
-                add,
-                remove,
-                reply,
-            } => {
-                let _ = reply.send(state.change_members(by, add, remove).await);
-            }
-            ConvMsg::History { by, page, reply } => {
-                let _ = reply.send(state.history(&by, page));
-            }
-            ConvMsg::Summary { by, reply } => {
-                let _ = reply.send(state.summary(&by));
-            }
-            ConvMsg::Catchup {
-                by,
-                after,
-                limit,
-                max_bytes,
-                reply,
-            } => {
-                let _ = reply.send(state.catchup(&by, after, limit, max_bytes));
-            }
-            ConvMsg::Typing { by } => state.typing(by),
             ConvMsg::Settle => state.send_outbox().await,
             ConvMsg::Tick | ConvMsg::Shutdown => unreachable!("handled above"),
         }
@@ -243,36 +189,64 @@ pub(crate) fn commit_failed(err: StorageError) -> ErrorFrame {
     }
 }
 
-fn dedup(users: impl IntoIterator<Item = UserId>) -> Vec<UserId> {
-    let mut out: Vec<UserId> = Vec::new();
-    for user in users {
-        if !out.contains(&user) {
-            out.push(user);
-        }
-    }
-    out
-}
-
 /// The error for a conversation that does not exist: the actor's, and the
 /// router's for a request it answers without starting one.
 pub(crate) fn no_such_conversation(conv: &ConvId) -> ErrorFrame {
-    ErrorFrame::new(ErrorCode::NotFound, format!("no conversation {conv}"))
+    Refusal::NoSuchConversation(conv.clone()).into()
 }
 
 impl Conversation {
-    fn not_found(&self) -> ErrorFrame {
-        no_such_conversation(&self.id)
+    /// Runs one command: its rule decides, and what it decided is written
+    /// and fanned out before the answer.
+    async fn run(&mut self, command: ConvCommand) -> Result<Answer> {
+        match command {
+            ConvCommand::Create { by, members, title } => {
+                self.create(by, members, title).await.map(Answer::Created)
+            }
+            ConvCommand::OpenDirect { by } => self.open_direct(by).await.map(Answer::Created),
+            ConvCommand::Send {
+                by,
+                body,
+                cmid,
+                expect,
+            } => self.send(by, body, cmid, expect).await.map(Answer::Ack),
+            ConvCommand::Edit {
+                by,
+                target,
+                rev,
+                body,
+            } => self
+                .revise(by, target, rev, Some(body))
+                .await
+                .map(Answer::Ack),
+            ConvCommand::Delete { by, target, rev } => {
+                self.revise(by, target, rev, None).await.map(Answer::Ack)
+            }
+            ConvCommand::Members { by, add, remove } => {
+                self.change_members(by, add, remove).await.map(Answer::Ack)
+            }
+            ConvCommand::Rename { by, title } => self.rename(by, title).await.map(Answer::Ack),
+            ConvCommand::History { by, page } => self.history(&by, page).map(Answer::History),
+            ConvCommand::Summary { by } => self.summary(&by).map(Answer::Summary),
+            ConvCommand::Catchup {
+                by,
+                after,
+                limit,
+                max_bytes,
+            } => self
+                .catchup(&by, after, limit, max_bytes)
+                .map(Answer::Synced),
+            ConvCommand::Typing { by } => {
+                self.typing(by);
+                Ok(Answer::Done)
+            }
+        }
     }
 
-    /// The state, if the conversation exists and `by` is a member. A
-    /// non-member gets the very error of a conversation that does not
-    /// exist, so that nobody outside can tell whether it does (whether two
-    /// users have a direct conversation, say).
+    /// The state, if the conversation exists and `by` is a member
+    /// ([`rules::member`]).
     fn member_meta(&self, by: &UserId) -> Result<&ConvMeta> {
-        self.meta
-            .as_ref()
-            .filter(|meta| meta.members.contains(by))
-            .ok_or_else(|| self.not_found())
+        Ok(rules::member(&self.id, self.meta.as_ref(), by)?)
     }
 
     /// Appends `events` (versions following the current one) with `extra`
@@ -456,8 +430,7 @@ impl Conversation {
         members: Vec<UserId>,
         title: Option<String>,
     ) -> Result<Created> {
-        let members = dedup(std::iter::once(by.clone()).chain(members));
-        tidings_protocol::frames::validate_members(&members)?;
+        let members = rules::founding_members(&by, members)?;
         let meta = ConvMeta {
             title: title.clone(),
             members: members.clone(),
@@ -489,30 +462,18 @@ impl Conversation {
         members: Vec<UserId>,
         title: Option<String>,
     ) -> Result<Created> {
-        if self.meta.is_some() || self.id.is_direct() {
-            return Err(ErrorFrame::new(
-                ErrorCode::Conflict,
-                format!("conversation {} already exists", self.id),
-            ));
-        }
+        rules::may_create(&self.id, self.meta.as_ref())?;
         self.start(by, members, title).await
     }
 
     async fn open_direct(&mut self, by: UserId) -> Result<Created> {
-        let (a, b) = self.id.direct_members().ok_or_else(|| self.not_found())?;
-        if by != a && by != b {
-            return Err(ErrorFrame::new(
-                ErrorCode::Forbidden,
-                format!("{by} is not a member of {}", self.id),
-            ));
-        }
+        let other = rules::direct_partner(&self.id, &by)?;
         if let Some(meta) = &self.meta {
             return Ok(Created {
                 conv: self.id.clone(),
                 version: meta.version,
             });
         }
-        let other = if by == a { b } else { a };
         self.start(by, vec![other], None).await
     }
 
@@ -523,14 +484,16 @@ impl Conversation {
         cmid: Option<Cmid>,
         expect: Option<u64>,
     ) -> Result<Ack> {
-        let version = self.member_meta(&by)?.version;
-        if let Some(cmid) = &cmid {
-            let key = keys::named(self.id.as_str(), cmid.as_str());
-            if let Some(seen) = self
+        let current = self.member_meta(&by)?.version;
+        let seen = match &cmid {
+            Some(cmid) => self
                 .storage
-                .get::<CmidRecord>(Cf::ConvCmids, &key)
-                .map_err(internal)?
-            {
+                .get::<CmidRecord>(Cf::ConvCmids, &keys::named(self.id.as_str(), cmid.as_str()))
+                .map_err(internal)?,
+            None => None,
+        };
+        let version = match rules::send(current, seen, expect)? {
+            rules::Send::Again(seen) => {
                 self.deliver_again(seen.version)?;
                 return Ok(Ack {
                     conv: self.id.clone(),
@@ -539,24 +502,12 @@ impl Conversation {
                     dup: Some(true),
                 });
             }
-        }
-        if let Some(expect) = expect {
-            if expect != version {
-                let mut err = ErrorFrame::new(
-                    ErrorCode::Conflict,
-                    format!("conversation is at version {}, not {expect}", version),
-                );
-                err.current_version = Some(version);
-                return Err(err);
-            }
-        }
+            rules::Send::Append { version } => version,
+        };
         let ts = now_ms();
         let mut writes = WriteSet::default();
         if let Some(cmid) = &cmid {
-            let record = CmidRecord {
-                version: version + 1,
-                ts,
-            };
+            let record = CmidRecord { version, ts };
             writes
                 .put(
                     Cf::ConvCmids,
@@ -615,10 +566,11 @@ impl Conversation {
                 rev: 1,
                 body: Some(body),
             }),
-            _ => Err(ErrorFrame::new(
-                ErrorCode::NotFound,
-                format!("no message at version {target} of {}", self.id),
-            )),
+            _ => Err(Refusal::NoSuchMessage {
+                conv: self.id.clone(),
+                target,
+            }
+            .into()),
         }
     }
 
@@ -632,37 +584,8 @@ impl Conversation {
     ) -> Result<Ack> {
         self.member_meta(&by)?;
         let current = self.message_state(target)?;
-        if current.from != by {
-            return Err(ErrorFrame::new(
-                ErrorCode::Forbidden,
-                "only the author may edit or delete a message",
-            ));
-        }
-        if current.body.is_none() || current.rev != rev {
-            let mut err = ErrorFrame::new(
-                ErrorCode::Conflict,
-                match current.body {
-                    None => format!("message {target} is deleted"),
-                    Some(_) => {
-                        format!("message {target} is at revision {}, not {rev}", current.rev)
-                    }
-                },
-            );
-            err.current = Some(CurrentMessage {
-                target,
-                rev: current.rev,
-                body: current.body,
-                from: current.from,
-            });
-            return Err(err);
-        }
-        let rev = rev + 1;
+        let (state, kind) = rules::revise(current, target, &by, rev, body)?;
         let mut writes = WriteSet::default();
-        let state = MessageState {
-            from: by.clone(),
-            rev,
-            body: body.clone(),
-        };
         writes
             .put(
                 Cf::ConvMessages,
@@ -670,10 +593,6 @@ impl Conversation {
                 &state,
             )
             .map_err(internal)?;
-        let kind = match body {
-            Some(body) => StoredKind::Edit { target, rev, body },
-            None => StoredKind::Delete { target, rev },
-        };
         let event = StoredEvent {
             ts: now_ms(),
             from: by,
@@ -688,65 +607,82 @@ impl Conversation {
         add: Vec<UserId>,
         remove: Vec<UserId>,
     ) -> Result<Ack> {
-        let mut meta = self.member_meta(&by)?.clone();
-        if self.id.is_direct() {
-            return Err(ErrorFrame::new(
-                ErrorCode::Forbidden,
-                "a direct conversation's members cannot change",
-            ));
-        }
-        let joining: Vec<UserId> = dedup(add)
-            .into_iter()
-            .filter(|u| !meta.members.contains(u))
-            .collect();
-        let leaving: Vec<UserId> = dedup(remove)
-            .into_iter()
-            .filter(|u| meta.members.contains(u))
-            .collect();
-        if leaving.iter().any(|u| u != &by) && by != meta.creator {
-            return Err(ErrorFrame::new(
-                ErrorCode::Forbidden,
-                "only the creator may remove other members",
-            ));
-        }
+        let meta = self.member_meta(&by)?;
         let ts = now_ms();
-        let mut events = Vec::new();
-        let mut outbox = self.outbox.clone();
-        if !joining.is_empty() {
-            meta.members.extend(joining.iter().cloned());
-            tidings_protocol::frames::validate_members(&meta.members)?;
-            outbox.index(&joining, self.next_version(), true);
-            let event = StoredEvent {
-                ts,
-                from: by.clone(),
-                kind: StoredKind::Join { users: joining },
-            };
-            events.push((event, Arc::from(meta.members.clone())));
-        }
-        if !leaving.is_empty() {
-            let before: Arc<[UserId]> = Arc::from(meta.members.clone());
-            meta.members.retain(|u| !leaving.contains(u));
-            let version = self.next_version() + events.len() as u64;
-            outbox.index(&leaving, version, false);
-            let event = StoredEvent {
-                ts,
-                from: by.clone(),
-                kind: StoredKind::Leave { users: leaving },
-            };
-            events.push((event, before));
-        }
-        if events.is_empty() {
+        let Some(change) = rules::change_members(&self.id, meta, &by, add, remove)? else {
             return Ok(Ack {
                 conv: self.id.clone(),
                 version: meta.version,
                 ts,
                 dup: None,
             });
+        };
+        let meta = ConvMeta {
+            members: change.members,
+            ..meta.clone()
+        };
+        let joined: Arc<[UserId]> = Arc::from(change.joined);
+        let mut events = Vec::new();
+        let mut outbox = self.outbox.clone();
+        if !change.joining.is_empty() {
+            outbox.index(&change.joining, self.next_version(), true);
+            let event = StoredEvent {
+                ts,
+                from: by.clone(),
+                kind: StoredKind::Join {
+                    users: change.joining,
+                },
+            };
+            events.push((event, joined.clone()));
+        }
+        if !change.leaving.is_empty() {
+            let version = self.next_version() + events.len() as u64;
+            outbox.index(&change.leaving, version, false);
+            let event = StoredEvent {
+                ts,
+                from: by.clone(),
+                kind: StoredKind::Leave {
+                    users: change.leaving,
+                },
+            };
+            // The leaving hear that they left.
+            events.push((event, joined));
         }
         let versions = self.commit_members(meta, events, outbox).await?;
         Ok(Ack {
             conv: self.id.clone(),
             version: *versions.last().expect("at least one event"),
+            ts,
+            dup: None,
+        })
+    }
+
+    /// A member gives the group a new title: a `title` event to every
+    /// member, and the stored meta (which `convs` and `sync` read) changes
+    /// with it. The same title again writes nothing.
+    async fn rename(&mut self, by: UserId, title: String) -> Result<Ack> {
+        let meta = self.member_meta(&by)?;
+        let ts = now_ms();
+        let Some(renamed) = rules::rename(&self.id, meta, title.clone())? else {
+            return Ok(Ack {
+                conv: self.id.clone(),
+                version: meta.version,
+                ts,
+                dup: None,
+            });
+        };
+        let event = StoredEvent {
+            ts,
+            from: by,
+            kind: StoredKind::Title { title },
+        };
+        let audience = self.audience.clone();
+        let versions = self
+            .commit(Some(renamed), vec![(event, audience)], WriteSet::default())
+            .await?;
+        Ok(Ack {
+            conv: self.id.clone(),
+            version: versions[0],
             ts,
             dup: None,
         })
@@ -804,21 +740,17 @@ impl Conversation {
         max_bytes: usize,
     ) -> Result<SyncedConv> {
         let meta = self.member_meta(by)?;
-        let mut budget = Budget::new(max_bytes);
-        let (events, more) = match after {
-            Some(after) => {
-                let mut events = self.events(after, u64::MAX, limit, false)?;
-                cut(&mut events, Keep::First, &mut budget);
-                let last = events.last().map_or(after, |e| e.version);
-                (events, last < meta.version)
-            }
-            None => {
-                let mut events = self.events(0, u64::MAX, limit, true)?;
-                cut(&mut events, Keep::Last, &mut budget);
-                let more = events.first().is_some_and(|e| e.version > 1);
-                (events, more)
-            }
+        let mut events = match after {
+            Some(after) => self.events(after, u64::MAX, limit, false)?,
+            None => self.events(0, u64::MAX, limit, true)?,
         };
+        let more = page(
+            &mut events,
+            after,
+            meta.version,
+            |e| e.version,
+            &mut Budget::new(max_bytes),
+        );
         Ok(SyncedConv {
             conv: self.id.clone(),
             title: meta.title.clone(),

@@ -48,6 +48,7 @@
 pub mod budget;
 pub mod cluster;
 pub mod codec;
+pub mod command;
 pub mod connection;
 pub mod conversation;
 pub mod directory;

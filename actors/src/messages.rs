@@ -1,15 +1,15 @@
 //! The messages the actors exchange. Entity actors' messages are local-only:
-//! they never cross nodes (replies carry client-safe [`ErrorFrame`]s).
+//! the commands they carry ([`crate::command`]) are what crosses nodes
+//! (replies carry client-safe [`ErrorFrame`]s).
 
 use ractor::{ActorId, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use tidings_protocol::frames::{ConvSummary, SyncedConv, SyncedNotifications};
-use tidings_protocol::{Cmid, ConvId, ErrorFrame, Event, UserId};
+use tidings_protocol::{ConvId, ErrorFrame, Event, UserId};
 
 use serde::{Deserialize, Serialize};
 
+use crate::command::{Answer, ConvCommand, UserCommand};
 use crate::service::Service;
-use crate::storage::records::IndexEntry;
 
 /// A reply that is either what was asked or a client-safe error.
 pub type Reply<T> = RpcReplyPort<Result<T, ErrorFrame>>;
@@ -60,66 +60,11 @@ pub fn default_reply_bytes() -> usize {
     crate::budget::DEFAULT_MAX_REPLY_BYTES
 }
 
-/// What a conversation actor is asked. `by` is the authenticated user.
+/// What a conversation actor is asked.
 #[derive(RactorMessage)]
 pub enum ConvMsg {
-    Create {
-        by: UserId,
-        members: Vec<UserId>,
-        title: Option<String>,
-        reply: Reply<Created>,
-    },
-    OpenDirect {
-        by: UserId,
-        reply: Reply<Created>,
-    },
-    Send {
-        by: UserId,
-        body: String,
-        cmid: Option<Cmid>,
-        expect: Option<u64>,
-        reply: Reply<Ack>,
-    },
-    Edit {
-        by: UserId,
-        target: u64,
-        rev: u32,
-        body: String,
-        reply: Reply<Ack>,
-    },
-    Delete {
-        by: UserId,
-        target: u64,
-        rev: u32,
-        reply: Reply<Ack>,
-    },
-    Members {
-        by: UserId,
-        add: Vec<UserId>,
-        remove: Vec<UserId>,
-        reply: Reply<Ack>,
-    },
-    History {
-        by: UserId,
-        page: Page,
-        reply: Reply<HistoryPage>,
-    },
-    Summary {
-        by: UserId,
-        reply: Reply<ConvSummary>,
-    },
-    /// The events after `after` (or the latest), for `sync`.
-    Catchup {
-        by: UserId,
-        after: Option<u64>,
-        limit: u32,
-        /// The most JSON bytes of events to carry (at least one goes in).
-        max_bytes: usize,
-        reply: Reply<SyncedConv>,
-    },
-    Typing {
-        by: UserId,
-    },
+    /// A command, and where its answer goes.
+    Command(ConvCommand, Reply<Answer>),
     /// Finish the index changes a stored outbox still owes (after a
     /// restart, or on a shard's new leader).
     Settle,
@@ -132,44 +77,8 @@ pub enum ConvMsg {
 /// What a user actor is asked.
 #[derive(RactorMessage)]
 pub enum UserMsg {
-    /// A backend's notification: append it to the user's log, then push it.
-    Notify {
-        payload: serde_json::Value,
-        reply: Reply<u64>,
-    },
-    Notifications {
-        after: Option<u64>,
-        limit: u32,
-        /// The most JSON bytes of notifications to carry (at least one
-        /// goes in).
-        max_bytes: usize,
-        reply: Reply<SyncedNotifications>,
-    },
-    Conversations {
-        reply: Reply<Vec<ConvId>>,
-    },
-    /// From a conversation (through the service): record in this user's
-    /// index whether the user is a member of `conv` as of its `version`.
-    Index {
-        conv: ConvId,
-        entry: IndexEntry,
-        reply: Reply<()>,
-    },
-    /// Add `user` to this user's block list (`block`), or take it off.
-    Block {
-        user: UserId,
-        block: bool,
-        reply: Reply<()>,
-    },
-    /// Whether this user has blocked `user`.
-    Blocks {
-        user: UserId,
-        reply: Reply<bool>,
-    },
-    /// This user's block list.
-    BlockList {
-        reply: Reply<Vec<UserId>>,
-    },
+    /// A command, and where its answer goes.
+    Command(UserCommand, Reply<Answer>),
     Tick,
     Shutdown,
 }

@@ -24,6 +24,7 @@ use std::sync::{Arc, RwLock};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tidings_protocol::{ConvId, ServerFrame, UserId};
 
+use crate::command::{Answer, ConvCommand};
 use crate::conversation::{no_such_conversation, ConversationActor};
 use crate::directory::Directory;
 use crate::entity::{tick_every, EntityArgs, EntityConfig};
@@ -186,23 +187,12 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 /// Whether `message` can only be served by a conversation that exists: all
-/// but the ones that create it (and the internal ones, which never come
-/// for an entity without an actor).
+/// commands but the ones that create it, and none of the internal
+/// messages, which never come for an entity without an actor.
 fn needs_existing(message: &ConvMsg) -> bool {
     match message {
-        ConvMsg::Create { .. }
-        | ConvMsg::OpenDirect { .. }
-        | ConvMsg::Settle
-        | ConvMsg::Tick
-        | ConvMsg::Shutdown => false,
-        ConvMsg::Send { .. }
-        | ConvMsg::Edit { .. }
-        | ConvMsg::Delete { .. }
-        | ConvMsg::Members { .. }
-        | ConvMsg::History { .. }
-        | ConvMsg::Summary { .. }
-        | ConvMsg::Catchup { .. }
-        | ConvMsg::Typing { .. } => true,
+        ConvMsg::Command(command, _) => !command.creates(),
+        ConvMsg::Settle | ConvMsg::Tick | ConvMsg::Shutdown => false,
     }
 }
 
@@ -269,25 +259,14 @@ impl RouterState {
             Ok(Some(_)) | Err(_) => return Some(message),
         }
         tracing::trace!(conv = %id, "request for an unknown conversation");
-        let err = no_such_conversation(id);
         match message {
-            ConvMsg::Send { reply, .. }
-            | ConvMsg::Edit { reply, .. }
-            | ConvMsg::Delete { reply, .. }
-            | ConvMsg::Members { reply, .. } => {
-                let _ = reply.send(Err(err));
+            // Typing to nobody reaches nobody, as typing as a non-member does.
+            ConvMsg::Command(ConvCommand::Typing { .. }, reply) => {
+                let _ = reply.send(Ok(Answer::Done));
             }
-            ConvMsg::History { reply, .. } => {
-                let _ = reply.send(Err(err));
+            ConvMsg::Command(_, reply) => {
+                let _ = reply.send(Err(no_such_conversation(id)));
             }
-            ConvMsg::Summary { reply, .. } => {
-                let _ = reply.send(Err(err));
-            }
-            ConvMsg::Catchup { reply, .. } => {
-                let _ = reply.send(Err(err));
-            }
-            // Typing to nobody: nothing to answer.
-            ConvMsg::Typing { .. } => {}
             other => return Some(other),
         }
         None
@@ -423,65 +402,6 @@ mod tests {
 
         async fn pre_start(&self, _: ActorRef<Note>, (): ()) -> Result<(), ActorProcessingErr> {
             Ok(())
-        }
-    }
-
-    #[test]
-    fn only_requests_that_create_a_conversation_may_start_one_that_is_not_stored() {
-        fn reply<T>() -> crate::messages::Reply<T> {
-            tokio::sync::oneshot::channel().0.into()
-        }
-        let by = UserId::try_from("alice").unwrap();
-        let page = crate::messages::Page {
-            after: None,
-            before: None,
-            limit: 1,
-            max_bytes: 1,
-        };
-        let creating = [
-            ConvMsg::Create {
-                by: by.clone(),
-                members: Vec::new(),
-                title: None,
-                reply: reply(),
-            },
-            ConvMsg::OpenDirect {
-                by: by.clone(),
-                reply: reply(),
-            },
-            ConvMsg::Settle,
-        ];
-        for message in &creating {
-            assert!(!needs_existing(message));
-        }
-        let reading_or_writing = [
-            ConvMsg::Send {
-                by: by.clone(),
-                body: "hi".into(),
-                cmid: None,
-                expect: None,
-                reply: reply(),
-            },
-            ConvMsg::History {
-                by: by.clone(),
-                page,
-                reply: reply(),
-            },
-            ConvMsg::Catchup {
-                by: by.clone(),
-                after: None,
-                limit: 1,
-                max_bytes: 1,
-                reply: reply(),
-            },
-            ConvMsg::Summary {
-                by: by.clone(),
-                reply: reply(),
-            },
-            ConvMsg::Typing { by },
-        ];
-        for message in &reading_or_writing {
-            assert!(needs_existing(message));
         }
     }
 

@@ -5,7 +5,7 @@
 //! front ends behave the same. Every failure comes back as a client-safe
 //! [`ErrorFrame`].
 //!
-//! Each operation becomes an [`forward::Op`] on one entity. On a single node
+//! Each operation becomes a [`Command`] for one entity. On a single node
 //! it goes to the entity's actor here ([`Routes`]). In a cluster it goes
 //! where the entity's shard is led: here if this node leads it, else the leader's
 //! peer actor ([`forward`]). While a shard has no reachable leader the
@@ -27,13 +27,14 @@ use tidings_protocol::{
 use tokio::sync::oneshot;
 
 use crate::budget::{cut, fit_conv, json_len, Budget, Keep, DEFAULT_MAX_REPLY_BYTES};
+use crate::command::{Answer, Command, ConvCommand, UserCommand};
 use crate::directory::{Directory, Subscription};
-use crate::messages::{Ack, ConvMsg, Created, HistoryPage, Page, Reply, UserMsg};
+use crate::messages::{Ack, ConvMsg, Created, HistoryPage, Page, UserMsg};
 use crate::outbound::Outbound;
 use crate::replication::{Replicator, Route};
 use crate::router::Routes;
 use crate::storage::records::IndexEntry;
-use forward::{forward, Answer, ConvOp, Forwarded, Op, Outcome, UserOp};
+use forward::{forward, Forwarded, Outcome};
 
 pub mod forward;
 
@@ -142,42 +143,22 @@ impl Service {
         }
     }
 
-    async fn conv<T: Send + 'static>(
-        &self,
-        conv: &ConvId,
-        build: impl FnOnce(Reply<T>) -> ConvMsg,
-    ) -> Result<T> {
-        let (reply, answer) = oneshot::channel();
-        self.routes.conv(conv, build(reply.into()));
-        self.answer(answer).await
-    }
-
-    async fn user<T: Send + 'static>(
-        &self,
-        user: &UserId,
-        build: impl FnOnce(Reply<T>) -> UserMsg,
-    ) -> Result<T> {
-        let (reply, answer) = oneshot::channel();
-        self.routes.user(user, build(reply.into()));
-        self.answer(answer).await
-    }
-
-    /// Runs `op` where its shard is led: here, or forwarded to the leader.
-    /// Waits for a leader up to the call timeout; a request that reached a
-    /// leader and got no answer is not sent again (it may have run), and
-    /// the client decides.
-    async fn run(&self, op: Op) -> Result<Answer> {
+    /// Runs `command` where its shard is led: here, or forwarded to the
+    /// leader. Waits for a leader up to the call timeout; a request that
+    /// reached a leader and got no answer is not sent again (it may have
+    /// run), and the client decides.
+    async fn run(&self, command: Command) -> Result<Answer> {
         let Some(replicator) = &self.replicator else {
-            return self.local(op).await;
+            return self.local(command).await;
         };
-        let shard = op.shard();
+        let shard = command.shard();
         let deadline = Instant::now() + self.timeout;
         loop {
             match replicator.route(shard).await {
-                Route::Local => return self.local(op).await,
+                Route::Local => return self.local(command).await,
                 Route::Remote(leader) => {
                     let wait = deadline.saturating_duration_since(Instant::now());
-                    match forward(&leader, &op, wait).await {
+                    match forward(&leader, &command, wait).await {
                         Outcome::Ran(result) => return result,
                         Outcome::Retry(leader) => replicator.note_leader(shard, leader),
                         Outcome::Lost => {
@@ -202,15 +183,15 @@ impl Service {
     /// Serves a request another node forwarded here, if this node leads
     /// its shard.
     pub async fn serve_forwarded(&self, bytes: &[u8]) -> Vec<u8> {
-        let answer = match serde_json::from_slice::<Op>(bytes) {
+        let answer = match serde_json::from_slice::<Command>(bytes) {
             Err(err) => Forwarded::Ran(Err(ErrorFrame::bad_request(format!(
                 "undecodable forwarded request: {err}"
             )))),
-            Ok(op) => match &self.replicator {
-                Some(replicator) => match replicator.route(op.shard()).await {
-                    Route::Local => Forwarded::Ran(self.local(op).await),
+            Ok(command) => match &self.replicator {
+                Some(replicator) => match replicator.route(command.shard()).await {
+                    Route::Local => Forwarded::Ran(self.local(command).await),
                     _ => Forwarded::NotLeader {
-                        leader: replicator.leader_of(op.shard()),
+                        leader: replicator.leader_of(command.shard()),
                     },
                 },
                 None => Forwarded::NotLeader { leader: None },
@@ -219,205 +200,53 @@ impl Service {
         serde_json::to_vec(&answer).unwrap_or_default()
     }
 
-    /// Runs `op` on this node's entity actor.
-    async fn local(&self, op: Op) -> Result<Answer> {
-        match op {
-            Op::Conv(conv, op) => match op {
-                ConvOp::Create { by, members, title } => self
-                    .conv(&conv, |reply| ConvMsg::Create {
-                        by,
-                        members,
-                        title,
-                        reply,
-                    })
-                    .await
-                    .map(Answer::Created),
-                ConvOp::OpenDirect { by } => self
-                    .conv(&conv, |reply| ConvMsg::OpenDirect { by, reply })
-                    .await
-                    .map(Answer::Created),
-                ConvOp::Send {
-                    by,
-                    body,
-                    cmid,
-                    expect,
-                } => self
-                    .conv(&conv, |reply| ConvMsg::Send {
-                        by,
-                        body,
-                        cmid,
-                        expect,
-                        reply,
-                    })
-                    .await
-                    .map(Answer::Ack),
-                ConvOp::Edit {
-                    by,
-                    target,
-                    rev,
-                    body,
-                } => self
-                    .conv(&conv, |reply| ConvMsg::Edit {
-                        by,
-                        target,
-                        rev,
-                        body,
-                        reply,
-                    })
-                    .await
-                    .map(Answer::Ack),
-                ConvOp::Delete { by, target, rev } => self
-                    .conv(&conv, |reply| ConvMsg::Delete {
-                        by,
-                        target,
-                        rev,
-                        reply,
-                    })
-                    .await
-                    .map(Answer::Ack),
-                ConvOp::Members { by, add, remove } => self
-                    .conv(&conv, |reply| ConvMsg::Members {
-                        by,
-                        add,
-                        remove,
-                        reply,
-                    })
-                    .await
-                    .map(Answer::Ack),
-                ConvOp::History { by, page } => self
-                    .conv(&conv, |reply| ConvMsg::History { by, page, reply })
-                    .await
-                    .map(Answer::History),
-                ConvOp::Summary { by } => self
-                    .conv(&conv, |reply| ConvMsg::Summary { by, reply })
-                    .await
-                    .map(Answer::Summary),
-                ConvOp::Catchup {
-                    by,
-                    after,
-                    limit,
-                    max_bytes,
-                } => self
-                    .conv(&conv, |reply| ConvMsg::Catchup {
-                        by,
-                        after,
-                        limit,
-                        max_bytes,
-                        reply,
-                    })
-                    .await
-                    .map(Answer::Synced),
-                ConvOp::Typing { by } => {
-                    self.routes.conv(&conv, ConvMsg::Typing { by });
-                    Ok(Answer::Done)
-                }
-            },
-            Op::User(user, op) => match op {
-                UserOp::Notify { payload } => self
-                    .user(&user, |reply| UserMsg::Notify { payload, reply })
-                    .await
-                    .map(Answer::Version),
-                UserOp::Notifications {
-                    after,
-                    limit,
-                    max_bytes,
-                } => self
-                    .user(&user, |reply| UserMsg::Notifications {
-                        after,
-                        limit,
-                        max_bytes,
-                        reply,
-                    })
-                    .await
-                    .map(Answer::Notifications),
-                UserOp::Conversations => self
-                    .user(&user, |reply| UserMsg::Conversations { reply })
-                    .await
-                    .map(Answer::Convs),
-                UserOp::Index { conv, entry } => self
-                    .user(&user, |reply| UserMsg::Index { conv, entry, reply })
-                    .await
-                    .map(|()| Answer::Done),
-                UserOp::Block { user: other, block } => self
-                    .user(&user, |reply| UserMsg::Block {
-                        user: other,
-                        block,
-                        reply,
-                    })
-                    .await
-                    .map(|()| Answer::Done),
-                UserOp::Blocks { user: other } => self
-                    .user(&user, |reply| UserMsg::Blocks { user: other, reply })
-                    .await
-                    .map(Answer::Flag),
-                UserOp::BlockList => self
-                    .user(&user, |reply| UserMsg::BlockList { reply })
-                    .await
-                    .map(Answer::Users),
-            },
+    /// Runs `command` on this node's entity actor.
+    async fn local(&self, command: Command) -> Result<Answer> {
+        let (reply, answer) = oneshot::channel();
+        match command {
+            Command::Conv(conv, command) => self
+                .routes
+                .conv(&conv, ConvMsg::Command(command, reply.into())),
+            Command::User(user, command) => self
+                .routes
+                .user(&user, UserMsg::Command(command, reply.into())),
         }
+        self.answer(answer).await
     }
 
-    async fn conv_op(&self, conv: &ConvId, op: ConvOp) -> Result<Answer> {
-        self.run(Op::Conv(conv.clone(), op)).await
+    /// Runs `command` for `conv`, wherever it is led, and takes its
+    /// answer as the `T` the command answers with.
+    async fn conv<T: TryFrom<Answer>>(&self, conv: &ConvId, command: ConvCommand) -> Result<T> {
+        let answer = self.run(Command::Conv(conv.clone(), command)).await?;
+        T::try_from(answer).map_err(|_| unexpected())
     }
 
-    async fn user_op(&self, user: &UserId, op: UserOp) -> Result<Answer> {
-        self.run(Op::User(user.clone(), op)).await
-    }
-
-    async fn ack(&self, conv: &ConvId, op: ConvOp) -> Result<Ack> {
-        match self.conv_op(conv, op).await? {
-            Answer::Ack(ack) => Ok(ack),
-            _ => Err(unexpected()),
-        }
-    }
-
-    async fn created(&self, conv: &ConvId, op: ConvOp) -> Result<Created> {
-        match self.conv_op(conv, op).await? {
-            Answer::Created(created) => Ok(created),
-            _ => Err(unexpected()),
-        }
+    /// Runs `command` for `user`, wherever it is led.
+    async fn user<T: TryFrom<Answer>>(&self, user: &UserId, command: UserCommand) -> Result<T> {
+        let answer = self.run(Command::User(user.clone(), command)).await?;
+        T::try_from(answer).map_err(|_| unexpected())
     }
 
     async fn convs_of(&self, user: &UserId) -> Result<Vec<ConvId>> {
-        match self.user_op(user, UserOp::Conversations).await? {
-            Answer::Convs(ids) => Ok(ids),
-            _ => Err(unexpected()),
-        }
+        self.user(user, UserCommand::Conversations).await
     }
 
     /// Records in `user`'s index (in the user's shard) whether the user is
     /// a member of `conv`, as of `entry.version`.
     pub async fn index(&self, user: &UserId, conv: &ConvId, entry: IndexEntry) -> Result<()> {
-        let op = UserOp::Index {
-            conv: conv.clone(),
-            entry,
-        };
-        match self.user_op(user, op).await? {
-            Answer::Done => Ok(()),
-            _ => Err(unexpected()),
-        }
+        let conv = conv.clone();
+        self.user(user, UserCommand::Index { conv, entry }).await
     }
 
     /// `by` blocks `user` (`block`) or unblocks it: kept in `by`'s shard.
     pub async fn block(&self, by: &UserId, user: &UserId, block: bool) -> Result<()> {
-        let op = UserOp::Block {
-            user: user.clone(),
-            block,
-        };
-        match self.user_op(by, op).await? {
-            Answer::Done => Ok(()),
-            _ => Err(unexpected()),
-        }
+        let user = user.clone();
+        self.user(by, UserCommand::Block { user, block }).await
     }
 
     /// The users `by` has blocked.
     pub async fn blocked(&self, by: &UserId) -> Result<Vec<UserId>> {
-        match self.user_op(by, UserOp::BlockList).await? {
-            Answer::Users(users) => Ok(users),
-            _ => Err(unexpected()),
-        }
+        self.user(by, UserCommand::BlockList).await
     }
 
     /// `forbidden` if any of `others` has blocked `by`: a blocked user may
@@ -426,19 +255,15 @@ impl Service {
     async fn refuse_if_blocked(&self, by: &UserId, others: &[UserId]) -> Result<()> {
         let others: BTreeSet<&UserId> = others.iter().filter(|u| *u != by).collect();
         let asks = others.iter().map(|other| async move {
-            let op = UserOp::Blocks { user: by.clone() };
-            (*other, self.user_op(other, op).await)
+            let command = UserCommand::Blocks { user: by.clone() };
+            (*other, self.user::<bool>(other, command).await)
         });
-        for (other, answer) in join_all(asks).await {
-            match answer? {
-                Answer::Flag(false) => {}
-                Answer::Flag(true) => {
-                    return Err(ErrorFrame::new(
-                        ErrorCode::Forbidden,
-                        format!("{other} has blocked {by}"),
-                    ))
-                }
-                _ => return Err(unexpected()),
+        for (other, blocks) in join_all(asks).await {
+            if blocks? {
+                return Err(ErrorFrame::new(
+                    ErrorCode::Forbidden,
+                    format!("{other} has blocked {by}"),
+                ));
             }
         }
         Ok(())
@@ -458,7 +283,7 @@ impl Service {
         let conv = ConvId::group(&suffix)
             .map_err(|e| ErrorFrame::new(ErrorCode::Internal, e.to_string()))?;
         let by = by.clone();
-        self.created(&conv, ConvOp::Create { by, members, title })
+        self.conv(&conv, ConvCommand::Create { by, members, title })
             .await
     }
 
@@ -467,7 +292,7 @@ impl Service {
         self.refuse_if_blocked(by, std::slice::from_ref(other))
             .await?;
         let conv = ConvId::direct(by, other);
-        self.created(&conv, ConvOp::OpenDirect { by: by.clone() })
+        self.conv(&conv, ConvCommand::OpenDirect { by: by.clone() })
             .await
     }
 
@@ -481,9 +306,9 @@ impl Service {
     ) -> Result<Ack> {
         tidings_protocol::frames::validate_body(&body)?;
         let by = by.clone();
-        self.ack(
+        self.conv(
             conv,
-            ConvOp::Send {
+            ConvCommand::Send {
                 by,
                 body,
                 cmid,
@@ -503,9 +328,9 @@ impl Service {
     ) -> Result<Ack> {
         tidings_protocol::frames::validate_body(&body)?;
         let by = by.clone();
-        self.ack(
+        self.conv(
             conv,
-            ConvOp::Edit {
+            ConvCommand::Edit {
                 by,
                 target,
                 rev,
@@ -517,7 +342,8 @@ impl Service {
 
     pub async fn delete(&self, by: &UserId, conv: &ConvId, target: u64, rev: u32) -> Result<Ack> {
         let by = by.clone();
-        self.ack(conv, ConvOp::Delete { by, target, rev }).await
+        self.conv(conv, ConvCommand::Delete { by, target, rev })
+            .await
     }
 
     pub async fn members(
@@ -531,7 +357,15 @@ impl Service {
         validate_members(&remove)?;
         self.refuse_if_blocked(by, &add).await?;
         let by = by.clone();
-        self.ack(conv, ConvOp::Members { by, add, remove }).await
+        self.conv(conv, ConvCommand::Members { by, add, remove })
+            .await
+    }
+
+    /// `by` gives the group `conv` a new title.
+    pub async fn rename(&self, by: &UserId, conv: &ConvId, title: String) -> Result<Ack> {
+        tidings_protocol::frames::validate_new_title(&title)?;
+        let by = by.clone();
+        self.conv(conv, ConvCommand::Rename { by, title }).await
     }
 
     pub async fn history(
@@ -550,10 +384,13 @@ impl Service {
             max_bytes: self.reply_budget().remaining(),
         };
         let by = by.clone();
-        match self.conv_op(conv, ConvOp::History { by, page }).await? {
-            Answer::History(page) => Ok(page),
-            _ => Err(unexpected()),
-        }
+        self.conv(conv, ConvCommand::History { by, page }).await
+    }
+
+    /// `conv` as `by`, a member, sees it listed.
+    async fn summary(&self, by: &UserId, conv: &ConvId) -> Result<ConvSummary> {
+        let by = by.clone();
+        self.conv(conv, ConvCommand::Summary { by }).await
     }
 
     /// The conversations `by` belongs to, in id order from after `after`,
@@ -573,19 +410,13 @@ impl Service {
             if budget.is_spent() {
                 return Ok((listed, true));
             }
-            let summaries = join_all(
-                wave.iter()
-                    .map(|conv| self.conv_op(conv, ConvOp::Summary { by: by.clone() })),
-            )
-            .await;
+            let summaries = join_all(wave.iter().map(|conv| self.summary(by, conv))).await;
             // A conversation left between the two reads is simply not listed.
-            for summary in summaries {
-                if let Ok(Answer::Summary(summary)) = summary {
-                    if !budget.take(json_len(&summary) + 1) {
-                        return Ok((listed, true));
-                    }
-                    listed.push(summary);
+            for summary in summaries.into_iter().flatten() {
+                if !budget.take(json_len(&summary) + 1) {
+                    return Ok((listed, true));
                 }
+                listed.push(summary);
             }
         }
         Ok((listed, false))
@@ -622,9 +453,9 @@ impl Service {
             let pages = join_all(wave.iter().map(|conv| {
                 let after = seen.get(conv).copied();
                 let by = by.clone();
-                self.conv_op(
+                self.conv::<SyncedConv>(
                     conv,
-                    ConvOp::Catchup {
+                    ConvCommand::Catchup {
                         by,
                         after,
                         limit,
@@ -635,8 +466,7 @@ impl Service {
             .await;
             for page in pages {
                 let page = match page {
-                    Ok(Answer::Synced(page)) => page,
-                    Ok(_) => return Err(unexpected()),
+                    Ok(page) => page,
                     // Left between the two reads.
                     Err(err) if err.code == ErrorCode::NotFound => continue,
                     Err(err) => return Err(err),
@@ -691,15 +521,12 @@ impl Service {
         limit: u32,
         budget: &mut Budget,
     ) -> Result<SyncedNotifications> {
-        let op = UserOp::Notifications {
+        let command = UserCommand::Notifications {
             after,
             limit,
             max_bytes: budget.remaining(),
         };
-        let mut page = match self.user_op(user, op).await? {
-            Answer::Notifications(page) => page,
-            _ => return Err(unexpected()),
-        };
+        let mut page: SyncedNotifications = self.user(user, command).await?;
         let keep = if after.is_some() {
             Keep::First
         } else {
@@ -721,10 +548,7 @@ impl Service {
                 ),
             ));
         }
-        match self.user_op(user, UserOp::Notify { payload }).await? {
-            Answer::Version(version) => Ok(version),
-            _ => Err(unexpected()),
-        }
+        self.user(user, UserCommand::Notify { payload }).await
     }
 
     /// Of `users`, those who share a conversation with `by` (and `by`):
@@ -745,16 +569,9 @@ impl Service {
             .flat_map(|(a, b)| [a, b])
             .collect();
         if asked.iter().any(|u| !shared.contains(*u)) {
-            let summaries = join_all(
-                groups
-                    .iter()
-                    .map(|conv| self.conv_op(conv, ConvOp::Summary { by: by.clone() })),
-            )
-            .await;
-            for answer in summaries {
-                if let Ok(Answer::Summary(summary)) = answer {
-                    shared.extend(summary.members);
-                }
+            let summaries = join_all(groups.iter().map(|conv| self.summary(by, conv))).await;
+            for summary in summaries.into_iter().flatten() {
+                shared.extend(summary.members);
             }
         }
         Ok(visible(by, users, &shared))
@@ -821,13 +638,17 @@ impl Service {
     }
 
     pub fn typing(&self, by: &UserId, conv: &ConvId) {
-        let op = Op::Conv(conv.clone(), ConvOp::Typing { by: by.clone() });
+        let command = ConvCommand::Typing { by: by.clone() };
         if self.replicator.is_none() {
-            self.routes.conv(conv, ConvMsg::Typing { by: by.clone() });
+            // Nobody waits for the answer.
+            let (reply, _) = oneshot::channel();
+            self.routes
+                .conv(conv, ConvMsg::Command(command, reply.into()));
         } else {
             // Best effort, like typing itself: off the connection's path.
             let service = self.clone();
-            tokio::spawn(async move { service.run(op).await });
+            let command = Command::Conv(conv.clone(), command);
+            tokio::spawn(async move { service.run(command).await });
         }
     }
 
@@ -910,6 +731,7 @@ impl Service {
                 )
                 .await?,
             ),
+            ClientFrame::Rename { conv, title } => ack_frame(self.rename(by, &conv, title).await?),
             ClientFrame::Presence { users } => ServerFrame::Presence {
                 users: self.presence(by, &users).await?,
             },

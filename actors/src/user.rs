@@ -12,7 +12,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tidings_protocol::frames::SyncedNotifications;
 use tidings_protocol::{ConvId, ErrorCode, ErrorFrame, Notification, ServerFrame, UserId};
 
-use crate::budget::{cut, Budget, Keep};
+use crate::budget::{page, Budget};
+use crate::command::{Answer, UserCommand};
 use crate::directory::Directory;
 use crate::entity::{now_ms, EntityArgs, IdleClock};
 use crate::messages::{EntityKey, RouterMsg, UserMsg};
@@ -97,42 +98,41 @@ impl Actor for UserActor {
             _ => state.idle.handled(),
         }
         match message {
-            UserMsg::Notify { payload, reply } => {
+            UserMsg::Command(command, reply) => {
                 // Boxed so that an idle user actor's task stays small.
-                let _ = reply.send(Box::pin(state.notify(payload)).await);
+                let _ = reply.send(Box::pin(state.run(command)).await);
             }
-            UserMsg::Notifications {
-                after,
-                limit,
-                max_bytes,
-                reply,
-            } => {
-                let _ = reply.send(state.notifications(after, limit, max_bytes));
-            }
-            UserMsg::Conversations { reply } => {
-                let _ = reply.send(state.conversations());
-            }
-            UserMsg::Index { conv, entry, reply } => {
-                let _ = reply.send(Box::pin(state.index(conv, entry)).await);
-            }
-            UserMsg::Block { user, block, reply } => {
-                let _ = reply.send(Box::pin(state.block(user, block)).await);
-            }
-            UserMsg::Blocks { user, reply } => {
-                let _ = reply.send(state.block_list().map(|list| list.contains(&user)));
-            }
-            UserMsg::BlockList { reply } => {
-                let _ = reply.send(state.block_list().map(|list| list.users));
-            }
-            UserMsg::Tick | UserMsg::Shutdown => {
-                unreachable!("handled above")
-            }
+            UserMsg::Tick | UserMsg::Shutdown => unreachable!("handled above"),
         }
         Ok(())
     }
 }
 
 impl User {
+    async fn run(&mut self, command: UserCommand) -> Result<Answer> {
+        match command {
+            UserCommand::Notify { payload } => self.notify(payload).await.map(Answer::Version),
+            UserCommand::Notifications {
+                after,
+                limit,
+                max_bytes,
+            } => self
+                .notifications(after, limit, max_bytes)
+                .map(Answer::Notifications),
+            UserCommand::Conversations => self.conversations().map(Answer::Convs),
+            UserCommand::Index { conv, entry } => {
+                self.index(conv, entry).await.map(|()| Answer::Done)
+            }
+            UserCommand::Block { user, block } => {
+                self.block(user, block).await.map(|()| Answer::Done)
+            }
+            UserCommand::Blocks { user } => self
+                .block_list()
+                .map(|list| Answer::Flag(list.contains(&user))),
+            UserCommand::BlockList => self.block_list().map(|list| Answer::Users(list.users)),
+        }
+    }
+
     /// Reads the user's meta again. In a cluster, another node may have
     /// led this user's shard since this actor loaded it.
     fn refresh(&mut self) -> Result<()> {
@@ -197,24 +197,17 @@ impl User {
         self.refresh()?;
         let user = self.id.as_str();
         let version = self.meta.notification_version;
-        let (stored, more) = match after {
-            Some(after) => {
-                let stored: Vec<(u64, StoredNotification)> = self
-                    .storage
-                    .log_range(Cf::UserLog, user, after, u64::MAX, limit as usize, false)
-                    .map_err(internal)?;
-                let last = stored.last().map_or(after, |(v, _)| *v);
-                (stored, last < version)
-            }
-            None => {
-                let stored: Vec<(u64, StoredNotification)> = self
-                    .storage
-                    .log_range(Cf::UserLog, user, 0, u64::MAX, limit as usize, true)
-                    .map_err(internal)?;
-                let more = stored.first().is_some_and(|(v, _)| *v > 1);
-                (stored, more)
-            }
-        };
+        let stored: Vec<(u64, StoredNotification)> = self
+            .storage
+            .log_range(
+                Cf::UserLog,
+                user,
+                after.unwrap_or(0),
+                u64::MAX,
+                limit as usize,
+                after.is_none(),
+            )
+            .map_err(internal)?;
         let mut events: Vec<Notification> = stored
             .into_iter()
             .map(|(version, n)| Notification {
@@ -223,13 +216,13 @@ impl User {
                 payload: serde_json::from_str(&n.payload).unwrap_or(serde_json::Value::Null),
             })
             .collect();
-        // Cut at the byte bound, keeping the end the page continues from.
-        let keep = if after.is_some() {
-            Keep::First
-        } else {
-            Keep::Last
-        };
-        let more = cut(&mut events, keep, &mut Budget::new(max_bytes)) || more;
+        let more = page(
+            &mut events,
+            after,
+            version,
+            |n| n.version,
+            &mut Budget::new(max_bytes),
+        );
         Ok(SyncedNotifications {
             version,
             events,

@@ -8,10 +8,11 @@ use proptest::sample::select;
 use serde_json::{json, Map, Value};
 use tidings_actors::cluster::peer::Hello;
 use tidings_actors::codec;
+use tidings_actors::command::{Answer, Command, ConvCommand, UserCommand};
 use tidings_actors::directory::Delivery;
 use tidings_actors::messages::{Ack, Page};
 use tidings_actors::replication::network::{RaftRequest, RaftResponse};
-use tidings_actors::service::forward::{Answer, ConvOp, Forwarded, Op, UserOp};
+use tidings_actors::service::forward::Forwarded;
 use tidings_actors::storage::{Cf, WriteSet};
 use tidings_protocol::frames::PresenceInfo;
 use tidings_protocol::{ConvId, ErrorFrame, UserId};
@@ -430,18 +431,18 @@ pub fn cluster_seeds() -> Vec<Vec<u8>> {
         vote_granted: true,
         last_log_id: Some(log_id(6)),
     };
-    let op = Op::Conv(
+    let op = Command::Conv(
         conv("dm:alice:bob"),
-        ConvOp::Send {
+        ConvCommand::Send {
             by: user("alice"),
             body: "hi".into(),
             cmid: Some("a-1".to_owned().try_into().expect("a cmid")),
             expect: Some(3),
         },
     );
-    let history = Op::Conv(
+    let history = Command::Conv(
         conv("g:abcdefghij0123456789"),
-        ConvOp::History {
+        ConvCommand::History {
             by: user("bob"),
             page: Page {
                 after: Some(1),
@@ -451,9 +452,9 @@ pub fn cluster_seeds() -> Vec<Vec<u8>> {
             },
         },
     );
-    let notify = Op::User(
+    let notify = Command::User(
         user("bob"),
-        UserOp::Notify {
+        UserCommand::Notify {
             payload: json!({"kind":"invoice","id":42}),
         },
     );

@@ -24,12 +24,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tidings_actors::cluster::locations::Locations;
 use tidings_actors::cluster::peer::Hello;
 use tidings_actors::codec;
+use tidings_actors::command::Command;
 use tidings_actors::connection::{ClientData, Inbound};
 use tidings_actors::directory::Directory;
 use tidings_actors::metrics::Metrics;
 use tidings_actors::outbound;
 use tidings_actors::replication::network::{RaftRequest, RaftResponse};
-use tidings_actors::service::forward::{Forwarded, Op};
+use tidings_actors::service::forward::Forwarded;
 use tidings_protocol::frames::PresenceInfo;
 use tidings_protocol::{ClientEnvelope, ErrorCode, UserId};
 
@@ -170,7 +171,7 @@ impl ClusterDecoders {
         let _ = Hello::decode(bytes);
         let _ = codec::decode::<RaftRequest>(bytes);
         let _ = codec::decode::<RaftResponse>(bytes);
-        let _ = serde_json::from_slice::<Op>(bytes);
+        let _ = serde_json::from_slice::<Command>(bytes);
         let _ = serde_json::from_slice::<Forwarded>(bytes);
         let _ = serde_json::from_slice::<Vec<UserId>>(bytes);
         let _ = serde_json::from_slice::<Vec<PresenceInfo>>(bytes);

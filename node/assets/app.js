@@ -438,7 +438,10 @@ function ensureConv(id) {
 }
 
 function mergeSummary(conv, summary) {
-  conv.title = summary.title ?? null;
+  if (summary.version >= (conv.titleAt ?? 0)) {
+    conv.title = summary.title ?? null;
+    conv.titleAt = summary.version;
+  }
   if (summary.version >= conv.membersAt) {
     conv.members = summary.members;
     conv.membersAt = summary.version;
@@ -483,6 +486,13 @@ function applyEvent(ev) {
     case 'leave':
       setMembers(conv, ev.version, conv.members.filter((m) => !ev.users.includes(m)));
       item.text = `${ev.users.join(', ')} left`;
+      break;
+    case 'title':
+      if (ev.version >= (conv.titleAt ?? 0)) {
+        conv.title = ev.title;
+        conv.titleAt = ev.version;
+      }
+      item.text = `${ev.from} renamed the group “${ev.title}”`;
       break;
     case 'message': {
       Object.assign(item, { body: ev.body, rev: 1, deleted: false, cmid: ev.cmid });

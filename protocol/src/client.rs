@@ -487,6 +487,19 @@ impl Client {
         ack(self.request(frame).await?)
     }
 
+    /// Gives the group `conv` a new title; its members get a `title` event.
+    pub async fn rename(
+        &self,
+        conv: &ConvId,
+        title: impl Into<String>,
+    ) -> Result<Ack, ClientError> {
+        let frame = ClientFrame::Rename {
+            conv: conv.clone(),
+            title: title.into(),
+        };
+        ack(self.request(frame).await?)
+    }
+
     pub async fn delete(&self, conv: &ConvId, target: u64, rev: u32) -> Result<Ack, ClientError> {
         let frame = ClientFrame::Delete {
             conv: conv.clone(),

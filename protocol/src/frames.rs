@@ -76,6 +76,11 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<ConvId>,
     },
+    /// A member gives a group a new title.
+    Rename {
+        conv: ConvId,
+        title: String,
+    },
     Members {
         conv: ConvId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,6 +248,14 @@ pub fn validate_title(title: Option<&str>) -> Result<(), ErrorFrame> {
     Ok(())
 }
 
+/// Checks the title a `rename` gives: not empty, and not too long.
+pub fn validate_new_title(title: &str) -> Result<(), ErrorFrame> {
+    if title.trim().is_empty() {
+        return Err(ErrorFrame::bad_request("title must not be empty"));
+    }
+    validate_title(Some(title))
+}
+
 /// Checks a member list's length.
 pub fn validate_members(members: &[UserId]) -> Result<(), ErrorFrame> {
     if members.len() > crate::MAX_MEMBERS {
@@ -263,6 +276,7 @@ impl ClientFrame {
                 validate_title(title.as_deref())
             }
             ClientFrame::Send { body, .. } | ClientFrame::Edit { body, .. } => validate_body(body),
+            ClientFrame::Rename { title, .. } => validate_new_title(title),
             ClientFrame::History { limit, .. } => {
                 validate_limit(*limit, crate::DEFAULT_HISTORY_LIMIT).map(drop)
             }
@@ -323,6 +337,10 @@ pub enum EventKind {
     },
     Leave {
         users: Vec<UserId>,
+    },
+    /// The group was renamed (`rename`).
+    Title {
+        title: String,
     },
 }
 

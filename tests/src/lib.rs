@@ -85,6 +85,22 @@ impl TestNode {
             node.shutdown().await.unwrap();
         }
     }
+
+    /// Shuts the node down and starts it again on the same data
+    /// directory, with the test configuration (on a new port).
+    pub async fn restart(mut self) -> TestNode {
+        self.shutdown().await;
+        let dir = self.dir;
+        let config = config(dir.path());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = Node::start(config, listener).await.expect("node restarts");
+        let addr = node.local_addr();
+        TestNode {
+            node: Some(node),
+            addr,
+            dir,
+        }
+    }
 }
 
 /// A token for `user` signed with [`SECRET`], valid for an hour.

@@ -121,6 +121,24 @@ async fn users_on_different_nodes_chat_as_on_one() {
     assert_eq!(histories[0], histories[1]);
     assert_eq!(histories[1], histories[2]);
 
+    // A rename from n3 reaches every member's devices, and n2 lists it.
+    let renamed = carol
+        .ok(
+            json!({"type":"rename","conv":conv,"title":"trip 2027"}),
+            "ack",
+        )
+        .await;
+    let title_at = renamed["version"].as_u64().unwrap();
+    for ws in [&mut alice, &mut bob, &mut alice_laptop] {
+        let event = ws.event(&conv, title_at).await;
+        assert_eq!(
+            (&event["kind"], &event["title"]),
+            (&json!("title"), &json!("trip 2027"))
+        );
+    }
+    let listed = bob.ok(json!({"type":"convs"}), "convs").await;
+    assert_eq!(listed["conversations"][0]["title"], "trip 2027", "{listed}");
+
     // A backend notifies bob through n3; his device on n2 gets it.
     let n = notify(&nodes[2].http, "bob", json!({"kind":"invoice"})).await;
     let pushed = bob
@@ -145,7 +163,8 @@ async fn users_on_different_nodes_chat_as_on_one() {
         .iter()
         .map(|e| e["version"].as_u64().unwrap())
         .collect();
-    assert_eq!(missed, ((version + 1)..=(version + 2)).collect::<Vec<_>>());
+    // Bob's send, alice's edit and carol's rename.
+    assert_eq!(missed, ((version + 1)..=(version + 3)).collect::<Vec<_>>());
 
     // A new conversation is in each member's list at once, whichever node
     // serves the list: the list lives in the user's shard, the

@@ -1,5 +1,5 @@
 //! Conversations over WebSocket: create, direct, send, history paging,
-//! convs, members, and multi-device fan-out.
+//! convs, members, rename, and multi-device fan-out.
 
 use serde_json::json;
 use tidings_tests::TestNode;
@@ -358,4 +358,100 @@ async fn a_send_that_comes_again_is_pushed_again_to_the_members_it_went_to() {
         "{:?}",
         carol.events()
     );
+}
+
+#[tokio::test]
+async fn a_member_renames_a_group_and_every_member_sees_the_new_title() {
+    let node = TestNode::start().await;
+    let mut alice = node.connect("alice").await;
+    let mut bob = node.connect("bob").await;
+    let mut bob_phone = node.connect("bob").await;
+    let mut carol = node.connect("carol").await;
+    let conv = alice.create(["bob"]).await;
+
+    // Any member renames; every device of every member gets the event.
+    let ack = bob
+        .ok(
+            json!({"type":"rename","conv":conv,"title":"trip 2027"}),
+            "ack",
+        )
+        .await;
+    assert_eq!(ack["version"], 2, "a title event takes the next version");
+    for device in [&mut alice, &mut bob, &mut bob_phone] {
+        let event = device.event(&conv, 2).await;
+        assert_eq!(event["kind"], "title");
+        assert_eq!(event["title"], "trip 2027");
+        assert_eq!(event["from"], "bob");
+    }
+    // convs and sync show it, and so does history.
+    let listed = alice.ok(json!({"type":"convs"}), "convs").await;
+    assert_eq!(listed["conversations"][0]["title"], "trip 2027", "{listed}");
+    let synced = bob
+        .ok(json!({"type":"sync","convs":{conv.clone(): 2}}), "synced")
+        .await;
+    assert_eq!(synced["convs"][0]["title"], "trip 2027", "{synced}");
+    let history = alice
+        .ok(json!({"type":"history","conv":conv}), "history")
+        .await;
+    assert_eq!(history["events"][1]["kind"], "title");
+
+    // The same title again appends nothing.
+    let again = alice
+        .ok(
+            json!({"type":"rename","conv":conv,"title":"trip 2027"}),
+            "ack",
+        )
+        .await;
+    assert_eq!(again["version"], 2);
+
+    // Later members see the title they joined under.
+    alice
+        .ok(json!({"type":"members","conv":conv,"add":["carol"]}), "ack")
+        .await;
+    let listed = carol.ok(json!({"type":"convs"}), "convs").await;
+    assert_eq!(listed["conversations"][0]["title"], "trip 2027");
+
+    // The title survives the node's restart: it is in the stored state.
+    let node = node.restart().await;
+    let mut alice = node.connect("alice").await;
+    let listed = alice.ok(json!({"type":"convs"}), "convs").await;
+    assert_eq!(listed["conversations"][0]["title"], "trip 2027");
+}
+
+#[tokio::test]
+async fn a_rename_is_refused_to_outsiders_to_direct_conversations_and_empty_titles() {
+    let node = TestNode::start().await;
+    let mut alice = node.connect("alice").await;
+    let mut dave = node.connect("dave").await;
+    let conv = alice.create(["bob"]).await;
+    // An outsider is told what a missing conversation is told.
+    dave.err(
+        json!({"type":"rename","conv":conv,"title":"mine"}),
+        "not_found",
+    )
+    .await;
+    let dm = alice.ok(json!({"type":"dm","user":"bob"}), "created").await["conv"].clone();
+    alice
+        .err(json!({"type":"rename","conv":dm,"title":"us"}), "forbidden")
+        .await;
+    alice
+        .err(
+            json!({"type":"rename","conv":conv,"title":"  "}),
+            "bad_request",
+        )
+        .await;
+    alice
+        .err(
+            json!({"type":"rename","conv":conv,"title":"x".repeat(201)}),
+            "bad_request",
+        )
+        .await;
+    alice
+        .err(json!({"type":"rename","conv":conv}), "bad_request")
+        .await;
+    // None of it wrote anything.
+    let history = alice
+        .ok(json!({"type":"history","conv":conv}), "history")
+        .await;
+    assert_eq!(history["version"], 1, "{history}");
 }

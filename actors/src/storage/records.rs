@@ -49,6 +49,10 @@ pub enum StoredKind {
     Leave {
         users: Vec<UserId>,
     },
+    // New kinds go last: bincode stores the variant's index.
+    Title {
+        title: String,
+    },
 }
 
 impl StoredEvent {
@@ -60,6 +64,7 @@ impl StoredEvent {
             StoredKind::Delete { target, rev } => EventKind::Delete { target, rev },
             StoredKind::Join { users } => EventKind::Join { users },
             StoredKind::Leave { users } => EventKind::Leave { users },
+            StoredKind::Title { title } => EventKind::Title { title },
         };
         Event {
             conv,

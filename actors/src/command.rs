@@ -1,0 +1,273 @@
+//! The operations on entities: one [`ConvCommand`] or [`UserCommand`]
+//! variant per operation, and one [`Answer`] for every reply.
+//!
+//! The same command is what a conversation's or user's mailbox carries
+//! ([`crate::messages::ConvMsg::Command`]) and what crosses to the node
+//! that leads the entity's shard ([`crate::service::forward`]): the service
+//! maps a client frame to a command once ([`crate::service::Service`]),
+//! and the entity's actor matches on it once. A new operation is one
+//! variant here, one rule (`conversation::rules`), one arm in the actor,
+//! and one mapping in the service.
+//!
+//! Commands cross nodes: new variants go last, and a variant's fields
+//! are only added at the end, with a default.
+
+use serde::{Deserialize, Serialize};
+use tidings_protocol::frames::{ConvSummary, SyncedConv, SyncedNotifications};
+use tidings_protocol::{Cmid, ConvId, UserId};
+
+use crate::messages::{Ack, Created, HistoryPage, Page};
+use crate::shard::{shard_of, ShardId};
+use crate::storage::records::IndexEntry;
+
+/// A command for one entity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    Conv(ConvId, ConvCommand),
+    User(UserId, UserCommand),
+}
+
+impl Command {
+    /// The shard of the entity it is for: where it runs.
+    pub fn shard(&self) -> ShardId {
+        match self {
+            Command::Conv(conv, _) => shard_of(conv.as_str()),
+            Command::User(user, _) => shard_of(user.as_str()),
+        }
+    }
+}
+
+/// What a conversation is asked. `by` is the authenticated user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ConvCommand {
+    Create {
+        by: UserId,
+        members: Vec<UserId>,
+        title: Option<String>,
+    },
+    OpenDirect {
+        by: UserId,
+    },
+    Send {
+        by: UserId,
+        body: String,
+        cmid: Option<Cmid>,
+        expect: Option<u64>,
+    },
+    Edit {
+        by: UserId,
+        target: u64,
+        rev: u32,
+        body: String,
+    },
+    Delete {
+        by: UserId,
+        target: u64,
+        rev: u32,
+    },
+    Members {
+        by: UserId,
+        add: Vec<UserId>,
+        remove: Vec<UserId>,
+    },
+    History {
+        by: UserId,
+        page: Page,
+    },
+    Summary {
+        by: UserId,
+    },
+    /// The events after `after` (or the latest), for `sync`.
+    Catchup {
+        by: UserId,
+        after: Option<u64>,
+        limit: u32,
+        /// The most JSON bytes of events to carry (at least one goes in).
+        #[serde(default = "crate::messages::default_reply_bytes")]
+        max_bytes: usize,
+    },
+    /// Answered [`Answer::Done`] at once; the other members' devices get
+    /// `typing`.
+    Typing {
+        by: UserId,
+    },
+    Rename {
+        by: UserId,
+        title: String,
+    },
+}
+
+impl ConvCommand {
+    /// Whether it may start a conversation that is not stored: only the
+    /// ones that create it. Any other for an unknown conversation is
+    /// answered `not_found` without starting an actor.
+    pub fn creates(&self) -> bool {
+        match self {
+            ConvCommand::Create { .. } | ConvCommand::OpenDirect { .. } => true,
+            ConvCommand::Send { .. }
+            | ConvCommand::Edit { .. }
+            | ConvCommand::Delete { .. }
+            | ConvCommand::Members { .. }
+            | ConvCommand::History { .. }
+            | ConvCommand::Summary { .. }
+            | ConvCommand::Catchup { .. }
+            | ConvCommand::Typing { .. }
+            | ConvCommand::Rename { .. } => false,
+        }
+    }
+}
+
+/// What a user's actor is asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum UserCommand {
+    /// A backend's notification: append it to the user's log, then push it.
+    Notify { payload: serde_json::Value },
+    Notifications {
+        after: Option<u64>,
+        limit: u32,
+        /// The most JSON bytes of notifications to carry (at least one
+        /// goes in).
+        #[serde(default = "crate::messages::default_reply_bytes")]
+        max_bytes: usize,
+    },
+    /// The conversations the user is a member of.
+    Conversations,
+    /// From a conversation (through the service): record in this user's
+    /// index whether the user is a member of `conv` as of its `version`.
+    Index { conv: ConvId, entry: IndexEntry },
+    /// Add `user` to this user's block list (`block`), or take it off.
+    Block { user: UserId, block: bool },
+    /// Whether this user has blocked `user`.
+    Blocks { user: UserId },
+    /// This user's block list.
+    BlockList,
+}
+
+/// The result of a command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Answer {
+    Created(Created),
+    Ack(Ack),
+    History(HistoryPage),
+    Summary(ConvSummary),
+    Synced(SyncedConv),
+    Version(u64),
+    Notifications(SyncedNotifications),
+    Convs(Vec<ConvId>),
+    Users(Vec<UserId>),
+    Flag(bool),
+    Done,
+}
+
+/// The answer a command was not expected to give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an entity gave an answer of the wrong kind")]
+pub struct WrongAnswer;
+
+macro_rules! answers {
+    ($($variant:ident => $ty:ty),* $(,)?) => {$(
+        impl TryFrom<Answer> for $ty {
+            type Error = WrongAnswer;
+            fn try_from(answer: Answer) -> Result<$ty, WrongAnswer> {
+                match answer {
+                    Answer::$variant(value) => Ok(value),
+                    _ => Err(WrongAnswer),
+                }
+            }
+        }
+    )*};
+}
+
+answers! {
+    Created => Created,
+    Ack => Ack,
+    History => HistoryPage,
+    Summary => ConvSummary,
+    Synced => SyncedConv,
+    Version => u64,
+    Notifications => SyncedNotifications,
+    Convs => Vec<ConvId>,
+    Users => Vec<UserId>,
+    Flag => bool,
+}
+
+impl TryFrom<Answer> for () {
+    type Error = WrongAnswer;
+    fn try_from(answer: Answer) -> Result<(), WrongAnswer> {
+        match answer {
+            Answer::Done => Ok(()),
+            _ => Err(WrongAnswer),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_create_and_open_direct_may_start_an_unstored_conversation() {
+        let by = UserId::try_from("alice").unwrap();
+        let page = Page {
+            after: None,
+            before: None,
+            limit: 1,
+            max_bytes: 1,
+        };
+        let creating = [
+            ConvCommand::Create {
+                by: by.clone(),
+                members: Vec::new(),
+                title: None,
+            },
+            ConvCommand::OpenDirect { by: by.clone() },
+        ];
+        assert!(creating.iter().all(ConvCommand::creates));
+        let others = [
+            ConvCommand::Send {
+                by: by.clone(),
+                body: "hi".into(),
+                cmid: None,
+                expect: None,
+            },
+            ConvCommand::History {
+                by: by.clone(),
+                page,
+            },
+            ConvCommand::Catchup {
+                by: by.clone(),
+                after: None,
+                limit: 1,
+                max_bytes: 1,
+            },
+            ConvCommand::Summary { by: by.clone() },
+            ConvCommand::Rename {
+                by: by.clone(),
+                title: "x".into(),
+            },
+            ConvCommand::Typing { by },
+        ];
+        assert!(!others.iter().any(ConvCommand::creates));
+    }
+
+    #[test]
+    fn an_answer_is_taken_only_as_the_kind_it_is() {
+        assert_eq!(u64::try_from(Answer::Version(3)), Ok(3));
+        assert_eq!(<()>::try_from(Answer::Done), Ok(()));
+        assert_eq!(bool::try_from(Answer::Version(3)), Err(WrongAnswer));
+        assert!(Ack::try_from(Answer::Done).is_err());
+    }
+
+    #[test]
+    fn commands_cross_nodes_and_come_back_the_same() {
+        let command = Command::User(
+            UserId::try_from("bob").unwrap(),
+            UserCommand::Notify {
+                payload: serde_json::json!({"kind": "invoice", "n": [1, 2]}),
+            },
+        );
+        let bytes = serde_json::to_vec(&command).unwrap();
+        let back: Command = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{command:?}"));
+    }
+}
