@@ -269,6 +269,20 @@ impl Service {
         Ok(())
     }
 
+    /// `forbidden` if `conv` is a direct conversation of `by` and a user
+    /// who has blocked `by`: a blocked user may not write to the blocker,
+    /// in a direct conversation opened before the block too. Groups are
+    /// not checked: blocking removes nobody from a group. Someone outside
+    /// `conv` is not checked either, and learns from the conversation what
+    /// anyone outside learns.
+    async fn refuse_if_blocked_in(&self, by: &UserId, conv: &ConvId) -> Result<()> {
+        match conv.direct_members() {
+            Some((a, b)) if &a == by => self.refuse_if_blocked(by, &[b]).await,
+            Some((a, b)) if &b == by => self.refuse_if_blocked(by, &[a]).await,
+            _ => Ok(()),
+        }
+    }
+
     /// A new group conversation with `by` and `members`.
     pub async fn create(
         &self,
@@ -305,6 +319,7 @@ impl Service {
         expect: Option<u64>,
     ) -> Result<Ack> {
         tidings_protocol::frames::validate_body(&body)?;
+        self.refuse_if_blocked_in(by, conv).await?;
         let by = by.clone();
         self.conv(
             conv,
@@ -327,6 +342,7 @@ impl Service {
         body: String,
     ) -> Result<Ack> {
         tidings_protocol::frames::validate_body(&body)?;
+        self.refuse_if_blocked_in(by, conv).await?;
         let by = by.clone();
         self.conv(
             conv,

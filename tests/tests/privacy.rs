@@ -290,6 +290,80 @@ async fn a_blocked_user_cannot_open_a_direct_conversation_or_add_the_blocker() {
 }
 
 #[tokio::test]
+async fn a_blocked_user_cannot_write_to_the_blocker_in_a_direct_conversation_they_share() {
+    let node = TestNode::start().await;
+    let mut alice = node.connect("alice").await;
+    let mut bob = node.connect("bob").await;
+    let dm = alice.ok(json!({"type":"dm","user":"bob"}), "created").await["conv"].clone();
+    let first = alice
+        .ok(json!({"type":"send","conv":dm,"body":"hi"}), "ack")
+        .await["version"]
+        .clone();
+    let group = alice.create(["bob"]).await;
+
+    bob.ok(json!({"type":"block","user":"alice"}), "blocked")
+        .await;
+    // The conversation existed before the block: writing to it is refused
+    // all the same, over WebSocket and HTTP, and nothing is appended.
+    let refused = alice
+        .err(
+            json!({"type":"send","conv":dm,"body":"still here?"}),
+            "forbidden",
+        )
+        .await;
+    assert!(
+        refused["message"].as_str().unwrap().contains("blocked"),
+        "{refused}"
+    );
+    alice
+        .err(
+            json!({"type":"edit","conv":dm,"target":first,"rev":1,"body":"hi!!"}),
+            "forbidden",
+        )
+        .await;
+    let (status, _) = call(
+        reqwest::Method::POST,
+        &node.http("/v1/conversations/dm:alice:bob/messages"),
+        "alice",
+        Some(json!({"body":"over http"})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let history = bob.ok(json!({"type":"history","conv":dm}), "history").await;
+    assert_eq!(history["version"], first, "{history}");
+    // She may still read it and delete her own message; the blocker may
+    // still write to her; a group they share is not affected.
+    alice
+        .ok(json!({"type":"history","conv":dm}), "history")
+        .await;
+    alice
+        .ok(
+            json!({"type":"delete","conv":dm,"target":first,"rev":1}),
+            "ack",
+        )
+        .await;
+    bob.ok(json!({"type":"send","conv":dm,"body":"bye"}), "ack")
+        .await;
+    alice
+        .ok(
+            json!({"type":"send","conv":group,"body":"in the group"}),
+            "ack",
+        )
+        .await;
+    // An outsider is still told only that there is no such conversation.
+    let mut carol = node.connect("carol").await;
+    carol
+        .err(json!({"type":"send","conv":dm,"body":"x"}), "not_found")
+        .await;
+
+    bob.ok(json!({"type":"unblock","user":"alice"}), "unblocked")
+        .await;
+    alice
+        .ok(json!({"type":"send","conv":dm,"body":"thanks"}), "ack")
+        .await;
+}
+
+#[tokio::test]
 async fn a_block_survives_a_kill_and_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, addr) = process::spawn(dir.path(), std::iter::empty::<&str>()).await;
