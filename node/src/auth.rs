@@ -83,6 +83,11 @@ impl Auth {
             .claims
             .exp
             .ok_or_else(|| ApiError::unauthorized("the token lacks a required claim (sub, exp)"))?;
+        // Valid only before `exp` (RFC 7519, section 4.1.4); jsonwebtoken
+        // still takes a token in the second of its `exp`.
+        if exp <= unix_now() {
+            return Err(ApiError::unauthorized("the token has expired"));
+        }
         let user = UserId::try_from(data.claims.sub)
             .map_err(|_| ApiError::unauthorized("the token's sub is not a valid user id"))?;
         Ok(Verified { user, exp })
@@ -90,10 +95,7 @@ impl Auth {
 
     /// A token for `user`, valid for `ttl_secs`.
     pub fn issue(&self, user: &UserId, ttl_secs: u64) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = unix_now();
         let claims = Claims {
             sub: user.to_string(),
             exp: Some(now + ttl_secs),
@@ -118,6 +120,14 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
     let value = header?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -160,6 +170,11 @@ mod tests {
             ),
             (
                 token(SECRET, serde_json::json!({"sub": "a", "exp": now() - 10})),
+                "expired",
+            ),
+            // Valid only before its `exp`: not in that very second.
+            (
+                token(SECRET, serde_json::json!({"sub": "a", "exp": now()})),
                 "expired",
             ),
             (token(SECRET, serde_json::json!({"sub": "a"})), "claim"),

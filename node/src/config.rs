@@ -100,7 +100,8 @@ pub struct Config {
     pub max_frame: usize,
 
     /// An HTTP connection that has not sent a request's complete headers
-    /// within this long is closed.
+    /// within this long is closed; a request whose body has not all come
+    /// within this long after its headers is answered 408 and closed.
     #[arg(long, env = "TIDINGS_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
 
@@ -212,7 +213,7 @@ pub enum ConfigError {
     ReplyBoundTooSmall,
     #[error("--outbound-bytes ({outbound}) must be at least --max-reply-bytes ({reply}): a reply must fit in a connection's queue")]
     OutboundBelowReply { outbound: usize, reply: usize },
-    #[error("--node-id {0:?} must be 1 to 32 letters, digits or '-'")]
+    #[error("--node-id {0:?} must be 1 to 32 lowercase letters, digits or '-'")]
     BadNodeId(String),
     #[error("--cluster-listen needs --cluster-cookie (or TIDINGS_CLUSTER_COOKIE), the secret every node of the cluster shares")]
     NoClusterCookie,
@@ -302,12 +303,7 @@ impl Config {
                 reply: self.max_reply_bytes,
             });
         }
-        let id_ok = (1..=32).contains(&self.node_id.len())
-            && self
-                .node_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if !id_ok {
+        if !tidings_actors::cluster::link::valid_id(&self.node_id) {
             return Err(ConfigError::BadNodeId(self.node_id.clone()));
         }
         if self.replicas == 0
@@ -473,6 +469,12 @@ mod tests {
         clustered("127.0.0.1:9081,127.0.0.1:9082").unwrap();
         assert!(matches!(
             parse(&["--node-id", "n 1"]),
+            Err(ConfigError::BadNodeId(_))
+        ));
+        // Certificates name node ids without regard to case: an id that
+        // differed from another only in case could pass for it.
+        assert!(matches!(
+            parse(&["--node-id", "N1"]),
             Err(ConfigError::BadNodeId(_))
         ));
         assert!(matches!(

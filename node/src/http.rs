@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::{assets, ws, AppState};
 
 /// Largest HTTP request body.
-const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 pub fn app(state: AppState) -> Router {
     Router::new()

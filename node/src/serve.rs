@@ -8,7 +8,11 @@
 //!
 //! - A connection that has not sent a request's complete headers within
 //!   `--header-timeout` is closed (hyper's `header_read_timeout`; between
-//!   requests on a kept-alive connection it runs too).
+//!   requests on a kept-alive connection it runs too). A request whose
+//!   body has not all arrived within `--header-timeout` after its headers
+//!   is answered `408` and its connection closed ([`body_deadline`]):
+//!   otherwise a body sent a byte at a time holds the connection forever,
+//!   each byte counting as traffic.
 //! - A connection with no traffic at all for `--idle-timeout` is shut down
 //!   gracefully: a request in flight is answered first. Once a connection
 //!   is upgraded to a WebSocket it is no longer hyper's, and the socket's
@@ -27,14 +31,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tidings_protocol::ErrorCode;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::error::ApiError;
 
 /// What a shed connection is told before it is closed.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
@@ -114,6 +126,10 @@ pub async fn serve(
     connections: Connections,
     stop: CancellationToken,
 ) -> io::Result<()> {
+    let deadline = limits.header_timeout;
+    let app = app.layer(axum::middleware::from_fn(
+        move |request: Request, next: Next| body_deadline(deadline, request, next),
+    ));
     let tasks = TaskTracker::new();
     let shedding = Arc::new(AtomicUsize::new(0));
     let mut failures = 0u32;
@@ -246,6 +262,42 @@ async fn serve_connection(
                     conn.as_mut().graceful_shutdown();
                 }
             }
+        }
+    }
+}
+
+/// Reads a request's body (at most [`crate::http::MAX_BODY`] bytes) within
+/// `deadline` before the route sees the request. A body that does not
+/// arrive in time is answered `408` and the connection closed; one over
+/// the limit, `413`, as the routes would.
+pub async fn body_deadline(deadline: Duration, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let limit = crate::http::MAX_BODY;
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(_)) => {
+            let mut refused =
+                ApiError::new(ErrorCode::TooLarge, "request body is too large").into_response();
+            refused
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            refused
+        }
+        Err(_) => {
+            let message = format!(
+                "the request body did not arrive within {} ms of its headers",
+                deadline.as_millis()
+            );
+            let body = serde_json::json!({"error": {"code": "bad_request", "message": message}});
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                [(header::CONNECTION, HeaderValue::from_static("close"))],
+                Json(body),
+            )
+                .into_response()
         }
     }
 }

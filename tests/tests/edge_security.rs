@@ -217,6 +217,53 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
 }
 
 #[tokio::test]
+async fn a_request_whose_body_trickles_in_is_answered_408_and_closed() {
+    let node = TestNode::start_with(|c| {
+        c.header_timeout = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut slow = TcpStream::connect(node.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/conversations HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 1000\r\n\r\n",
+        token("alice")
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    // A byte every 200 ms: traffic enough to keep any idle timer quiet.
+    let mut read = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = async {
+        for _ in 0..100 {
+            let _ = slow.write_all(b" ").await;
+            match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return,
+                Ok(Ok(n)) => read.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, closed)
+        .await
+        .expect("the trickling request was cut off");
+    let elapsed = started.elapsed();
+    let answer = String::from_utf8_lossy(&read);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive"), "{answer}");
+    assert!(elapsed < Duration::from_secs(4), "closed after {elapsed:?}");
+    // A prompt request with a body is served as ever.
+    let created = http()
+        .post(node.http("/v1/conversations"))
+        .bearer_auth(token("alice"))
+        .json(&json!({"members":["bob"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_and_a_websocket_is_not() {
     let node = TestNode::start_with(|c| {
         c.header_timeout = Duration::from_secs(30);

@@ -93,7 +93,7 @@ pub enum LinkError {
     Version { ours: u16, theirs: u16 },
     #[error("the peer claims this node's own id {0:?}")]
     OwnId(String),
-    #[error("the peer's node id {0:?} is not 1 to 32 letters, digits or '-'")]
+    #[error("the peer's node id {0:?} is not 1 to 32 lowercase letters, digits or '-'")]
     BadId(String),
     #[error("the peer's proof of the cookie is wrong")]
     BadProof,
@@ -176,9 +176,15 @@ impl Hello {
     }
 }
 
-/// Whether `id` is a node id (as `--node-id` allows).
+/// Whether `id` is a node id (as `--node-id` allows): 1 to 32 lowercase
+/// letters, digits or '-'. Lowercase only, because a certificate names its
+/// node id as a DNS name, which compares without regard to case: were `N2`
+/// an id, `n2`'s certificate would pass for it.
 pub fn valid_id(id: &str) -> bool {
-    (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// The key the proofs are made with, from the cluster's cookie.
