@@ -164,6 +164,45 @@ async fn the_rust_client_refreshes_through_its_callback() {
     client.ping().await.unwrap();
 }
 
+#[tokio::test]
+async fn the_rust_client_asks_its_callback_once_when_its_token_is_refused() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tidings_protocol::client::ClientError;
+    let node = TestNode::start().await;
+    let url = format!("ws://{}", node.addr);
+    let expired = || token_with(json!({"sub": "alice", "exp": now_secs() - 10}), SECRET);
+
+    // Refused at the upgrade (expired): one fresh token, and it connects.
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    let config = ClientConfig::new([url.clone()], expired()).with_refresh(move || {
+        counter.fetch_add(1, Ordering::Relaxed);
+        async { Some(token("alice")) }
+    });
+    let (client, _pushes) = Client::connect(config);
+    tokio::time::timeout(WAIT, client.ping())
+        .await
+        .expect("answered in time")
+        .expect("connected with the fresh token");
+    assert_eq!(asked.load(Ordering::Relaxed), 1);
+
+    // A callback whose token is refused too: asked once, then the client
+    // ends with Unauthorized instead of asking forever.
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    let config = ClientConfig::new([url], expired()).with_refresh(move || {
+        counter.fetch_add(1, Ordering::Relaxed);
+        async move { Some(expired()) }
+    });
+    let (client, _pushes) = Client::connect(config);
+    let refused = tokio::time::timeout(WAIT, client.ping())
+        .await
+        .expect("answered in time");
+    assert_eq!(refused, Err(ClientError::Unauthorized));
+    assert_eq!(asked.load(Ordering::Relaxed), 1);
+}
+
 /// Reads from `tcp` until it is closed; what it read, or `None` if it was
 /// not closed within `within`.
 async fn read_until_closed(tcp: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
