@@ -63,6 +63,11 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_DEV")]
     pub dev: bool,
 
+    /// With --dev: how long the tokens POST /v1/dev/token issues live (the
+    /// web page refreshes them on its open socket before they expire).
+    #[arg(long, env = "TIDINGS_DEV_TOKEN_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub dev_token_ttl: Duration,
+
     /// A WebSocket that has sent nothing for this long is pinged.
     #[arg(long, env = "TIDINGS_PING_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
@@ -280,6 +285,11 @@ impl Config {
         }
         if self.entity_idle.is_zero() || self.call_timeout.is_zero() {
             return Err(ConfigError::NotPositive("--entity-idle and --call-timeout"));
+        }
+        if self.dev_token_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::NotPositive(
+                "--dev-token-ttl (in whole seconds)",
+            ));
         }
         if self.header_timeout.is_zero() || self.idle_timeout.is_zero() {
             return Err(ConfigError::NotPositive(

@@ -253,7 +253,9 @@ async fn dev_token(
         ));
     }
     let JsonBody(request) = body?;
-    let token = state.auth.issue(&request.user, 24 * 3600);
+    let token = state
+        .auth
+        .issue(&request.user, state.config.dev_token_ttl.as_secs());
     Ok(Json(json!({ "token": token, "user": request.user })))
 }
 

@@ -39,28 +39,39 @@ function nodeBinary() {
   return candidates.find((p) => existsSync(p)) ?? candidates[candidates.length - 1];
 }
 
-// Starts the node on a free port and resolves with its base URL, read from
-// the one line it prints once it accepts connections.
-function startNode() {
+// Starts a node on a free port with `extra` flags: { proc, dir, base },
+// once it has printed the one line that says it accepts connections.
+function spawnNode(extra = [], log = 'tidings-browser-node.log') {
   const bin = nodeBinary();
   assert.ok(existsSync(bin), `no tidings binary at ${bin}; build it or set TIDINGS_BIN`);
-  dataDir = mkdtempSync(join(tmpdir(), 'tidings-browser-'));
-  node = spawn(bin, ['--dev', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--api-key', API_KEY], {
+  const dir = mkdtempSync(join(tmpdir(), 'tidings-browser-'));
+  const proc = spawn(bin, ['--dev', '--listen', '127.0.0.1:0', '--data-dir', dir, '--api-key', API_KEY, ...extra], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  node.stderr.pipe(createWriteStream(join(tmpdir(), 'tidings-browser-node.log')));
+  proc.stderr.pipe(createWriteStream(join(tmpdir(), log)));
   return new Promise((resolvePromise, reject) => {
     const timer = setTimeout(() => reject(new Error(`the node did not say it listens within ${STARTUP_WAIT} ms`)), STARTUP_WAIT);
-    createInterface({ input: node.stdout }).on('line', (line) => {
+    createInterface({ input: proc.stdout }).on('line', (line) => {
       const m = line.match(/^listening on (http:\/\/\S+)$/);
-      if (m) { clearTimeout(timer); resolvePromise(m[1]); }
+      if (m) { clearTimeout(timer); resolvePromise({ proc, dir, base: m[1] }); }
     });
-    node.once('exit', (code, signal) => {
+    proc.once('exit', (code, signal) => {
       clearTimeout(timer);
       reject(new Error(`the node exited (${code ?? signal}) before listening; see its log`));
     });
-    node.once('error', reject);
+    proc.once('error', reject);
   });
+}
+
+// Stops a node with SIGTERM (SIGKILL after 10 s); resolves with its exit code.
+async function stopNode(proc) {
+  if (proc.exitCode !== null || proc.signalCode !== null) return proc.exitCode;
+  const exited = new Promise((res) => proc.once('exit', (code) => res(code)));
+  proc.kill('SIGTERM');
+  const killer = setTimeout(() => proc.kill('SIGKILL'), 10000);
+  const code = await exited;
+  clearTimeout(killer);
+  return code;
 }
 
 // The binary embeds the page at build time; a binary built before the last
@@ -74,7 +85,7 @@ async function assertServesCurrentAssets() {
 }
 
 before(async () => {
-  base = await startNode();
+  ({ proc: node, dir: dataDir, base } = await spawnNode());
   await assertServesCurrentAssets();
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -86,14 +97,7 @@ before(async () => {
 after(async () => {
   await browser?.close();
   assert.deepEqual(pageErrors, [], 'no uncaught exceptions in the page');
-  if (node && node.exitCode === null && node.signalCode === null) {
-    const exited = new Promise((res) => node.once('exit', (code) => res(code)));
-    node.kill('SIGTERM');
-    const killer = setTimeout(() => node.kill('SIGKILL'), 10000);
-    const code = await exited;
-    clearTimeout(killer);
-    assert.equal(code, 0, 'the node exits 0 on SIGTERM');
-  }
+  if (node) assert.equal(await stopNode(node), 0, 'the node exits 0 on SIGTERM');
   if (dataDir) rmSync(dataDir, { recursive: true, force: true });
 });
 
@@ -102,12 +106,13 @@ after(async () => {
 const exactly = (text) => new RegExp(`^${text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`);
 
 // One device: its own browser context (its own sessionStorage), signed in.
-async function device(user) {
+async function device(user, at = base, watch = () => {}) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT);
   page.on('pageerror', (err) => pageErrors.push(`${user}: ${err.message}`));
-  await page.goto(base);
+  watch(page);
+  await page.goto(at);
   await page.getByTestId('login-user').fill(user);
   await page.getByTestId('login-button').click();
   await page.getByTestId('me').filter({ hasText: exactly(user) }).waitFor();
@@ -303,4 +308,45 @@ test('history pages in on scroll; direct conversations and notifications', { tim
   await notifications.first().waitFor();
 
   await dave.context.close();
+});
+
+test('the page refreshes its token on the open socket, which outlives the first token', { timeout: 60000 }, async () => {
+  // Tokens of four seconds: the page must refresh on the socket it has,
+  // or the node closes it with 4001 and the page connects again.
+  const short = await spawnNode(['--dev-token-ttl', '4s'], 'tidings-browser-refresh-node.log');
+  try {
+    const sockets = [];
+    const watch = (page) => page.on('websocket', (ws) => {
+      const socket = { closed: false };
+      ws.on('close', () => { socket.closed = true; });
+      sockets.push(socket);
+    });
+    const dana = await device('dana', short.base, watch);
+    const exp = (page) => page.evaluate(() => {
+      const { token } = JSON.parse(sessionStorage.getItem('tidings.session'));
+      return JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/'))).exp;
+    });
+    const first = await exp(dana.page);
+    // Until the first token is two seconds past its expiry and the page
+    // holds a newer one (polled; bounded by the test's timeout).
+    await dana.page.waitForFunction((first) => {
+      const { token } = JSON.parse(sessionStorage.getItem('tidings.session'));
+      const now = JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/'))).exp;
+      return Date.now() / 1000 > first + 2 && now > first;
+    }, first, { timeout: 20000, polling: 200 });
+    assert.ok((await exp(dana.page)) > first, 'the page holds a newer token');
+    assert.equal(sockets.length, 1, 'the page never had to connect again');
+    assert.equal(sockets[0].closed, false, 'the first socket is still open');
+    // And it still serves: a note to self in a new group is acknowledged.
+    await dana.page.getByTestId('new-group-members').fill('erin');
+    await dana.page.getByTestId('new-group-title').fill('refreshed');
+    await dana.page.getByTestId('new-group-button').click();
+    await dana.page.getByTestId('conv-title').filter({ hasText: exactly('refreshed') }).waitFor();
+    await send(dana, 'still connected');
+    assert.equal(sockets.length, 1);
+    await dana.context.close();
+  } finally {
+    assert.equal(await stopNode(short.proc), 0, 'the second node exits 0 on SIGTERM');
+    rmSync(short.dir, { recursive: true, force: true });
+  }
 });
