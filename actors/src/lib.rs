@@ -58,6 +58,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod replication;
 pub mod router;
+pub mod runtime;
 pub mod service;
 pub mod shard;
 pub mod storage;

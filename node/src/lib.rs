@@ -1,10 +1,12 @@
-//! The Tidings node: configuration, the HTTP and WebSocket front end, and
-//! the order things start and stop in.
+//! The Tidings node: configuration, and the HTTP and WebSocket front end
+//! on the actors side's one [`Runtime`] (storage, entity actors, and in a
+//! cluster the links and shard groups, started and stopped in order by
+//! `tidings_actors::runtime`).
 //!
 //! [`Node::start`] takes an already-bound listener, so tests bind port 0;
 //! [`run`] serves until a shutdown future resolves. Shutdown goes: stop
-//! accepting, close every socket with 1001, stop the entity actors, flush
-//! storage.
+//! accepting, close every socket with 1001, then the runtime's shutdown
+//! (the entity actors, the shard groups and links, storage flushed).
 
 pub mod assets;
 pub mod auth;
@@ -21,14 +23,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ractor::ActorRef;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::RngCore;
-use tidings_actors::cluster::peer::Handlers;
 use tidings_actors::cluster::{Cluster, ClusterConfig};
-use tidings_actors::directory::Directory;
 use tidings_actors::replication::{RaftSettings, Replicator};
-use tidings_actors::{EntityConfig, Metrics, RouterMsg, Service, Storage, StorageOptions};
+use tidings_actors::runtime::{ClusterSettings, Runtime, RuntimeConfig};
+use tidings_actors::{EntityConfig, Metrics, Service, Storage, StorageOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -64,8 +64,7 @@ pub struct AppState {
 pub struct Node {
     addr: SocketAddr,
     state: AppState,
-    router: ActorRef<RouterMsg>,
-    router_task: JoinHandle<()>,
+    runtime: Runtime,
     server: JoinHandle<std::io::Result<()>>,
     stop_accepting: CancellationToken,
 }
@@ -75,16 +74,6 @@ impl Node {
     pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Node> {
         config.validate()?;
         let addr = listener.local_addr()?;
-        let options = StorageOptions {
-            commit_interval: config.commit_interval,
-        };
-        let storage = Storage::open_with(&config.data_dir, options)
-            .with_context(|| format!("opening storage in {}", config.data_dir.display()))?;
-        let metrics = Arc::new(Metrics::new());
-        let entity = EntityConfig {
-            idle_after: config.entity_idle,
-            call_timeout: config.call_timeout,
-        };
         let secret = match &config.auth_secret {
             Some(secret) => secret.clone().into_bytes(),
             None => {
@@ -103,99 +92,28 @@ impl Node {
                 key
             })
         });
-        let cluster = match (config.cluster_listen, &config.cluster_cookie) {
-            (Some(listen), Some(cookie)) => Some(
-                Cluster::start(ClusterConfig {
-                    node_id: config.node_id.clone(),
-                    listen,
-                    join: config.peers(),
-                    cookie: cookie.clone(),
-                    peer_timeout: config.peer_timeout,
-                    certs: config.cluster_certs.clone(),
-                    handshake_timeout: config.cluster_handshake_timeout,
-                })
-                .await
-                .context("starting the cluster links")?,
-            ),
-            _ => None,
-        };
-        // In a cluster, fan-out reaches the devices on the other nodes too.
-        let directory = Directory::new(
-            cluster.as_ref().map(|c| c.peers().clone()),
-            metrics.users_online.clone(),
-        );
-        let (routes, router_task) = tidings_actors::start_router(
-            storage.clone(),
-            entity,
-            metrics.clone(),
-            directory.clone(),
-        )
-        .await
-        .context("starting the router")?;
-        let router = routes.router().clone();
-        let (service, replicator) = match &cluster {
-            None => (
-                Service::new(routes, directory, config.call_timeout)
-                    .with_max_reply_bytes(config.max_reply_bytes),
-                None,
-            ),
-            Some(cluster) => {
-                if config.replicas > config.cluster_nodes() {
-                    tracing::warn!(
-                        replicas = config.replicas,
-                        nodes = config.cluster_nodes(),
-                        "fewer nodes than --replicas: every node keeps a copy of every shard"
-                    );
-                }
-                let replicator = Replicator::start(
-                    config.node_id.clone(),
-                    storage.clone(),
-                    cluster.peers().clone(),
-                    cluster.expected_peers(),
-                    config.replicas,
-                    routes.clone(),
-                    RaftSettings {
-                        snapshot_every: config.snapshot_every,
-                        ..RaftSettings::default()
-                    },
-                    config.call_timeout,
-                )
-                .await
-                .context("starting the shard groups")?;
-                storage.replicate_through(Arc::new(replicator.clone()));
-                let service =
-                    Service::clustered(routes, directory, config.call_timeout, replicator.clone())
-                        .with_max_reply_bytes(config.max_reply_bytes);
-                (service, Some(replicator))
-            }
-        };
-        // Before any request: entities reach each other through the service
-        // (in a cluster, where their shards are led).
-        let _ = router.cast(RouterMsg::Serve(service.clone()));
-        match (&cluster, &replicator) {
-            (Some(cluster), Some(replicator)) => cluster.serve(Handlers {
-                replicator: replicator.clone(),
-                service: service.clone(),
-                router: router.clone(),
-            }),
-            _ => {
-                // Index changes a crash left owing are finished now (a
-                // cluster node does so for each shard it comes to lead).
-                let owing = tidings_actors::settle_outboxes(&router, &storage, None)
-                    .context("reading conversations' outboxes")?;
-                if owing > 0 {
-                    tracing::info!(owing, "finishing conversations' index changes");
-                }
-            }
-        }
+        let runtime = Runtime::start(RuntimeConfig {
+            data_dir: config.data_dir.clone(),
+            storage: StorageOptions {
+                commit_interval: config.commit_interval,
+            },
+            entity: EntityConfig {
+                idle_after: config.entity_idle,
+                call_timeout: config.call_timeout,
+            },
+            call_timeout: config.call_timeout,
+            max_reply_bytes: config.max_reply_bytes,
+            cluster: cluster_settings(&config),
+        })
+        .await?;
         let state = AppState {
-            cluster,
-            replicator,
-            service,
+            cluster: runtime.cluster().cloned(),
+            replicator: runtime.replicator().cloned(),
+            service: runtime.service().clone(),
             auth: Arc::new(auth::Auth::new(&secret, api_key)),
             config: Arc::new(config),
-            metrics,
-            storage,
+            metrics: runtime.metrics().clone(),
+            storage: runtime.storage().clone(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             devices: ws::Devices::default(),
@@ -226,8 +144,7 @@ impl Node {
         Ok(Node {
             addr,
             state,
-            router,
-            router_task,
+            runtime,
             server,
             stop_accepting,
         })
@@ -245,10 +162,7 @@ impl Node {
     /// started with an empty data directory, and its peers know it as a
     /// member ([`tidings_actors::replication::rejoin`]).
     pub async fn failed(&self) -> String {
-        match &self.state.replicator {
-            Some(replicator) => replicator.failed().await,
-            None => std::future::pending().await,
-        }
+        self.runtime.failed().await
     }
 
     /// Stops in order: stop accepting, close sockets with 1001, stop the
@@ -265,25 +179,31 @@ impl Node {
             tracing::warn!("some sockets did not close in time");
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
-        self.router
-            .stop_children_and_wait(None, Some(Duration::from_secs(10)))
-            .await;
-        if let Some(replicator) = &self.state.replicator {
-            replicator.shutdown().await;
-        }
-        if let Some(cluster) = &self.state.cluster {
-            cluster.stop();
-        }
-        self.router.stop(None);
-        let _ = self.router_task.await;
-        self.state
-            .storage
-            .close()
-            .await
-            .context("closing storage")?;
+        self.runtime.shutdown().await.context("closing storage")?;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The node's part in a cluster, if `config` names one.
+fn cluster_settings(config: &Config) -> Option<ClusterSettings> {
+    let (listen, cookie) = (config.cluster_listen?, config.cluster_cookie.clone()?);
+    Some(ClusterSettings {
+        links: ClusterConfig {
+            node_id: config.node_id.clone(),
+            listen,
+            join: config.peers(),
+            cookie,
+            peer_timeout: config.peer_timeout,
+            certs: config.cluster_certs.clone(),
+            handshake_timeout: config.cluster_handshake_timeout,
+        },
+        replicas: config.replicas,
+        raft: RaftSettings {
+            snapshot_every: config.snapshot_every,
+            ..RaftSettings::default()
+        },
+    })
 }
 
 /// Serves on `listener` until `shutdown` resolves, then stops in order.
