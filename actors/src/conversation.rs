@@ -3,7 +3,7 @@
 //! Its mailbox serializes every write to the conversation. A write is
 //! checked against the current state (membership, `expect`, `rev`), given
 //! the next version, committed durably, and only then acknowledged and
-//! handed to the router for fan-out to the members' devices. The in-memory
+//! handed to the directory for fan-out to the members' devices. The in-memory
 //! state moves only after the commit succeeded, so a failed commit changes
 //! nothing.
 

@@ -107,9 +107,6 @@ pub enum RouterMsg {
     /// Time for every live entity actor to check whether it is idle (one
     /// timer per node rather than one task per actor).
     Tick,
-    /// In a cluster: an encoded [`crate::directory::Delivery`] from
-    /// another node, for the devices here.
-    Deliver(Vec<u8>),
     /// In a cluster: a link to another node was lost with whatever was on
     /// it; every device here is told to sync.
     Resync,

@@ -348,9 +348,6 @@ impl Actor for Router {
                     let _ = slot.actor.send_message(UserMsg::Tick);
                 }
             }
-            RouterMsg::Deliver(bytes) => {
-                state.directory.deliver_from_peer(&bytes, &state.metrics);
-            }
             RouterMsg::Serve(service) => state.service = Some(service),
             RouterMsg::Resync => {
                 let frame = ServerFrame::Resync.push().to_json().into();

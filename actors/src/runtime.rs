@@ -155,7 +155,8 @@ impl Runtime {
             (Some(cluster), Some(replicator)) => cluster.serve(Handlers {
                 replicator: replicator.clone(),
                 service: service.clone(),
-                router: router.clone(),
+                directory,
+                metrics: metrics.clone(),
             }),
             _ => {
                 let owing = crate::settle_outboxes(&router, &storage, None)

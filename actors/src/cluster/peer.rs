@@ -2,7 +2,9 @@
 //!
 //! It answers heartbeats, serves the Raft requests of the shard groups,
 //! runs requests forwarded by nodes that do not lead the entity's shard,
-//! and hands events for this node's devices to the router.
+//! and hands events for this node's devices to the directory, which
+//! pushes them to the devices' queues (no other actor's mailbox on the
+//! way: the router handles no message per delivery).
 
 use std::sync::{Arc, OnceLock};
 
@@ -11,7 +13,8 @@ use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::Peers;
-use crate::messages::RouterMsg;
+use crate::directory::Directory;
+use crate::metrics::Metrics;
 use crate::replication::Replicator;
 use crate::service::Service;
 
@@ -74,7 +77,9 @@ pub enum PeerMsg {
 pub struct Handlers {
     pub replicator: Replicator,
     pub service: Service,
-    pub router: ActorRef<RouterMsg>,
+    /// Where this node's devices are.
+    pub directory: Directory,
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct PeerActor;
@@ -162,7 +167,9 @@ impl Actor for PeerActor {
                 });
             }
             PeerMsg::Deliver(bytes) => {
-                let _ = handlers.router.cast(RouterMsg::Deliver(bytes));
+                handlers
+                    .directory
+                    .deliver_from_peer(&bytes, &handlers.metrics);
             }
         }
         Ok(())
