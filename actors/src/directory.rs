@@ -31,11 +31,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use tidings_protocol::UserId;
 
-use crate::cluster::peer::PeerMsg;
-use crate::cluster::Peers;
 use crate::codec;
 use crate::metrics::Metrics;
 use crate::outbound::{Frame, Outbound, Refused};
+use crate::remote::RemoteFanout;
 
 /// Queues `frame` on every device in `devices`; returns how many took it.
 fn push(devices: &[Outbound], frame: &Frame, metrics: &Metrics) -> u64 {
@@ -70,6 +69,22 @@ struct DeliveryRef<'a> {
     frame: &'a [u8],
 }
 
+impl Delivery {
+    /// The bytes of a delivery of `frame` to `users` (not `except`), as
+    /// [`Directory::deliver_from_peer`] reads them on the other node.
+    pub fn encode(
+        users: &[UserId],
+        except: Option<&UserId>,
+        frame: &Frame,
+    ) -> Result<Vec<u8>, codec::CodecError> {
+        codec::encode(&DeliveryRef {
+            users,
+            except,
+            frame: frame.as_ref(),
+        })
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct Directory {
     /// Every user with a device connected here, with those devices. A user
@@ -78,7 +93,7 @@ pub struct Directory {
     /// Counts the changes to `users`; moved only under its write lock.
     changes: Arc<AtomicU64>,
     /// In a cluster, the other nodes, whose devices get events too.
-    peers: Option<Peers>,
+    remote: Option<Arc<dyn RemoteFanout>>,
     /// How many users are in `users`.
     online: Gauge,
 }
@@ -109,13 +124,13 @@ impl Drop for Subscription {
 }
 
 impl Directory {
-    /// A directory that, in a cluster, also hands every event to the nodes
-    /// in `peers`, and counts the users online in `online`.
-    pub fn new(peers: Option<Peers>, online: Gauge) -> Directory {
+    /// A directory that, in a cluster, also hands every event to the other
+    /// nodes through `remote`, and counts the users online in `online`.
+    pub fn new(remote: Option<Arc<dyn RemoteFanout>>, online: Gauge) -> Directory {
         Directory {
             users: Arc::default(),
             changes: Arc::default(),
-            peers,
+            remote,
             online,
         }
     }
@@ -135,7 +150,7 @@ impl Directory {
         self.changes.fetch_add(1, Ordering::Relaxed);
         // Under the lock, so that announcements leave in the order of the
         // changes; and before returning, so that the device's first `sync`
-        // comes after it (see [`crate::cluster::locations`]).
+        // comes after it (see the cluster crate's `locations`).
         self.announce(user, true);
         Subscription {
             directory: self.clone(),
@@ -219,27 +234,16 @@ impl Directory {
     /// In a cluster: hands `frame` to every other node that has (or may
     /// have) a device of one of `users`.
     fn deliver_to_peers(&self, users: &[UserId], except: Option<&UserId>, frame: &Frame) {
-        let Some(peers) = &self.peers else { return };
-        for (node, users) in peers.recipients(users) {
-            let delivery = DeliveryRef {
-                users: &users,
-                except,
-                frame: frame.as_ref(),
-            };
-            match codec::encode(&delivery) {
-                Ok(bytes) => {
-                    let _ = node.cast(PeerMsg::Deliver(bytes));
-                }
-                Err(err) => tracing::error!(error = %err, "cannot encode a delivery"),
-            }
+        if let Some(remote) = &self.remote {
+            remote.deliver(users, except, frame);
         }
     }
 
     /// In a cluster: tells the other nodes whether `user` has a device
     /// here (they send its events here only if so).
     fn announce(&self, user: &UserId, online: bool) {
-        if let Some(peers) = &self.peers {
-            peers.announce(user, online);
+        if let Some(remote) = &self.remote {
+            remote.announce(user, online);
         }
     }
 

@@ -1,42 +1,44 @@
-//! Tidings' actors: users, conversations and connections, the router that
-//! finds them, and the storage they own.
+//! Tidings' core: users, conversations and connections as actors, their
+//! commands and rules, the router that finds them, the directory their
+//! events fan out through, the service both front ends call, and the
+//! storage they own.
+//!
+//! The core knows nothing of a cluster. It defines what it needs of one
+//! ([`remote::Placement`]: where a command runs; [`remote::RemoteFanout`]:
+//! the devices on other nodes; [`storage::ReplicatedLog`]: a replicated
+//! commit), and the `tidings-cluster` crate implements them, with the
+//! links between nodes, the shard groups and the node's one start-up
+//! (`tidings_cluster::runtime::Runtime`). Nothing here imports it.
 //!
 //! # Supervision tree
 //!
 //! ```text
-//! node (tidings-node: HTTP + WebSocket front end)
-//! ├── Router                      one per node; starts entity actors and stops idle ones
-//! │                               (a request for a live one goes straight to it)
-//! │   ├── ConversationActor × n   started on demand from storage, stopped when idle;
-//! │   │                           owns one conversation's version counter and log
-//! │   └── UserActor × n           started on demand from storage, stopped when idle;
-//! │                               owns the user's notification log and counter
-//! ├── ConnectionActor × n         one per WebSocket; subscribes its device to the
-//! │                               user's fan-out list (the directory) and serves
-//! │                               the client's frames
-//! ├── NodeServer (ractor_cluster) in a cluster only: the links to the other
-//! │                               nodes, one NodeSession each, every one
-//! │                               admitted first by the node's own listener
-//! │                               and handshake (`cluster::link`)
-//! ├── PeerActor                   in a cluster only: this node's face to the others,
-//! │                               in the process group `tidings.peers`
-//! └── Membership                  in a cluster only: dials, re-dials with backoff,
-//!                                 closes the link to a peer that stops answering
-//! Replicator                      in a cluster only: this node's member of each
-//!                                 shard's Raft group (openraft tasks, not actors)
-//! Storage                         one RocksDB, shared; a committer thread group-commits
+//! Router                      one per node; starts entity actors and stops idle ones
+//! │                           (a request for a live one goes straight to it)
+//! ├── ConversationActor × n   started on demand from storage, stopped when idle;
+//! │                           owns one conversation's version counter and log
+//! └── UserActor × n           started on demand from storage, stopped when idle;
+//!                             owns the user's notification log and counter
+//! ConnectionActor × n         one per WebSocket; subscribes its device to the
+//!                             user's fan-out list (the directory) and serves
+//!                             the client's frames
+//! Storage                     one RocksDB, shared; a committer thread group-commits
 //! ```
+//!
+//! (In a cluster, `tidings-cluster` adds the links, the peer actor,
+//! membership and the shard groups beside these.)
 //!
 //! The router supervises the entity actors: an actor that fails is dropped
 //! from the router's table and restarts from storage on the next request.
-//! A write flows: connection → [`service`] (in a cluster, forwarded to the
-//! node leading the entity's shard) → conversation actor, found in the
-//! router's table or started by the router (check,
-//! next version, durable commit — in a cluster through the shard's Raft
-//! group, see [`replication`] — ack) → the outbound queue of each member's
-//! devices, found in the [`directory`], each user's fan-out list, where
-//! every connection subscribes its device. Reads go the same way, so a
-//! conversation's actor is the one place that knows its state.
+//! A write flows: connection → [`service`], which maps the client frame to
+//! a [`command::Command`] (in a cluster, run where the entity's shard is
+//! led) → conversation actor, found in the router's table or started by the
+//! router; its rule decides ([`conversation::rules`]), then the next
+//! version, a durable commit (in a cluster through the shard's Raft group)
+//! and the ack → the outbound queue of each member's devices, found in the
+//! [`directory`], each user's fan-out list, where every connection
+//! subscribes its device. Reads go the same way, so a conversation's actor
+//! is the one place that knows its state.
 //!
 //! A user's list of conversations is kept in the user's shard, not in each
 //! conversation's. A membership change is therefore committed with an
@@ -46,7 +48,6 @@
 //! failure is retried, by this actor or by the next leader's.
 
 pub mod budget;
-pub mod cluster;
 pub mod codec;
 pub mod command;
 pub mod connection;
@@ -56,9 +57,8 @@ pub mod entity;
 pub mod messages;
 pub mod metrics;
 pub mod outbound;
-pub mod replication;
+pub mod remote;
 pub mod router;
-pub mod runtime;
 pub mod service;
 pub mod shard;
 pub mod storage;

@@ -7,11 +7,13 @@
 //!
 //! Each operation becomes a [`Command`] for one entity. On a single node
 //! it goes to the entity's actor here ([`Routes`]). In a cluster it goes
-//! where the entity's shard is led: here if this node leads it, else the leader's
-//! peer actor ([`forward`]). While a shard has no reachable leader the
-//! service asks again until the call timeout, and answers `unavailable`.
+//! where the entity's shard is led: here if this node leads it, else to
+//! the leader, which the cluster's [`Placement`] finds and forwards to.
+//! While a shard has no reachable leader the service asks again until the
+//! call timeout, and answers `unavailable`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -31,12 +33,9 @@ use crate::command::{Answer, Command, ConvCommand, UserCommand};
 use crate::directory::{Directory, Subscription};
 use crate::messages::{Ack, ConvMsg, Created, HistoryPage, Page, UserMsg};
 use crate::outbound::Outbound;
-use crate::replication::{Replicator, Route};
+use crate::remote::{Placed, Placement};
 use crate::router::Routes;
 use crate::storage::records::IndexEntry;
-use forward::{forward, Forwarded, Outcome};
-
-pub mod forward;
 
 type Result<T> = std::result::Result<T, ErrorFrame>;
 
@@ -57,7 +56,8 @@ pub struct Service {
     routes: Routes,
     directory: Directory,
     timeout: Duration,
-    replicator: Option<Replicator>,
+    /// In a cluster: where each command runs.
+    placement: Option<Arc<dyn Placement>>,
     /// The most JSON bytes a `history`, `sync` or `convs` reply carries.
     max_reply_bytes: usize,
 }
@@ -94,7 +94,7 @@ impl Service {
             routes,
             directory,
             timeout,
-            replicator: None,
+            placement: None,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
     }
@@ -105,13 +105,13 @@ impl Service {
         routes: Routes,
         directory: Directory,
         timeout: Duration,
-        replicator: Replicator,
+        placement: Arc<dyn Placement>,
     ) -> Service {
         Service {
             routes,
             directory,
             timeout,
-            replicator: Some(replicator),
+            placement: Some(placement),
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
     }
@@ -143,32 +143,27 @@ impl Service {
         }
     }
 
-    /// Runs `command` where its shard is led: here, or forwarded to the
-    /// leader. Waits for a leader up to the call timeout; a request that
-    /// reached a leader and got no answer is not sent again (it may have
-    /// run), and the client decides.
+    /// Runs `command` where its shard is led: here, or on the leader
+    /// ([`Placement`]). Waits for a leader up to the call timeout; a
+    /// request that reached a leader and got no answer is not sent again
+    /// (it may have run), and the client decides.
     async fn run(&self, command: Command) -> Result<Answer> {
-        let Some(replicator) = &self.replicator else {
+        let Some(placement) = &self.placement else {
             return self.local(command).await;
         };
         let shard = command.shard();
         let deadline = Instant::now() + self.timeout;
         loop {
-            match replicator.route(shard).await {
-                Route::Local => return self.local(command).await,
-                Route::Remote(leader) => {
-                    let wait = deadline.saturating_duration_since(Instant::now());
-                    match forward(&leader, &command, wait).await {
-                        Outcome::Ran(result) => return result,
-                        Outcome::Retry(leader) => replicator.note_leader(shard, leader),
-                        Outcome::Lost => {
-                            return Err(unavailable(
-                                "the shard's leader did not answer; retry (with the same cmid)",
-                            ))
-                        }
-                    }
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match placement.place(&command, wait).await {
+                Placed::Here => return self.local(command).await,
+                Placed::Ran(result) => return result,
+                Placed::Lost => {
+                    return Err(unavailable(
+                        "the shard's leader did not answer; retry (with the same cmid)",
+                    ))
                 }
-                Route::Unknown => {}
+                Placed::NoLeader => {}
             }
             if Instant::now() + LEADER_POLL >= deadline {
                 return Err(unavailable(&format!(
@@ -180,24 +175,11 @@ impl Service {
         }
     }
 
-    /// Serves a request another node forwarded here, if this node leads
+    /// Runs `command` on this node's entity actor: for a command another
+    /// node forwarded here, once the cluster has checked this node leads
     /// its shard.
-    pub async fn serve_forwarded(&self, bytes: &[u8]) -> Vec<u8> {
-        let answer = match serde_json::from_slice::<Command>(bytes) {
-            Err(err) => Forwarded::Ran(Err(ErrorFrame::bad_request(format!(
-                "undecodable forwarded request: {err}"
-            )))),
-            Ok(command) => match &self.replicator {
-                Some(replicator) => match replicator.route(command.shard()).await {
-                    Route::Local => Forwarded::Ran(self.local(command).await),
-                    _ => Forwarded::NotLeader {
-                        leader: replicator.leader_of(command.shard()),
-                    },
-                },
-                None => Forwarded::NotLeader { leader: None },
-            },
-        };
-        serde_json::to_vec(&answer).unwrap_or_default()
+    pub async fn run_here(&self, command: Command) -> Result<Answer> {
+        self.local(command).await
     }
 
     /// Runs `command` on this node's entity actor.
@@ -609,16 +591,11 @@ impl Service {
         }
         let users = &self.contacts_among(by, users).await?;
         let mut infos = self.local_presence(users);
-        if let Some(replicator) = &self.replicator {
+        if let Some(placement) = &self.placement {
             // Devices are where they connected: ask every other node. A node
             // that does not answer in time counts as having none.
             let wait = self.timeout.min(PRESENCE_WAIT);
-            let asks = replicator
-                .peers()
-                .all()
-                .into_iter()
-                .map(|peer| forward::presence(peer, users, wait));
-            for theirs in join_all(asks).await.into_iter().flatten() {
+            for theirs in placement.presence_elsewhere(users, wait).await {
                 for (mine, their) in infos.iter_mut().zip(theirs) {
                     mine.devices += their.devices;
                     mine.online |= their.online;
@@ -629,7 +606,7 @@ impl Service {
     }
 
     /// The devices of `users` connected to this node.
-    fn local_presence(&self, users: &[UserId]) -> Vec<PresenceInfo> {
+    pub fn local_presence(&self, users: &[UserId]) -> Vec<PresenceInfo> {
         users
             .iter()
             .map(|user| {
@@ -642,20 +619,9 @@ impl Service {
             .collect()
     }
 
-    /// Answers another node's presence question about the devices here.
-    pub async fn serve_presence(&self, bytes: &[u8]) -> Vec<u8> {
-        let infos = match serde_json::from_slice::<Vec<UserId>>(bytes) {
-            Ok(users) if users.len() <= tidings_protocol::MAX_PRESENCE_USERS => {
-                self.local_presence(&users)
-            }
-            _ => Vec::new(),
-        };
-        serde_json::to_vec(&infos).unwrap_or_default()
-    }
-
     pub fn typing(&self, by: &UserId, conv: &ConvId) {
         let command = ConvCommand::Typing { by: by.clone() };
-        if self.replicator.is_none() {
+        if self.placement.is_none() {
             // Nobody waits for the answer.
             let (reply, _) = oneshot::channel();
             self.routes

@@ -6,14 +6,14 @@ use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{json, Map, Value};
-use tidings_actors::cluster::peer::Hello;
 use tidings_actors::codec;
 use tidings_actors::command::{Answer, Command, ConvCommand, UserCommand};
 use tidings_actors::directory::Delivery;
 use tidings_actors::messages::{Ack, Page};
-use tidings_actors::replication::network::{RaftRequest, RaftResponse};
-use tidings_actors::service::forward::Forwarded;
 use tidings_actors::storage::{Cf, WriteSet};
+use tidings_cluster::forward::Forwarded;
+use tidings_cluster::peer::Hello;
+use tidings_cluster::replication::network::{RaftRequest, RaftResponse};
 use tidings_protocol::frames::PresenceInfo;
 use tidings_protocol::{ConvId, ErrorFrame, UserId};
 

@@ -21,16 +21,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tidings_actors::cluster::locations::Locations;
-use tidings_actors::cluster::peer::Hello;
 use tidings_actors::codec;
 use tidings_actors::command::Command;
 use tidings_actors::connection::{ClientData, Inbound};
 use tidings_actors::directory::Directory;
 use tidings_actors::metrics::Metrics;
 use tidings_actors::outbound;
-use tidings_actors::replication::network::{RaftRequest, RaftResponse};
-use tidings_actors::service::forward::Forwarded;
+use tidings_cluster::forward::Forwarded;
+use tidings_cluster::locations::Locations;
+use tidings_cluster::peer::Hello;
+use tidings_cluster::replication::network::{RaftRequest, RaftResponse};
 use tidings_protocol::frames::PresenceInfo;
 use tidings_protocol::{ClientEnvelope, ErrorCode, UserId};
 

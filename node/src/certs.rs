@@ -15,7 +15,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use tidings_actors::cluster::link::{valid_id, CLUSTER_NAME};
+use tidings_cluster::link::{valid_id, CLUSTER_NAME};
 
 /// `tidings certs`' flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -147,7 +147,7 @@ mod tests {
         assert_eq!(mode(&args.out.join("ca.key")), 0o600);
         assert_eq!(mode(&args.out.join("n1/node.key")), 0o600);
         // What was written loads as a node's TLS set-up.
-        tidings_actors::cluster::link::Tls::load(&args.out.join("n1")).unwrap();
+        tidings_cluster::link::Tls::load(&args.out.join("n1")).unwrap();
         assert!(
             write(&args).is_err(),
             "a second run must not overwrite the CA"

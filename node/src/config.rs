@@ -313,7 +313,7 @@ impl Config {
                 reply: self.max_reply_bytes,
             });
         }
-        if !tidings_actors::cluster::link::valid_id(&self.node_id) {
+        if !tidings_cluster::link::valid_id(&self.node_id) {
             return Err(ConfigError::BadNodeId(self.node_id.clone()));
         }
         if self.replicas == 0

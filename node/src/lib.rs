@@ -1,7 +1,7 @@
 //! The Tidings node: configuration, and the HTTP and WebSocket front end
-//! on the actors side's one [`Runtime`] (storage, entity actors, and in a
-//! cluster the links and shard groups, started and stopped in order by
-//! `tidings_actors::runtime`).
+//! on one [`Runtime`] (storage, entity actors, and in a cluster the links
+//! and shard groups, started and stopped in order by
+//! `tidings_cluster::runtime`).
 //!
 //! [`Node::start`] takes an already-bound listener, so tests bind port 0;
 //! [`run`] serves until a shutdown future resolves. Shutdown goes: stop
@@ -25,10 +25,10 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::RngCore;
-use tidings_actors::cluster::{Cluster, ClusterConfig};
-use tidings_actors::replication::{RaftSettings, Replicator};
-use tidings_actors::runtime::{ClusterSettings, Runtime, RuntimeConfig};
 use tidings_actors::{EntityConfig, Metrics, Service, Storage, StorageOptions};
+use tidings_cluster::replication::{RaftSettings, Replicator};
+use tidings_cluster::runtime::{ClusterSettings, Runtime, RuntimeConfig};
+use tidings_cluster::{Cluster, ClusterConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -160,7 +160,7 @@ impl Node {
 
     /// Resolves with the reason once the node must stop by itself: it
     /// started with an empty data directory, and its peers know it as a
-    /// member ([`tidings_actors::replication::rejoin`]).
+    /// member ([`tidings_cluster::replication::rejoin`]).
     pub async fn failed(&self) -> String {
         self.runtime.failed().await
     }

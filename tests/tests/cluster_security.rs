@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tidings_actors::cluster::link::Hello;
+use tidings_cluster::link::Hello;
 use tidings_tests::cluster::{
     certs_of, form, free_addr, make_certs, one_cluster_at_a_time, with_certs, Member, COOKIE,
 };
@@ -398,7 +398,7 @@ async fn a_session_naming_another_node_than_its_handshake_proved_is_closed() {
 
     // Prove the cookie as n2, then speak ractor_cluster as n3.
     let claimed = free_addr();
-    let gate = tidings_actors::cluster::link::Gate::new(
+    let gate = tidings_cluster::link::Gate::new(
         "n2".into(),
         claimed,
         COOKIE,

@@ -1,4 +1,12 @@
-//! The cluster: the links between nodes.
+//! Tidings' cluster, over the core (`tidings-actors`), which it implements
+//! the seams of: the links between nodes (this module and [`link`],
+//! [`membership`], [`peer`], [`locations`]), a Raft group per shard
+//! ([`replication`], the core's `ReplicatedLog`), commands run where their
+//! shard is led ([`forward`], the core's `Placement`), the devices on other
+//! nodes ([`Peers`], the core's `RemoteFanout`), and the node's one
+//! start-up ([`runtime::Runtime`]). The core imports nothing from here.
+//!
+//! # The links between nodes
 //!
 //! Each node listens on its cluster address itself and lets a connection in
 //! only after [`link`]'s handshake (inside mutual TLS with
@@ -19,10 +27,13 @@
 //! meanwhile. Nodes started in any order thus form one cluster, and a node
 //! restarted with the same address joins again.
 
+pub mod forward;
 pub mod link;
 pub mod locations;
 pub mod membership;
 pub mod peer;
+pub mod replication;
+pub mod runtime;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -33,6 +44,9 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::{IncomingEncryptionMode, NodeServer, NodeServerMessage};
 use serde::Serialize;
+use tidings_actors::directory::Delivery;
+use tidings_actors::outbound::Frame;
+use tidings_actors::remote::RemoteFanout;
 use tidings_protocol::UserId;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -139,6 +153,25 @@ pub enum Agreement {
     Unknown,
     /// These nodes (and their counts) differ.
     Disagree(Vec<(String, usize)>),
+}
+
+/// Events for devices on other nodes: one [`PeerMsg::Deliver`] to each
+/// node that has (or may have) a device of a recipient.
+impl RemoteFanout for Peers {
+    fn deliver(&self, users: &[UserId], except: Option<&UserId>, frame: &Frame) {
+        for (node, users) in self.recipients(users) {
+            match Delivery::encode(&users, except, frame) {
+                Ok(bytes) => {
+                    let _ = node.cast(PeerMsg::Deliver(bytes));
+                }
+                Err(err) => tracing::error!(error = %err, "cannot encode a delivery"),
+            }
+        }
+    }
+
+    fn announce(&self, user: &UserId, online: bool) {
+        Peers::announce(self, user, online);
+    }
 }
 
 impl Peers {

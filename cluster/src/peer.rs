@@ -11,12 +11,12 @@ use std::sync::{Arc, OnceLock};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
+use tidings_actors::directory::Directory;
+use tidings_actors::metrics::Metrics;
+use tidings_actors::service::Service;
 
-use crate::cluster::Peers;
-use crate::directory::Directory;
-use crate::metrics::Metrics;
 use crate::replication::Replicator;
-use crate::service::Service;
+use crate::Peers;
 
 /// What a heartbeat says of its node: its id, and how many nodes its
 /// cluster has (itself and its `--join`), which must be the same on every
@@ -29,11 +29,11 @@ pub struct Hello {
 
 impl Hello {
     pub fn encode(&self) -> Vec<u8> {
-        crate::codec::encode(self).unwrap_or_default()
+        tidings_actors::codec::encode(self).unwrap_or_default()
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Hello> {
-        crate::codec::decode(bytes).ok()
+        tidings_actors::codec::decode(bytes).ok()
     }
 }
 
@@ -52,18 +52,18 @@ pub enum PeerMsg {
     #[rpc]
     Raft(Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// A client request for an entity this node should lead
-    /// ([`crate::service::forward`]).
+    /// ([`crate::forward`]).
     #[rpc]
     Forward(Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// Which of some users' devices are connected here
-    /// ([`crate::service::forward::presence`]).
+    /// ([`crate::forward::presence`]).
     #[rpc]
     Presence(Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// An event for the devices connected here
-    /// ([`crate::directory::Delivery`]).
+    /// ([`tidings_actors::directory::Delivery`]).
     Deliver(Vec<u8>),
     /// Which users have devices on the sending node
-    /// ([`crate::cluster::locations`]).
+    /// ([`crate::locations`]).
     Located(Vec<u8>),
     /// A linked node's greeting: whether this node formed the shard groups
     /// with it ([`crate::replication::rejoin`]).
@@ -153,7 +153,9 @@ impl Actor for PeerActor {
             }
             PeerMsg::Forward(bytes, reply) => {
                 tokio::spawn(async move {
-                    let _ = reply.send(handlers.service.serve_forwarded(&bytes).await);
+                    let served =
+                        crate::forward::serve(&handlers.replicator, &handlers.service, &bytes);
+                    let _ = reply.send(served.await);
                 });
             }
             PeerMsg::Knock(bytes, reply) => {
@@ -162,9 +164,7 @@ impl Actor for PeerActor {
                 });
             }
             PeerMsg::Presence(bytes, reply) => {
-                tokio::spawn(async move {
-                    let _ = reply.send(handlers.service.serve_presence(&bytes).await);
-                });
+                let _ = reply.send(crate::forward::serve_presence(&handlers.service, &bytes));
             }
             PeerMsg::Deliver(bytes) => {
                 handlers

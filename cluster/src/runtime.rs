@@ -1,4 +1,4 @@
-//! One start-up for the actors side of a node: storage, the router and its
+//! One start-up for a node's core and cluster: storage, the router and its
 //! entity actors, and in a cluster the links to the other nodes and the
 //! shard groups; [`Runtime::start`] starts them in the one order that
 //! works, and [`Runtime::shutdown`] stops them in the reverse.
@@ -27,13 +27,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::ActorRef;
+use tidings_actors::directory::Directory;
+use tidings_actors::remote::RemoteFanout;
+use tidings_actors::{
+    EntityConfig, Metrics, RouterMsg, Service, Storage, StorageError, StorageOptions,
+};
 use tokio::task::JoinHandle;
 
-use crate::cluster::peer::Handlers;
-use crate::cluster::{Cluster, ClusterConfig, ClusterError};
-use crate::directory::Directory;
+use crate::peer::Handlers;
 use crate::replication::{RaftSettings, ReplicationError, Replicator};
-use crate::{EntityConfig, Metrics, RouterMsg, Service, Storage, StorageError, StorageOptions};
+use crate::{Cluster, ClusterConfig, ClusterError};
 
 /// What the actors side of a node needs to start.
 #[derive(Debug, Clone)]
@@ -100,11 +103,11 @@ impl Runtime {
             None => None,
         };
         // In a cluster, fan-out reaches the devices on the other nodes too.
-        let directory = Directory::new(
-            cluster.as_ref().map(|c| c.peers().clone()),
-            metrics.users_online.clone(),
-        );
-        let (routes, router_task) = crate::start_router(
+        let remote = cluster
+            .as_ref()
+            .map(|c| Arc::new(c.peers().clone()) as Arc<dyn RemoteFanout>);
+        let directory = Directory::new(remote, metrics.users_online.clone());
+        let (routes, router_task) = tidings_actors::start_router(
             storage.clone(),
             config.entity.clone(),
             metrics.clone(),
@@ -138,7 +141,7 @@ impl Runtime {
                     routes,
                     directory.clone(),
                     config.call_timeout,
-                    replicator.clone(),
+                    Arc::new(replicator.clone()),
                 );
                 (service, Some(replicator))
             }
@@ -159,7 +162,7 @@ impl Runtime {
                 metrics: metrics.clone(),
             }),
             _ => {
-                let owing = crate::settle_outboxes(&router, &storage, None)
+                let owing = tidings_actors::settle_outboxes(&router, &storage, None)
                     .map_err(StartError::Outboxes)?;
                 if owing > 0 {
                     tracing::info!(owing, "finishing conversations' index changes");

@@ -13,7 +13,7 @@
 use openraft::{BasicNode, LogId, StoredMembership};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{keys, Cf, Storage, StorageError, View, Write, WriteSet};
+use tidings_actors::storage::{keys, Cf, Storage, StorageError, View, Write, WriteSet};
 
 /// One shard's state as of `applied`.
 #[derive(Debug, Serialize, Deserialize)]

@@ -54,15 +54,15 @@ use ractor::rpc::CallResult;
 use ractor::ActorRef;
 use rand::Rng;
 use serde::Serialize;
+use tidings_actors::codec;
+use tidings_actors::messages::RouterMsg;
+use tidings_actors::router::Routes;
+use tidings_actors::shard::{ShardId, SHARDS};
+use tidings_actors::storage::{keys, Cf, ReplicatedLog, Storage, StorageError, WriteSet};
 use tokio::sync::watch;
 
-use crate::cluster::peer::PeerMsg;
-use crate::cluster::{Agreement, Peers};
-use crate::codec;
-use crate::messages::RouterMsg;
-use crate::router::Routes;
-use crate::shard::{ShardId, SHARDS};
-use crate::storage::{keys, Cf, ReplicatedLog, Storage, StorageError, WriteSet};
+use crate::peer::PeerMsg;
+use crate::{Agreement, Peers};
 use network::{Network, RaftRequest, RaftResponse};
 use rejoin::{Answer, Knock, Verdict};
 use store::ShardStore;
@@ -677,7 +677,7 @@ impl Replicator {
                     // Index changes an earlier leader left owing.
                     let router = self.inner.routes.router();
                     if let Err(err) =
-                        crate::settle_outboxes(router, &self.inner.storage, Some(shard))
+                        tidings_actors::settle_outboxes(router, &self.inner.storage, Some(shard))
                     {
                         tracing::error!(shard = shard.0, error = %err, "reading outboxes failed");
                     }

@@ -10,11 +10,11 @@ use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::RactorMessage;
 use ractor_cluster::{NodeEventSubscription, NodeServerMessage, NodeSessionMessage};
 use rand::Rng;
+use tidings_actors::entity::now_ms;
 
 use super::link::{self, Gate, LinkError};
 use super::peer::{Hello, PeerMsg, GROUP};
 use super::{ClusterConfig, ClusterView, NodeState, NodeView, Peers};
-use crate::entity::now_ms;
 
 /// Shortest and longest wait before dialling a peer again.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);

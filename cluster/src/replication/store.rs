@@ -32,12 +32,12 @@ use openraft::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 
+use tidings_actors::codec;
+use tidings_actors::storage::{keys, Cf, Storage, Write, WriteSet};
 use tokio::sync::watch;
 
 use super::snapshot::{self, Positions, ShardDump, SnapshotError};
 use super::TypeConfig;
-use crate::codec;
-use crate::storage::{keys, Cf, Storage, Write, WriteSet};
 
 type Result<T> = std::result::Result<T, StorageError<u64>>;
 
@@ -491,8 +491,8 @@ mod tests {
 
     use super::ShardStore;
     use crate::replication::TypeConfig;
-    use crate::shard::shard_of;
-    use crate::storage::{keys, Cf, Storage, WriteSet};
+    use tidings_actors::shard::shard_of;
+    use tidings_actors::storage::{keys, Cf, Storage, WriteSet};
 
     struct Builder;
 

@@ -21,11 +21,11 @@ use openraft::raft::{
 use openraft::BasicNode;
 use ractor::rpc::CallResult;
 use serde::{Deserialize, Serialize};
+use tidings_actors::codec;
 
 use super::TypeConfig;
-use crate::cluster::peer::PeerMsg;
-use crate::cluster::Peers;
-use crate::codec;
+use crate::peer::PeerMsg;
+use crate::Peers;
 
 /// A Raft request for one shard, as it crosses nodes.
 #[derive(Serialize, Deserialize)]

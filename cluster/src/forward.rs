@@ -1,9 +1,10 @@
-//! Requests for an entity, in a form that crosses nodes.
+//! Commands for an entity, across nodes: the cluster's [`Placement`] of the
+//! core's commands.
 //!
-//! In a cluster a node serves a request itself only if it leads the
+//! In a cluster a node serves a command itself only if it leads the
 //! entity's shard; otherwise it forwards the [`Command`] to the leader's
-//! peer actor, which runs it through its own service and sends the
-//! [`Answer`] back. A node that turns out not to lead the shard says
+//! peer actor, which runs it through its own service ([`serve`]) and sends
+//! the [`Answer`] back. A node that turns out not to lead the shard says
 //! [`Forwarded::NotLeader`] without running anything, naming the leader it
 //! knows, and the sender asks again where the leader is.
 //!
@@ -13,13 +14,18 @@
 
 use std::time::Duration;
 
+use futures_util::future::{join_all, BoxFuture};
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
+use tidings_actors::command::{Answer, Command};
+use tidings_actors::remote::{Placed, Placement};
+use tidings_actors::Service;
+use tidings_protocol::frames::PresenceInfo;
 use tidings_protocol::{ErrorFrame, UserId};
 
-use crate::cluster::peer::PeerMsg;
-use crate::command::{Answer, Command};
+use crate::peer::PeerMsg;
+use crate::replication::{Replicator, Route};
 
 /// A forwarded request's outcome, as the serving node reports it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -91,4 +97,67 @@ pub async fn presence(
         }
         _ => None,
     }
+}
+
+impl Placement for Replicator {
+    fn place<'a>(&'a self, command: &'a Command, wait: Duration) -> BoxFuture<'a, Placed> {
+        Box::pin(async move {
+            let shard = command.shard();
+            match self.route(shard).await {
+                Route::Local => Placed::Here,
+                Route::Remote(leader) => match forward(&leader, command, wait).await {
+                    Outcome::Ran(result) => Placed::Ran(result),
+                    Outcome::Retry(leader) => {
+                        self.note_leader(shard, leader);
+                        Placed::NoLeader
+                    }
+                    Outcome::Lost => Placed::Lost,
+                },
+                Route::Unknown => Placed::NoLeader,
+            }
+        })
+    }
+
+    fn presence_elsewhere<'a>(
+        &'a self,
+        users: &'a [UserId],
+        wait: Duration,
+    ) -> BoxFuture<'a, Vec<Vec<PresenceInfo>>> {
+        Box::pin(async move {
+            let asks = self
+                .peers()
+                .all()
+                .into_iter()
+                .map(|peer| presence(peer, users, wait));
+            join_all(asks).await.into_iter().flatten().collect()
+        })
+    }
+}
+
+/// Serves a command another node forwarded here, if this node leads its
+/// shard; the encoded [`Forwarded`] answer.
+pub async fn serve(replicator: &Replicator, service: &Service, bytes: &[u8]) -> Vec<u8> {
+    let answer = match serde_json::from_slice::<Command>(bytes) {
+        Err(err) => Forwarded::Ran(Err(ErrorFrame::bad_request(format!(
+            "undecodable forwarded request: {err}"
+        )))),
+        Ok(command) => match replicator.route(command.shard()).await {
+            Route::Local => Forwarded::Ran(service.run_here(command).await),
+            _ => Forwarded::NotLeader {
+                leader: replicator.leader_of(command.shard()),
+            },
+        },
+    };
+    serde_json::to_vec(&answer).unwrap_or_default()
+}
+
+/// Answers another node's presence question about the devices here.
+pub fn serve_presence(service: &Service, bytes: &[u8]) -> Vec<u8> {
+    let infos = match serde_json::from_slice::<Vec<UserId>>(bytes) {
+        Ok(users) if users.len() <= tidings_protocol::MAX_PRESENCE_USERS => {
+            service.local_presence(&users)
+        }
+        _ => Vec::new(),
+    };
+    serde_json::to_vec(&infos).unwrap_or_default()
 }

@@ -20,10 +20,10 @@ use std::sync::{Mutex, RwLock};
 
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
+use tidings_actors::codec;
 use tidings_protocol::UserId;
 
-use crate::cluster::peer::PeerMsg;
-use crate::codec;
+use crate::peer::PeerMsg;
 
 /// What one node tells another about its users.
 #[derive(Debug, Serialize, Deserialize)]
