@@ -14,11 +14,56 @@
 
 use serde::{Deserialize, Serialize};
 use tidings_protocol::frames::{ConvSummary, SyncedConv, SyncedNotifications};
-use tidings_protocol::{Cmid, ConvId, UserId};
+use tidings_protocol::{Cmid, ConvId, Event, UserId};
 
-use crate::messages::{Ack, Created, HistoryPage, Page};
 use crate::shard::{shard_of, ShardId};
 use crate::storage::records::IndexEntry;
+
+/// A conversation was created or opened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Created {
+    pub conv: ConvId,
+    pub version: u64,
+}
+
+/// A write was accepted and is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub conv: ConvId,
+    pub version: u64,
+    pub ts: u64,
+    /// `Some` on sends: whether the cmid had been accepted before.
+    pub dup: Option<bool>,
+}
+
+/// A page of a conversation's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub conv: ConvId,
+    pub version: u64,
+    pub events: Vec<Event>,
+    /// The page was cut at the reply's byte bound: more events follow in
+    /// the direction it pages.
+    #[serde(default)]
+    pub more: bool,
+}
+
+/// Which part of a log a history request wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    pub after: Option<u64>,
+    pub before: Option<u64>,
+    pub limit: u32,
+    /// The most JSON bytes of events the page may carry (at least one
+    /// event goes in).
+    #[serde(default = "default_reply_bytes")]
+    pub max_bytes: usize,
+}
+
+/// The byte bound of a request from a node that named none.
+pub fn default_reply_bytes() -> usize {
+    crate::budget::DEFAULT_MAX_REPLY_BYTES
+}
 
 /// A command for one entity.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,7 +128,7 @@ pub enum ConvCommand {
         after: Option<u64>,
         limit: u32,
         /// The most JSON bytes of events to carry (at least one goes in).
-        #[serde(default = "crate::messages::default_reply_bytes")]
+        #[serde(default = "default_reply_bytes")]
         max_bytes: usize,
     },
     /// Answered [`Answer::Done`] at once; the other members' devices get
@@ -127,7 +172,7 @@ pub enum UserCommand {
         limit: u32,
         /// The most JSON bytes of notifications to carry (at least one
         /// goes in).
-        #[serde(default = "crate::messages::default_reply_bytes")]
+        #[serde(default = "default_reply_bytes")]
         max_bytes: usize,
     },
     /// The conversations the user is a member of.

@@ -16,17 +16,17 @@ use tidings_protocol::frames::{ConvSummary, SyncedConv};
 use tidings_protocol::{Cmid, ConvId, ErrorCode, ErrorFrame, Event, ServerFrame, UserId};
 
 use crate::budget::{cut, page, Budget, Keep};
-use crate::command::{Answer, ConvCommand};
+use crate::command::{Ack, Answer, ConvCommand, Created, HistoryPage, Page};
 use crate::directory::{Directory, Fanout};
-use crate::entity::{now_ms, EntityArgs, IdleClock};
-use crate::messages::{Ack, ConvMsg, Created, EntityKey, HistoryPage, Page, RouterMsg};
+use crate::entity::{commit_failed, now_ms, EntityArgs, IdleClock};
+use crate::index::Indexes;
+use crate::messages::{ConvMsg, EntityKey, RouterMsg};
 use crate::metrics::Metrics;
-use crate::service::Service;
 use crate::shard::{shard_of, ShardId};
 use crate::storage::records::{
     CmidRecord, ConvMeta, IndexOutbox, MessageState, StoredEvent, StoredKind,
 };
-use crate::storage::{keys, Cf, Storage, StorageError, WriteSet};
+use crate::storage::{keys, Cf, Storage, WriteSet};
 
 use rules::Refusal;
 
@@ -60,7 +60,7 @@ pub struct Conversation {
     audience_since: u64,
     /// When to try the outbox again after a failure.
     outbox_retry: Instant,
-    service: Option<Service>,
+    indexes: Option<Arc<dyn Indexes>>,
 }
 
 type Result<T> = std::result::Result<T, ErrorFrame>;
@@ -119,7 +119,7 @@ impl Actor for ConversationActor {
             outbox,
             outbox_sent: false,
             outbox_retry: Instant::now(),
-            service: args.service,
+            indexes: args.indexes,
         })
     }
 
@@ -172,21 +172,6 @@ impl Actor for ConversationActor {
 fn internal(err: impl std::fmt::Display) -> ErrorFrame {
     tracing::error!(error = %err, "conversation storage failed");
     ErrorFrame::new(ErrorCode::Internal, "storage failed; nothing was written")
-}
-
-/// The client's error for a failed commit. A local write that failed wrote
-/// nothing; a replicated one may yet be committed, so the client is told to
-/// retry with the same `cmid`, which cannot apply it twice.
-pub(crate) fn commit_failed(err: StorageError) -> ErrorFrame {
-    if err.leaves_state_unknown() {
-        tracing::warn!(error = %err, "write not confirmed");
-        ErrorFrame::new(
-            ErrorCode::Unavailable,
-            "the write was not confirmed; retry it (with the same cmid)",
-        )
-    } else {
-        internal(err)
-    }
 }
 
 /// The error for a conversation that does not exist: the actor's, and the
@@ -371,7 +356,7 @@ impl Conversation {
     /// tick. Every change carries its version, so a late or repeated one
     /// changes nothing.
     async fn send_outbox(&mut self) {
-        let Some(service) = &self.service else {
+        let Some(indexes) = &self.indexes else {
             return;
         };
         if self.outbox.changes.is_empty() {
@@ -381,9 +366,9 @@ impl Conversation {
             self.outbox
                 .changes
                 .iter()
-                .map(|change| service.index(&change.user, &self.id, change.entry)),
+                .map(|change| indexes.index(&change.user, &self.id, change.entry)),
         );
-        let wait = service.timeout() / 2;
+        let wait = indexes.timeout() / 2;
         match tokio::time::timeout(wait, writes).await {
             Ok(results) if results.iter().all(Result::is_ok) => self.outbox_sent = true,
             outcome => {

@@ -6,11 +6,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{ActorId, ActorRef};
 
+use tidings_protocol::{ErrorCode, ErrorFrame};
+
 use crate::directory::Directory;
+use crate::index::Indexes;
 use crate::messages::{EntityKey, RouterMsg};
 use crate::metrics::Metrics;
-use crate::service::Service;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 
 /// Settings of entity actors and connections.
 #[derive(Debug, Clone)]
@@ -40,8 +42,25 @@ pub struct EntityArgs<Id> {
     pub directory: Directory,
     pub config: EntityConfig,
     pub metrics: Arc<Metrics>,
-    /// How an entity reaches another one, on this node or where it is led.
-    pub service: Option<Service>,
+    /// How a conversation writes its members' indexes, on this node or
+    /// where their shards are led.
+    pub indexes: Option<Arc<dyn Indexes>>,
+}
+
+/// The client's error for a failed commit. A local write that failed wrote
+/// nothing; a replicated one may yet be committed, so the client is told to
+/// retry with the same `cmid`, which cannot apply it twice.
+pub(crate) fn commit_failed(err: StorageError) -> ErrorFrame {
+    if err.leaves_state_unknown() {
+        tracing::warn!(error = %err, "write not confirmed");
+        ErrorFrame::new(
+            ErrorCode::Unavailable,
+            "the write was not confirmed; retry it (with the same cmid)",
+        )
+    } else {
+        tracing::error!(error = %err, "entity storage failed");
+        ErrorFrame::new(ErrorCode::Internal, "storage failed; nothing was written")
+    }
 }
 
 /// Counts the requests handled (each counted in the router's table when

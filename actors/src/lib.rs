@@ -54,6 +54,7 @@ pub mod connection;
 pub mod conversation;
 pub mod directory;
 pub mod entity;
+pub mod index;
 pub mod messages;
 pub mod metrics;
 pub mod outbound;

@@ -4,61 +4,15 @@
 
 use ractor::{ActorId, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use tidings_protocol::{ConvId, ErrorFrame, Event, UserId};
+use tidings_protocol::{ConvId, ErrorFrame, UserId};
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::command::{Answer, ConvCommand, UserCommand};
-use crate::service::Service;
+use crate::index::Indexes;
 
 /// A reply that is either what was asked or a client-safe error.
 pub type Reply<T> = RpcReplyPort<Result<T, ErrorFrame>>;
-
-/// A conversation was created or opened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Created {
-    pub conv: ConvId,
-    pub version: u64,
-}
-
-/// A write was accepted and is durable.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ack {
-    pub conv: ConvId,
-    pub version: u64,
-    pub ts: u64,
-    /// `Some` on sends: whether the cmid had been accepted before.
-    pub dup: Option<bool>,
-}
-
-/// A page of a conversation's log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryPage {
-    pub conv: ConvId,
-    pub version: u64,
-    pub events: Vec<Event>,
-    /// The page was cut at the reply's byte bound: more events follow in
-    /// the direction it pages.
-    #[serde(default)]
-    pub more: bool,
-}
-
-/// Which part of a log a history request wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Page {
-    pub after: Option<u64>,
-    pub before: Option<u64>,
-    pub limit: u32,
-    /// The most JSON bytes of events the page may carry (at least one
-    /// event goes in).
-    #[serde(default = "default_reply_bytes")]
-    pub max_bytes: usize,
-}
-
-/// The byte bound of a request from a node that named none.
-pub fn default_reply_bytes() -> usize {
-    crate::budget::DEFAULT_MAX_REPLY_BYTES
-}
 
 /// What a conversation actor is asked.
 #[derive(RactorMessage)]
@@ -110,8 +64,8 @@ pub enum RouterMsg {
     /// In a cluster: a link to another node was lost with whatever was on
     /// it; every device here is told to sync.
     Resync,
-    /// The service entity actors use to reach other entities (a
-    /// conversation writing its members' indexes), wherever they are led.
-    /// Sent once at start, before any request.
-    Serve(Service),
+    /// How conversations write their members' indexes (the service),
+    /// wherever those shards are led. Sent once at start, before any
+    /// request.
+    Serve(Arc<dyn Indexes>),
 }

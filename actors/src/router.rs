@@ -28,9 +28,9 @@ use crate::command::{Answer, ConvCommand};
 use crate::conversation::{no_such_conversation, ConversationActor};
 use crate::directory::Directory;
 use crate::entity::{tick_every, EntityArgs, EntityConfig};
+use crate::index::Indexes;
 use crate::messages::{ConvMsg, EntityKey, RouterMsg, UserMsg};
 use crate::metrics::Metrics;
-use crate::service::Service;
 use crate::shard::{shard_of, ShardId};
 use crate::storage::{keys, Cf, Storage};
 use crate::user::UserActor;
@@ -203,7 +203,7 @@ pub struct RouterState {
     storage: Storage,
     config: EntityConfig,
     metrics: Arc<Metrics>,
-    service: Option<Service>,
+    indexes: Option<Arc<dyn Indexes>>,
 }
 
 impl RouterState {
@@ -215,7 +215,7 @@ impl RouterState {
             directory: self.directory.clone(),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
-            service: self.service.clone(),
+            indexes: self.indexes.clone(),
         }
     }
 
@@ -307,7 +307,7 @@ impl Actor for Router {
             storage: args.storage,
             config: args.config,
             metrics: args.metrics,
-            service: None,
+            indexes: None,
         })
     }
 
@@ -348,7 +348,7 @@ impl Actor for Router {
                     let _ = slot.actor.send_message(UserMsg::Tick);
                 }
             }
-            RouterMsg::Serve(service) => state.service = Some(service),
+            RouterMsg::Serve(indexes) => state.indexes = Some(indexes),
             RouterMsg::Resync => {
                 let frame = ServerFrame::Resync.push().to_json().into();
                 state.directory.deliver_everyone(&frame, &state.metrics);

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
+use futures_util::future::{join_all, BoxFuture};
 use rand::distr::{Alphanumeric, SampleString};
 use tidings_protocol::frames::{
     validate_limit, validate_members, validate_title, ConvSummary, PresenceInfo, SyncedConv,
@@ -29,9 +29,10 @@ use tidings_protocol::{
 use tokio::sync::oneshot;
 
 use crate::budget::{cut, fit_conv, json_len, Budget, Keep, DEFAULT_MAX_REPLY_BYTES};
-use crate::command::{Answer, Command, ConvCommand, UserCommand};
+use crate::command::{Ack, Answer, Command, ConvCommand, Created, HistoryPage, Page, UserCommand};
 use crate::directory::{Directory, Subscription};
-use crate::messages::{Ack, ConvMsg, Created, HistoryPage, Page, UserMsg};
+use crate::index::Indexes;
+use crate::messages::{ConvMsg, UserMsg};
 use crate::outbound::Outbound;
 use crate::remote::{Placed, Placement};
 use crate::router::Routes;
@@ -737,6 +738,23 @@ impl Service {
             }
         };
         Ok(Some(reply))
+    }
+}
+
+/// Conversations write their members' indexes through the service, so
+/// that each write goes where the user's shard is led.
+impl Indexes for Service {
+    fn index<'a>(
+        &'a self,
+        user: &'a UserId,
+        conv: &'a ConvId,
+        entry: IndexEntry,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Service::index(self, user, conv, entry))
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 

@@ -167,7 +167,7 @@ impl User {
         self.storage
             .commit(self.shard, writes)
             .await
-            .map_err(crate::conversation::commit_failed)?;
+            .map_err(crate::entity::commit_failed)?;
         self.meta = meta;
         self.metrics.notifications_committed.inc();
         let frame = ServerFrame::Notification(Notification {
@@ -264,7 +264,7 @@ impl User {
         self.storage
             .commit(self.shard, writes)
             .await
-            .map_err(crate::conversation::commit_failed)
+            .map_err(crate::entity::commit_failed)
     }
 
     /// The users this user has blocked. Read from storage, like the index:
@@ -297,7 +297,7 @@ impl User {
         self.storage
             .commit(self.shard, writes)
             .await
-            .map_err(crate::conversation::commit_failed)?;
+            .map_err(crate::entity::commit_failed)?;
         tracing::debug!(user = %self.id, other = %user, block, "block list changed");
         Ok(())
     }

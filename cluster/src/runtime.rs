@@ -153,7 +153,7 @@ impl Runtime {
         let service = service.with_max_reply_bytes(config.max_reply_bytes);
         // Before any request: entities reach each other through the service
         // (in a cluster, where their shards are led).
-        let _ = router.cast(RouterMsg::Serve(service.clone()));
+        let _ = router.cast(RouterMsg::Serve(Arc::new(service.clone())));
         match (&cluster, &replicator) {
             (Some(cluster), Some(replicator)) => cluster.serve(Handlers {
                 replicator: replicator.clone(),
