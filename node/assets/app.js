@@ -18,6 +18,7 @@ const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 15000;
 const REQUEST_TIMEOUT_MS = 10000;
 const HEARTBEAT_EVERY_MS = 20000;
+const MAX_SYNC_ROUNDS = 100;       // `sync` again while a reply says `more`, at most this often
 const REFRESH_MARGIN_MS = 60000;   // refresh this long before the token expires
 const REFRESH_RETRY_MS = 5000;
 const PRESENCE_EVERY_MS = 10000;
@@ -253,29 +254,35 @@ function onFrame(frame) {
 
 // After every (re)connect: merge what was missed, then resend what was never
 // acknowledged. Returns how many messages arrived that this page had missed.
+// A `synced` reply cut at the node's byte bound says `more`: conversations
+// with events to deliver were left out, so the page syncs again with the
+// versions it now has (each round delivers at least one of them).
 async function resume() {
-  const seen = {};
-  for (const conv of state.convs.values()) if (conv.seen > 0) seen[conv.id] = conv.seen;
-  const synced = await request({
-    type: 'sync', convs: seen, notifications: state.notificationsSeen, limit: PAGE_SIZE,
-  });
   let caughtUp = 0;
-  for (const summary of synced.convs) {
-    const conv = ensureConv(summary.conv);
-    mergeSummary(conv, summary);
-    const named = Object.hasOwn(seen, summary.conv);
-    const applied = applyEvents(summary.events, { countUnread: named });
-    if (named) {
-      caughtUp += applied;
-      if (summary.more && summary.events.length > 0) {
-        const after = summary.events[summary.events.length - 1].version;
-        caughtUp += await pageForward(conv, after, summary.version);
+  for (let round = 0; round < MAX_SYNC_ROUNDS; round += 1) {
+    const seen = {};
+    for (const conv of state.convs.values()) if (conv.seen > 0) seen[conv.id] = conv.seen;
+    const synced = await request({
+      type: 'sync', convs: seen, notifications: state.notificationsSeen, limit: PAGE_SIZE,
+    });
+    for (const summary of synced.convs) {
+      const conv = ensureConv(summary.conv);
+      mergeSummary(conv, summary);
+      const named = Object.hasOwn(seen, summary.conv);
+      const applied = applyEvents(summary.events, { countUnread: named });
+      if (named) {
+        caughtUp += applied;
+        if (summary.more && summary.events.length > 0) {
+          const after = summary.events[summary.events.length - 1].version;
+          caughtUp += await pageForward(conv, after, summary.version);
+        }
       }
+      // A conversation new to this page that has more: older pages load on scroll.
     }
-    // A conversation new to this page that has more: older pages load on scroll.
+    synced.notifications.events.forEach(applyNotification);
+    if (synced.notifications.more) await loadMoreNotifications();
+    if (!synced.more) break;
   }
-  synced.notifications.events.forEach(applyNotification);
-  if (synced.notifications.more) await loadMoreNotifications();
   await refreshConvList();
   for (const [cmid, p] of state.pending) if (!p.acked) transmit(cmid);
   refreshPresence();

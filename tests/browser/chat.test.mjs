@@ -1,7 +1,9 @@
 // The web chat page in headless Chromium against the real `tidings` binary:
 // two users and a second device of one of them chat in a group, an edit
 // conflict shows both versions, a device that was offline catches up with
-// exactly what it missed, and history pages in as the list scrolls up.
+// exactly what it missed (also past the node's reply byte bound), history
+// pages in as the list scrolls up, and the page's token is refreshed on its
+// open socket.
 //
 // Run by `make browser-test` (TIDINGS_BIN points at the built binary):
 //   TIDINGS_BIN=path/to/tidings node --test
@@ -348,5 +350,51 @@ test('the page refreshes its token on the open socket, which outlives the first 
   } finally {
     assert.equal(await stopNode(short.proc), 0, 'the second node exits 0 on SIGTERM');
     rmSync(short.dir, { recursive: true, force: true });
+  }
+});
+
+test('a page that was offline gets everything it missed, past the reply byte bound', { timeout: 120000 }, async () => {
+  // Replies of 32 KiB at most: what a page missed in a dozen conversations
+  // (10 KB each) does not fit in one `synced`, which then says `more`.
+  const small = await spawnNode(['--max-reply-bytes', '32768'], 'tidings-browser-more-node.log');
+  try {
+    const fran = await device('fran', small.base);
+    const res = await fetch(new URL('/v1/dev/token', small.base), {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ user: 'gus' }),
+    });
+    const gus = (await res.json()).token;
+    const call = async (path, body) => {
+      const r = await fetch(new URL(path, small.base), {
+        method: 'POST',
+        headers: { authorization: `Bearer ${gus}`, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      const text = await r.text();
+      assert.ok(r.ok, `${path}: HTTP ${r.status} ${text}`);
+      return JSON.parse(text);
+    };
+    const names = 'abcdefghijkl'.split('').map((c) => `room ${c}`);
+    const convs = [];
+    for (const title of names) convs.push((await call('/v1/conversations', { members: ['fran'], title })).conv);
+    for (const title of names) {
+      await fran.page.getByTestId('conv-item').filter({ hasText: exactly(title) }).waitFor();
+    }
+    await fran.context.setOffline(true);
+    await fran.page.locator('[data-testid=banner][data-state=offline]').waitFor();
+    for (const [i, conv] of convs.entries()) {
+      await call(`/v1/conversations/${encodeURIComponent(conv)}/messages`, { body: `missed in ${names[i]} ${'x'.repeat(10000)}` });
+    }
+    await fran.context.setOffline(false);
+    await connected(fran.page);
+    for (const title of names) {
+      await openConv(fran, title);
+      await fran.page.locator('[data-testid=message][data-version]')
+        .filter({ has: fran.page.getByTestId('message-text').filter({ hasText: new RegExp(`^missed in ${title} x+$`) }) })
+        .waitFor();
+    }
+    await fran.context.close();
+  } finally {
+    assert.equal(await stopNode(small.proc), 0, 'the third node exits 0 on SIGTERM');
+    rmSync(small.dir, { recursive: true, force: true });
   }
 });
