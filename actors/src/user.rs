@@ -22,6 +22,8 @@ use crate::shard::{shard_of, ShardId};
 use crate::storage::records::{BlockList, IndexEntry, StoredNotification, UserMeta};
 use crate::storage::{keys, Cf, Storage, WriteSet};
 
+pub mod rules;
+
 pub struct UserActor;
 
 pub struct User {
@@ -146,14 +148,11 @@ impl User {
 
     async fn notify(&mut self, payload: serde_json::Value) -> Result<u64> {
         self.refresh()?;
-        let version = self.meta.notification_version + 1;
+        let (version, meta) = rules::next_notification(&self.meta);
         let ts = now_ms();
         let record = StoredNotification {
             ts,
             payload: payload.to_string(),
-        };
-        let meta = UserMeta {
-            notification_version: version,
         };
         let user = self.id.as_str();
         let mut writes = WriteSet::default();
@@ -239,7 +238,7 @@ impl User {
         Ok(entries
             .into_iter()
             // An entry from before entries had versions means "member".
-            .filter(|(_, entry)| entry.is_none_or(|e| e.member))
+            .filter(|(_, entry)| rules::listed(*entry))
             .filter_map(|(name, _)| ConvId::try_from(name).ok())
             .collect())
     }
@@ -256,7 +255,7 @@ impl User {
             .map_err(internal)?
             .and_then(|bytes| crate::codec::decode::<IndexEntry>(&bytes).ok());
         // A legacy entry (no version) reads as none and is replaced.
-        if current.is_some_and(|c| c.version > entry.version || c == entry) {
+        if !rules::index_changes(current, entry) {
             return Ok(());
         }
         let mut writes = WriteSet::default();
@@ -280,16 +279,11 @@ impl User {
     /// Blocks or unblocks `user`, durably in this user's shard; a change
     /// that changes nothing writes nothing.
     async fn block(&mut self, user: UserId, block: bool) -> Result<()> {
-        let mut list = self.block_list()?;
-        let changed = if block {
-            list.block(&self.id, user.clone())
-                .map_err(|err| ErrorFrame::bad_request(err.to_string()))?
-        } else {
-            list.unblock(&user)
-        };
-        if !changed {
+        let list = rules::block(self.block_list()?, &self.id, user.clone(), block)
+            .map_err(|err| ErrorFrame::bad_request(err.to_string()))?;
+        let Some(list) = list else {
             return Ok(());
-        }
+        };
         let mut writes = WriteSet::default();
         writes
             .put(Cf::UserMeta, keys::block_list(self.id.as_str()), &list)
