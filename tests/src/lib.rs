@@ -55,6 +55,11 @@ impl TestNode {
     /// Starts a node after `adjust` changes its configuration.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestNode {
         let dir = tempfile::tempdir().expect("temporary directory");
+        TestNode::start_in(dir, adjust).await
+    }
+
+    /// Starts a node on port 0 over the data directory `dir`.
+    async fn start_in(dir: TempDir, adjust: impl FnOnce(&mut Config)) -> TestNode {
         let mut config = config(dir.path());
         adjust(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -90,16 +95,7 @@ impl TestNode {
     /// directory, with the test configuration (on a new port).
     pub async fn restart(mut self) -> TestNode {
         self.shutdown().await;
-        let dir = self.dir;
-        let config = config(dir.path());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = Node::start(config, listener).await.expect("node restarts");
-        let addr = node.local_addr();
-        TestNode {
-            node: Some(node),
-            addr,
-            dir,
-        }
+        TestNode::start_in(self.dir, |_| {}).await
     }
 }
 
