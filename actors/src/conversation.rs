@@ -595,12 +595,7 @@ impl Conversation {
         let meta = self.member_meta(&by)?;
         let ts = now_ms();
         let Some(change) = rules::change_members(&self.id, meta, &by, add, remove)? else {
-            return Ok(Ack {
-                conv: self.id.clone(),
-                version: meta.version,
-                ts,
-                dup: None,
-            });
+            return Ok(self.ack(meta.version, ts));
         };
         let meta = ConvMeta {
             members: change.members,
@@ -634,12 +629,7 @@ impl Conversation {
             events.push((event, joined));
         }
         let versions = self.commit_members(meta, events, outbox).await?;
-        Ok(Ack {
-            conv: self.id.clone(),
-            version: *versions.last().expect("at least one event"),
-            ts,
-            dup: None,
-        })
+        Ok(self.ack(*versions.last().expect("at least one event"), ts))
     }
 
     /// A member gives the group a new title: a `title` event to every
@@ -649,12 +639,7 @@ impl Conversation {
         let meta = self.member_meta(&by)?;
         let ts = now_ms();
         let Some(renamed) = rules::rename(&self.id, meta, title.clone())? else {
-            return Ok(Ack {
-                conv: self.id.clone(),
-                version: meta.version,
-                ts,
-                dup: None,
-            });
+            return Ok(self.ack(meta.version, ts));
         };
         let event = StoredEvent {
             ts,
@@ -665,12 +650,18 @@ impl Conversation {
         let versions = self
             .commit(Some(renamed), vec![(event, audience)], WriteSet::default())
             .await?;
-        Ok(Ack {
+        Ok(self.ack(versions[0], ts))
+    }
+
+    /// The ack of a write (not a send) that left the conversation at
+    /// `version`.
+    fn ack(&self, version: u64, ts: u64) -> Ack {
+        Ack {
             conv: self.id.clone(),
-            version: versions[0],
+            version,
             ts,
             dup: None,
-        })
+        }
     }
 
     fn events(&self, after: u64, before: u64, limit: u32, from_end: bool) -> Result<Vec<Event>> {
