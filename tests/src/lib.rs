@@ -171,10 +171,24 @@ impl Ws {
     /// Connects and returns once a `sync` is answered. The node subscribes
     /// a connection a moment after the upgrade; the reply to `sync` is built
     /// after that, so no push to this user after this returns is missed.
+    ///
+    /// A `sync` answered `unavailable` is asked again, as the protocol
+    /// says to: in a cluster one of the user's shards may be between
+    /// leaders (a node was just killed, say). Bounded by a deadline.
     pub async fn subscribed(url: &str, token: &str) -> Ws {
         let mut ws = Ws::connect(url, token).await.unwrap();
-        ws.ok(json!({"type":"sync"}), "synced").await;
-        ws
+        let deadline = tokio::time::Instant::now() + 3 * WAIT;
+        loop {
+            let reply = ws.request(json!({"type":"sync"})).await;
+            if reply["type"] == "synced" {
+                return ws;
+            }
+            assert!(
+                reply["code"] == "unavailable" && tokio::time::Instant::now() < deadline,
+                "sync got {reply}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
