@@ -1,9 +1,12 @@
-//! The connection actor: one per WebSocket.
+//! A connection: one per WebSocket, owned by the socket's reader.
 //!
-//! It subscribes its device to its user's fan-out list when it starts, so
+//! It subscribes its device to its user's fan-out list when it opens, so
 //! pushes begin as soon as the connection is open (the list is in the
-//! [`crate::directory`]; the device leaves it when the actor stops), and
-//! serves the client's frames one at a time, in order. Replies and pushes
+//! [`crate::directory`]; the device leaves it when the connection is
+//! dropped), and serves the client's frames one at a time, in order: the
+//! reader awaits each before it reads the next. (It is not an actor: its
+//! one caller awaited every call, so a mailbox only added a hop and a
+//! task per socket.) Replies and pushes
 //! share the connection's bounded outbound queue ([`crate::outbound`]). A
 //! token bucket limits how fast one connection may send: every frame
 //! takes a token before anything else is done with it, malformed, binary,
@@ -19,8 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use ractor_cluster::RactorMessage;
 use tidings_protocol::{ClientEnvelope, ClientFrame, ErrorCode, ErrorFrame, ServerFrame, UserId};
 
 use crate::directory::Subscription;
@@ -124,8 +125,6 @@ impl Expiry {
     }
 }
 
-pub struct ConnectionActor;
-
 pub struct ConnectionArgs {
     pub user: UserId,
     pub service: Service,
@@ -146,27 +145,20 @@ pub struct Connection {
     metrics: Arc<Metrics>,
     tokens: Arc<dyn TokenCheck>,
     expiry: Expiry,
-    /// Held for the connection's life: dropped with the state, however the
-    /// actor ends, it takes the device out of the fan-out list.
+    /// Held for the connection's life: dropped with it, however it ends, it
+    /// takes the device out of the fan-out list.
     _subscription: Subscription,
 }
 
 impl Drop for Connection {
-    /// However the actor ends (a stop, a failure, a panic), its socket is
-    /// closed with it: the device has just left the fan-out list, so the
-    /// socket would get no more pushes. After a normal stop the socket
+    /// However the connection ends (its socket closed, a panic), its socket
+    /// is closed with it: the device has just left the fan-out list, so the
+    /// socket would get no more pushes. After a normal end the socket
     /// reader has already asked for a close, and the first code asked wins.
     fn drop(&mut self) {
+        self.metrics.connections.dec();
         self.outbound.close(CLOSE_INTERNAL);
     }
-}
-
-/// A frame from the client; the reply port answers once it is served,
-/// so the socket reader reads the next frame only then.
-#[derive(RactorMessage)]
-pub struct Inbound {
-    pub frame: ClientData,
-    pub done: RpcReplyPort<()>,
 }
 
 /// What a client frame carried, as far as the connection needs to know.
@@ -181,19 +173,13 @@ pub enum ClientData {
     Pong,
 }
 
-impl Actor for ConnectionActor {
-    type Msg = Inbound;
-    type State = Connection;
-    type Arguments = ConnectionArgs;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Inbound>,
-        args: ConnectionArgs,
-    ) -> Result<Connection, ActorProcessingErr> {
+impl Connection {
+    /// Opens a connection for `args.user`'s device: subscribes it to the
+    /// user's fan-out list, so pushes begin at once.
+    pub fn open(args: ConnectionArgs) -> Connection {
         let subscription = args.service.subscribe(&args.user, args.outbound.clone());
         args.metrics.connections.inc();
-        Ok(Connection {
+        Connection {
             user: args.user,
             service: args.service,
             outbound: args.outbound,
@@ -202,32 +188,14 @@ impl Actor for ConnectionActor {
             tokens: args.tokens,
             expiry: args.expiry,
             _subscription: subscription,
-        })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Inbound>,
-        state: &mut Connection,
-    ) -> Result<(), ActorProcessingErr> {
-        state.metrics.connections.dec();
-        Ok(())
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Inbound>,
-        message: Inbound,
-        state: &mut Connection,
-    ) -> Result<(), ActorProcessingErr> {
-        state.serve(message.frame).await;
-        let _ = message.done.send(());
-        Ok(())
+        }
     }
 }
 
 impl Connection {
-    async fn serve(&mut self, data: ClientData) {
+    /// Serves one client frame: the socket's reader awaits it before it
+    /// reads the next, so frames are served one at a time, in order.
+    pub async fn serve(&mut self, data: ClientData) {
         self.metrics.frames_received.inc();
         // Counted before anything is read from the frame.
         let allowed = self.bucket.take(Instant::now());
@@ -261,7 +229,7 @@ impl Connection {
                     frame: ClientFrame::Refresh { token },
                 }) => (req, self.refresh(&token).map(Some)),
                 // Boxed: the service's future is large, and unboxed it would
-                // be part of every idle connection actor's task.
+                // be part of every idle connection's task.
                 Ok(envelope) => (
                     envelope.req,
                     Box::pin(self.service.handle(&self.user, envelope.frame)).await,

@@ -14,7 +14,7 @@
 //! need not run while the user is merely connected: it is started for the
 //! user's own log (notifications, the list of conversations) and stops when
 //! idle like every entity actor. An idle connection then costs its socket,
-//! its connection actor and one entry here. A delivery needs no place in the
+//! its connection (in its reader's task) and one entry here. A delivery needs no place in the
 //! router's idle accounting: the list does not depend on any actor.
 //! Order holds: one conversation actor pushes its events in version order
 //! into each queue.

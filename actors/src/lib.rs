@@ -19,9 +19,10 @@
 //! │                           owns one conversation's version counter and log
 //! └── UserActor × n           started on demand from storage, stopped when idle;
 //!                             owns the user's notification log and counter
-//! ConnectionActor × n         one per WebSocket; subscribes its device to the
-//!                             user's fan-out list (the directory) and serves
-//!                             the client's frames
+//! Connection × n              one per WebSocket, owned by its socket's reader
+//!                             (not an actor: its one caller awaits each frame);
+//!                             subscribes its device to the user's fan-out list
+//!                             (the directory) and serves the client's frames
 //! Storage                     one RocksDB, shared; a committer thread group-commits
 //! ```
 //!

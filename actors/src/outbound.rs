@@ -115,7 +115,7 @@ pub enum Refused {
     Closed,
 }
 
-/// The sending side, held by the connection actor and the directory.
+/// The sending side, held by the connection and the directory.
 #[derive(Clone)]
 pub struct Outbound {
     id: u64,

@@ -4,7 +4,7 @@
 //! of them:
 //!
 //! - [`client_frame`]: a client's text frame, parsed and validated as the
-//!   connection actor does before it serves it;
+//!   connection does before it serves it;
 //! - [`WsReader`]: raw client bytes after the upgrade, read by the node's
 //!   own WebSocket reader (`tidings_node::ws::read_client_bytes`), each text
 //!   frame handed on to [`client_frame`];
@@ -17,13 +17,11 @@
 //! (`tests/fuzz.rs`, run only there); every input that ever crashed one is
 //! a named test in `tests/regressions.rs`, which `make test` runs.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tidings_actors::codec;
 use tidings_actors::command::Command;
-use tidings_actors::connection::{ClientData, Inbound};
+use tidings_actors::connection::ClientData;
 use tidings_actors::directory::Directory;
 use tidings_actors::metrics::Metrics;
 use tidings_actors::outbound;
@@ -68,43 +66,26 @@ pub fn client_frame(text: &str) {
     }
 }
 
-/// Stands in for the connection actor: takes each text frame the reader
-/// hands over, keeps it, and answers at once.
-struct Collector;
+/// Stands in for the connection: keeps each text frame the reader hands
+/// over, and is done with it at once.
+#[derive(Default)]
+struct Collector {
+    texts: Vec<String>,
+}
 
-impl Actor for Collector {
-    type Msg = Inbound;
-    type State = Arc<Mutex<Vec<String>>>;
-    type Arguments = Arc<Mutex<Vec<String>>>;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Inbound>,
-        texts: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(texts)
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Inbound>,
-        message: Inbound,
-        texts: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if let ClientData::Text(text) = message.frame {
-            texts.lock().expect("collector lock").push(text);
+impl tidings_node::ws::Serves for Collector {
+    fn serve(&mut self, data: ClientData) -> futures_util::future::BoxFuture<'_, ()> {
+        if let ClientData::Text(text) = data {
+            self.texts.push(text);
         }
-        let _ = message.done.send(());
-        Ok(())
+        Box::pin(std::future::ready(()))
     }
 }
 
-/// The node's WebSocket reader over bytes in memory, on one runtime and
-/// one stand-in connection actor for every input.
+/// The node's WebSocket reader over bytes in memory, on one runtime for
+/// every input, with a stand-in connection.
 pub struct WsReader {
     runtime: tokio::runtime::Runtime,
-    connection: ActorRef<Inbound>,
-    texts: Arc<Mutex<Vec<String>>>,
 }
 
 impl Default for WsReader {
@@ -119,26 +100,17 @@ impl WsReader {
             .enable_all()
             .build()
             .expect("a runtime");
-        let texts = Arc::new(Mutex::new(Vec::new()));
-        let (connection, _) = runtime
-            .block_on(Actor::spawn(None, Collector, texts.clone()))
-            .expect("the collector starts");
-        WsReader {
-            runtime,
-            connection,
-            texts,
-        }
+        WsReader { runtime }
     }
 
     /// Reads `bytes` as a client's bytes after the upgrade, until they end
     /// (which must be soon), and returns the text frames handed on, each
     /// also parsed as the connection would.
     pub fn read(&self, bytes: &[u8]) -> Vec<String> {
-        self.texts.lock().expect("collector lock").clear();
+        let mut collector = Collector::default();
         self.runtime.block_on(async {
             let (out, _receiver) = outbound::channel(1024);
-            let read =
-                tidings_node::ws::read_client_bytes(bytes, &self.connection, &out, MAX_FRAME);
+            let read = tidings_node::ws::read_client_bytes(bytes, &mut collector, &out, MAX_FRAME);
             if tokio::time::timeout(Duration::from_secs(10), read)
                 .await
                 .is_err()
@@ -146,11 +118,10 @@ impl WsReader {
                 panic!("the reader did not end on {} bytes: {bytes:?}", bytes.len());
             }
         });
-        let texts = std::mem::take(&mut *self.texts.lock().expect("collector lock"));
-        for text in &texts {
+        for text in &collector.texts {
             client_frame(text);
         }
-        texts
+        collector.texts
     }
 }
 

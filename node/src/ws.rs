@@ -13,7 +13,7 @@
 //! replies tungstenite would write itself (a pong, the close reply) are
 //! asked of the writer instead.
 //!
-//! The reader hands each text frame to the connection actor and reads the
+//! The reader hands each frame to the socket's connection and reads the
 //! next only once it is served, so a client that sends faster than it is
 //! served is slowed by TCP rather than by memory. The writer drains the
 //! connection's bounded outbound queue, writing every queued frame with
@@ -33,13 +33,13 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use ractor::Actor;
 use serde::Deserialize;
 use tidings_actors::connection::{
-    ClientData, ConnectionActor, ConnectionArgs, Expiry, Inbound, RateLimit, TokenCheck,
+    ClientData, Connection, ConnectionArgs, Expiry, RateLimit, TokenCheck,
 };
 use tidings_actors::outbound::{
     self, Frame, Next, Outbound, OutboundReceiver, CLOSE_GOING_AWAY, CLOSE_INTERNAL,
@@ -266,20 +266,11 @@ fn serve(
         // would take room twice in every connection's task.
         let mut stream =
             WebSocketStream::from_raw_socket(ReadOnly(read), Role::Server, Some(protocol)).await;
-        // Boxed for the same reason: starting an actor is a large future.
-        let (connection, handle) = match Box::pin(Actor::spawn(None, ConnectionActor, args)).await {
-            Ok(started) => started,
-            Err(err) => {
-                tracing::error!(%user, error = %err, "connection could not start");
-                outbound.close(CLOSE_INTERNAL);
-                let _ = writer.await;
-                return;
-            }
-        };
+        let mut connection = Connection::open(args);
         tracing::debug!(%user, "connected");
         let reason = read_frames(
             &mut stream,
-            &connection,
+            &mut connection,
             &outbound,
             heartbeat,
             &expiry,
@@ -288,8 +279,8 @@ fn serve(
         .await;
         tracing::debug!(%user, ?reason, "disconnected");
         outbound.close(reason.close_code());
-        connection.stop(None);
-        let _ = handle.await;
+        // Out of the fan-out list before the writer's last frames go.
+        drop(connection);
         let _ = writer.await;
     }
 }
@@ -369,6 +360,21 @@ impl<R: Unpin> AsyncWrite for ReadOnly<R> {
     }
 }
 
+/// What a socket's reader hands each client frame to, and awaits before it
+/// reads the next: the socket's [`Connection`] (the fuzz harness has a
+/// stand-in).
+pub trait Serves: Send {
+    /// Serves one frame. Boxed: serving is a large future, and it would
+    /// otherwise take room in every connection's task while idle.
+    fn serve(&mut self, data: ClientData) -> BoxFuture<'_, ()>;
+}
+
+impl Serves for Connection {
+    fn serve(&mut self, data: ClientData) -> BoxFuture<'_, ()> {
+        Box::pin(Connection::serve(self, data))
+    }
+}
+
 /// Serves the client bytes `socket` yields as a connection's reader does
 /// (same protocol settings, same reader), handing text frames to
 /// `connection`, until the bytes end. What the fuzz harness drives with
@@ -376,7 +382,7 @@ impl<R: Unpin> AsyncWrite for ReadOnly<R> {
 #[doc(hidden)]
 pub async fn read_client_bytes<R: AsyncRead + Unpin>(
     socket: R,
-    connection: &ractor::ActorRef<Inbound>,
+    connection: &mut impl Serves,
     outbound: &Outbound,
     max_frame: usize,
 ) -> Ended {
@@ -410,7 +416,7 @@ struct Heartbeat {
 /// Reads client frames until the socket ends, and says why it ended.
 async fn read_frames<S>(
     mut stream: S,
-    connection: &ractor::ActorRef<Inbound>,
+    connection: &mut impl Serves,
     outbound: &Outbound,
     heartbeat: Heartbeat,
     expiry: &Expiry,
@@ -500,15 +506,8 @@ where
             Message::Frame(_) => continue,
         };
         // Every frame goes to the connection, which counts it against the
-        // rate before anything else. Boxed: a call is a large future, and
-        // it would otherwise take room in every connection's task while
-        // idle.
-        let served = Box::pin(connection.call(|done| Inbound { frame: data, done }, None)).await;
-        // Anything but an answer means the actor is gone (it failed, and
-        // its reply port went with it).
-        if !matches!(served, Ok(ractor::rpc::CallResult::Success(()))) {
-            return Ended::Broken;
-        }
+        // rate before anything else.
+        connection.serve(data).await;
         // Once the frame is served: time spent serving it is not the
         // client's silence.
         pinged = false;
