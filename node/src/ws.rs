@@ -502,6 +502,13 @@ where
             Message::Binary(_) => ClientData::Binary,
             Message::Ping(payload) => ClientData::Ping(payload),
             Message::Pong(_) => ClientData::Pong,
+            // A close naming a code no endpoint may send (1005, 1006, 1015,
+            // reserved or out of range) breaks the protocol (RFC 6455,
+            // section 7.4.1): tungstenite hands it on as 1002, which is
+            // echoed (as is a client's own 1002).
+            Message::Close(Some(close)) if close.code == CloseCode::Protocol => {
+                return Ended::ProtocolError
+            }
             Message::Close(_) => return Ended::ClientClosed,
             Message::Frame(_) => continue,
         };

@@ -541,7 +541,7 @@ async fn close_code(tcp: &mut TcpStream) -> u16 {
 async fn protocol_errors_close_with_the_rfc_6455_codes() {
     let node = TestNode::start().await;
     let key = Some([1, 2, 3, 4]);
-    let cases: [(&str, Vec<u8>, u16); 4] = [
+    let cases: [(&str, Vec<u8>, u16); 6] = [
         (
             "invalid UTF-8",
             frame(0x1, b"{\"type\":\"ping\xff\"}", key),
@@ -554,6 +554,17 @@ async fn protocol_errors_close_with_the_rfc_6455_codes() {
         ),
         ("an unknown data opcode", frame(0x3, b"x", key), 1002),
         ("an unknown control opcode", frame(0xb, b"", key), 1002),
+        // 1005 ("no status") is for APIs, never sent in a close frame.
+        (
+            "a close naming 1005",
+            frame(0x8, &1005u16.to_be_bytes(), key),
+            1002,
+        ),
+        (
+            "a close naming 1000",
+            frame(0x8, &1000u16.to_be_bytes(), key),
+            1000,
+        ),
     ];
     for (what, bytes, code) in cases {
         let mut tcp = raw_socket(&node).await;
