@@ -228,11 +228,11 @@ impl Connection {
                     req,
                     frame: ClientFrame::Refresh { token },
                 }) => (req, self.refresh(&token).map(Some)),
-                // Boxed: the service's future is large, and unboxed it would
-                // be part of every idle connection's task.
+                // Not boxed again: the reader boxes this whole future
+                // (`ws::Serves`), so it is no part of an idle socket's task.
                 Ok(envelope) => (
                     envelope.req,
-                    Box::pin(self.service.handle(&self.user, envelope.frame)).await,
+                    self.service.handle(&self.user, envelope.frame).await,
                 ),
             }
         };

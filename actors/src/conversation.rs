@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tidings_protocol::frames::{ConvSummary, SyncedConv};
-use tidings_protocol::{Cmid, ConvId, ErrorCode, ErrorFrame, Event, ServerFrame, UserId};
+use tidings_protocol::{Cmid, ConvId, ErrorFrame, Event, ServerFrame, UserId};
 
 use crate::budget::{cut, page, Budget, Keep};
 use crate::command::{Ack, Answer, ConvCommand, Created, HistoryPage, Page};
 use crate::directory::{Directory, Fanout};
-use crate::entity::{commit_failed, now_ms, EntityArgs, IdleClock};
+use crate::entity::{commit_failed, now_ms, storage_failed, EntityArgs, IdleClock};
 use crate::index::Indexes;
 use crate::messages::{ConvMsg, EntityKey, RouterMsg};
 use crate::metrics::Metrics;
@@ -169,11 +169,6 @@ impl Actor for ConversationActor {
     }
 }
 
-fn internal(err: impl std::fmt::Display) -> ErrorFrame {
-    tracing::error!(error = %err, "conversation storage failed");
-    ErrorFrame::new(ErrorCode::Internal, "storage failed; nothing was written")
-}
-
 /// The error for a conversation that does not exist: the actor's, and the
 /// router's for a request it answers without starting one.
 pub(crate) fn no_such_conversation(conv: &ConvId) -> ErrorFrame {
@@ -251,7 +246,7 @@ impl Conversation {
         for ((event, _), version) in events.iter().zip(&versions) {
             writes
                 .put(Cf::ConvLog, keys::versioned(conv, *version), event)
-                .map_err(internal)?;
+                .map_err(storage_failed)?;
         }
         // In a cluster, a replica applies this only if the log still ends
         // where this actor believes it does.
@@ -260,7 +255,7 @@ impl Conversation {
             meta.version = last;
             writes
                 .put(Cf::ConvMeta, keys::entity(conv), meta)
-                .map_err(internal)?;
+                .map_err(storage_failed)?;
         }
         if let Err(err) = self.storage.commit(self.shard, writes).await {
             // The write may still commit: what this actor holds can no
@@ -318,7 +313,7 @@ impl Conversation {
         if let Some(event) = self
             .storage
             .get::<StoredEvent>(Cf::ConvLog, &key)
-            .map_err(internal)?
+            .map_err(storage_failed)?
         {
             let event = event.into_event(self.id.clone(), version);
             self.publish(event, self.audience.clone());
@@ -347,7 +342,7 @@ impl Conversation {
                 keys::index_outbox(self.shard.0, self.id.as_str()),
                 outbox,
             )
-            .map_err(internal)
+            .map_err(storage_failed)
     }
 
     /// Writes the outbox's changes into the members' indexes, wherever
@@ -474,7 +469,7 @@ impl Conversation {
             Some(cmid) => self
                 .storage
                 .get::<CmidRecord>(Cf::ConvCmids, &keys::named(self.id.as_str(), cmid.as_str()))
-                .map_err(internal)?,
+                .map_err(storage_failed)?,
             None => None,
         };
         let version = match rules::send(current, seen, expect)? {
@@ -499,7 +494,7 @@ impl Conversation {
                     keys::named(self.id.as_str(), cmid.as_str()),
                     &record,
                 )
-                .map_err(internal)?;
+                .map_err(storage_failed)?;
         }
         let event = StoredEvent {
             ts,
@@ -533,14 +528,14 @@ impl Conversation {
         if let Some(state) = self
             .storage
             .get::<MessageState>(Cf::ConvMessages, &keys::versioned(conv, target))
-            .map_err(internal)?
+            .map_err(storage_failed)?
         {
             return Ok(state);
         }
         match self
             .storage
             .get::<StoredEvent>(Cf::ConvLog, &keys::versioned(conv, target))
-            .map_err(internal)?
+            .map_err(storage_failed)?
         {
             Some(StoredEvent {
                 from,
@@ -577,7 +572,7 @@ impl Conversation {
                 keys::versioned(self.id.as_str(), target),
                 &state,
             )
-            .map_err(internal)?;
+            .map_err(storage_failed)?;
         let event = StoredEvent {
             ts: now_ms(),
             from: by,
@@ -675,7 +670,7 @@ impl Conversation {
                 limit as usize,
                 from_end,
             )
-            .map_err(internal)?;
+            .map_err(storage_failed)?;
         Ok(stored
             .into_iter()
             .map(|(version, event)| event.into_event(self.id.clone(), version))

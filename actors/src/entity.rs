@@ -58,9 +58,15 @@ pub(crate) fn commit_failed(err: StorageError) -> ErrorFrame {
             "the write was not confirmed; retry it (with the same cmid)",
         )
     } else {
-        tracing::error!(error = %err, "entity storage failed");
-        ErrorFrame::new(ErrorCode::Internal, "storage failed; nothing was written")
+        storage_failed(err)
     }
+}
+
+/// The client's error for a read or write of storage that failed here:
+/// nothing was written.
+pub(crate) fn storage_failed(err: impl std::fmt::Display) -> ErrorFrame {
+    tracing::error!(error = %err, "entity storage failed");
+    ErrorFrame::new(ErrorCode::Internal, "storage failed; nothing was written")
 }
 
 /// Counts the requests handled (each counted in the router's table when

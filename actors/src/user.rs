@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tidings_protocol::frames::SyncedNotifications;
-use tidings_protocol::{ConvId, ErrorCode, ErrorFrame, Notification, ServerFrame, UserId};
+use tidings_protocol::{ConvId, ErrorFrame, Notification, ServerFrame, UserId};
 
 use crate::budget::{page, Budget};
 use crate::command::{Answer, UserCommand};
 use crate::directory::Directory;
-use crate::entity::{now_ms, EntityArgs, IdleClock};
+use crate::entity::{now_ms, storage_failed, EntityArgs, IdleClock};
 use crate::messages::{EntityKey, RouterMsg, UserMsg};
 use crate::metrics::Metrics;
 use crate::shard::{shard_of, ShardId};
@@ -38,11 +38,6 @@ pub struct User {
 }
 
 type Result<T> = std::result::Result<T, ErrorFrame>;
-
-fn internal(err: impl std::fmt::Display) -> ErrorFrame {
-    tracing::error!(error = %err, "user storage failed");
-    ErrorFrame::new(ErrorCode::Internal, "storage failed; nothing was written")
-}
 
 impl Actor for UserActor {
     type Msg = UserMsg;
@@ -141,7 +136,7 @@ impl User {
         self.meta = self
             .storage
             .get(Cf::UserMeta, &keys::entity(self.id.as_str()))
-            .map_err(internal)?
+            .map_err(storage_failed)?
             .unwrap_or_default();
         Ok(())
     }
@@ -158,10 +153,10 @@ impl User {
         let mut writes = WriteSet::default();
         writes
             .put(Cf::UserLog, keys::versioned(user, version), &record)
-            .map_err(internal)?;
+            .map_err(storage_failed)?;
         writes
             .put(Cf::UserMeta, keys::entity(user), &meta)
-            .map_err(internal)?;
+            .map_err(storage_failed)?;
         writes.expect(Cf::UserLog, user, version - 1, version);
         self.storage
             .commit(self.shard, writes)
@@ -206,7 +201,7 @@ impl User {
                 limit as usize,
                 after.is_none(),
             )
-            .map_err(internal)?;
+            .map_err(storage_failed)?;
         let mut events: Vec<Notification> = stored
             .into_iter()
             .map(|(version, n)| Notification {
@@ -234,7 +229,7 @@ impl User {
         let entries = self
             .storage
             .named::<IndexEntry>(Cf::UserConvs, self.id.as_str())
-            .map_err(internal)?;
+            .map_err(storage_failed)?;
         Ok(entries
             .into_iter()
             // An entry from before entries had versions means "member".
@@ -252,14 +247,16 @@ impl User {
         let current = self
             .storage
             .get_raw(Cf::UserConvs, &key)
-            .map_err(internal)?
+            .map_err(storage_failed)?
             .and_then(|bytes| crate::codec::decode::<IndexEntry>(&bytes).ok());
         // A legacy entry (no version) reads as none and is replaced.
         if !rules::index_changes(current, entry) {
             return Ok(());
         }
         let mut writes = WriteSet::default();
-        writes.put(Cf::UserConvs, key, &entry).map_err(internal)?;
+        writes
+            .put(Cf::UserConvs, key, &entry)
+            .map_err(storage_failed)?;
         self.storage
             .commit(self.shard, writes)
             .await
@@ -272,7 +269,7 @@ impl User {
         Ok(self
             .storage
             .get(Cf::UserMeta, &keys::block_list(self.id.as_str()))
-            .map_err(internal)?
+            .map_err(storage_failed)?
             .unwrap_or_default())
     }
 
@@ -287,7 +284,7 @@ impl User {
         let mut writes = WriteSet::default();
         writes
             .put(Cf::UserMeta, keys::block_list(self.id.as_str()), &list)
-            .map_err(internal)?;
+            .map_err(storage_failed)?;
         self.storage
             .commit(self.shard, writes)
             .await
