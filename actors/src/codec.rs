@@ -1,8 +1,13 @@
-//! The one place values are encoded for storage.
+//! The one place values are encoded for storage and between nodes.
 //!
-//! Every stored value is a format version byte followed by bincode 2 (serde)
-//! bytes. Changing the encoding means a new version byte here and nothing
-//! anywhere else.
+//! Every stored value and every message between nodes is a format version
+//! byte followed by bincode 2 (serde) bytes. Changing the encoding means a
+//! new version byte here and nothing anywhere else.
+//!
+//! Values whose only form is the wire's JSON (a backend's notification
+//! payload, the client's tagged events, error frames that leave empty
+//! fields out) go inside such a message as a JSON string ([`json`]):
+//! bincode cannot read back what is self-describing only.
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -54,6 +59,25 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
             Ok(value)
         }
         other => Err(CodecError::UnknownVersion(other)),
+    }
+}
+
+/// A field kept as its JSON text inside a bincode value:
+/// `#[serde(with = "crate::codec::json")]`.
+pub mod json {
+    use serde::de::{DeserializeOwned, Error as _};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(value: &T, out: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(value).map_err(serde::ser::Error::custom)?;
+        out.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+        input: D,
+    ) -> Result<T, D::Error> {
+        let text = String::deserialize(input)?;
+        serde_json::from_str(&text).map_err(D::Error::custom)
     }
 }
 

@@ -9,8 +9,9 @@
 //! variant here, one rule (`conversation::rules`), one arm in the actor,
 //! and one mapping in the service.
 //!
-//! Commands cross nodes: new variants go last, and a variant's fields
-//! are only added at the end, with a default.
+//! Commands and answers cross nodes in the one codec ([`crate::codec`]):
+//! new variants go last. What has only the wire's JSON form (events,
+//! notification payloads) rides inside as JSON text.
 
 use serde::{Deserialize, Serialize};
 use tidings_protocol::frames::{ConvSummary, SyncedConv, SyncedNotifications};
@@ -41,10 +42,10 @@ pub struct Ack {
 pub struct HistoryPage {
     pub conv: ConvId,
     pub version: u64,
+    #[serde(with = "crate::codec::json")]
     pub events: Vec<Event>,
     /// The page was cut at the reply's byte bound: more events follow in
     /// the direction it pages.
-    #[serde(default)]
     pub more: bool,
 }
 
@@ -56,13 +57,7 @@ pub struct Page {
     pub limit: u32,
     /// The most JSON bytes of events the page may carry (at least one
     /// event goes in).
-    #[serde(default = "default_reply_bytes")]
     pub max_bytes: usize,
-}
-
-/// The byte bound of a request from a node that named none.
-pub fn default_reply_bytes() -> usize {
-    crate::budget::DEFAULT_MAX_REPLY_BYTES
 }
 
 /// A command for one entity.
@@ -128,7 +123,6 @@ pub enum ConvCommand {
         after: Option<u64>,
         limit: u32,
         /// The most JSON bytes of events to carry (at least one goes in).
-        #[serde(default = "default_reply_bytes")]
         max_bytes: usize,
     },
     /// Answered [`Answer::Done`] at once; the other members' devices get
@@ -166,13 +160,15 @@ impl ConvCommand {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum UserCommand {
     /// A backend's notification: append it to the user's log, then push it.
-    Notify { payload: serde_json::Value },
+    Notify {
+        #[serde(with = "crate::codec::json")]
+        payload: serde_json::Value,
+    },
     Notifications {
         after: Option<u64>,
         limit: u32,
         /// The most JSON bytes of notifications to carry (at least one
         /// goes in).
-        #[serde(default = "default_reply_bytes")]
         max_bytes: usize,
     },
     /// The conversations the user is a member of.
@@ -195,9 +191,9 @@ pub enum Answer {
     Ack(Ack),
     History(HistoryPage),
     Summary(ConvSummary),
-    Synced(SyncedConv),
+    Synced(#[serde(with = "crate::codec::json")] SyncedConv),
     Version(u64),
-    Notifications(SyncedNotifications),
+    Notifications(#[serde(with = "crate::codec::json")] SyncedNotifications),
     Convs(Vec<ConvId>),
     Users(Vec<UserId>),
     Flag(bool),
@@ -303,16 +299,69 @@ mod tests {
         assert!(Ack::try_from(Answer::Done).is_err());
     }
 
+    fn round_trip<T: Serialize + serde::de::DeserializeOwned + std::fmt::Debug>(value: &T) {
+        let bytes = crate::codec::encode(value).unwrap();
+        let back: T = crate::codec::decode(&bytes).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{value:?}"));
+    }
+
     #[test]
-    fn commands_cross_nodes_and_come_back_the_same() {
-        let command = Command::User(
-            UserId::try_from("bob").unwrap(),
+    fn commands_and_answers_cross_nodes_in_the_codec_and_come_back_the_same() {
+        let bob = UserId::try_from("bob").unwrap();
+        let conv = ConvId::try_from("g:abcdefghij0123456789").unwrap();
+        round_trip(&Command::User(
+            bob.clone(),
             UserCommand::Notify {
-                payload: serde_json::json!({"kind": "invoice", "n": [1, 2]}),
+                payload: serde_json::json!({"kind": "invoice", "n": [1, 2.5, null]}),
             },
-        );
-        let bytes = serde_json::to_vec(&command).unwrap();
-        let back: Command = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(format!("{back:?}"), format!("{command:?}"));
+        ));
+        round_trip(&Command::Conv(
+            conv.clone(),
+            ConvCommand::Send {
+                by: bob.clone(),
+                body: "hi".into(),
+                cmid: Some(Cmid::try_from("m1").unwrap()),
+                expect: Some(3),
+            },
+        ));
+        let event = Event {
+            conv: conv.clone(),
+            version: 2,
+            ts: 7,
+            from: bob.clone(),
+            kind: tidings_protocol::EventKind::Message {
+                body: "hi".into(),
+                cmid: None,
+            },
+        };
+        round_trip(&Answer::History(HistoryPage {
+            conv: conv.clone(),
+            version: 2,
+            events: vec![event.clone()],
+            more: true,
+        }));
+        round_trip(&Answer::Synced(SyncedConv {
+            conv: conv.clone(),
+            title: Some("t".into()),
+            members: vec![bob],
+            version: 2,
+            events: vec![event],
+            more: false,
+        }));
+        round_trip(&Answer::Notifications(SyncedNotifications {
+            version: 1,
+            events: vec![tidings_protocol::frames::Notification {
+                version: 1,
+                ts: 5,
+                payload: serde_json::json!({"a": {"b": []}}),
+            }],
+            more: false,
+        }));
+        round_trip(&Answer::Ack(Ack {
+            conv,
+            version: 4,
+            ts: 9,
+            dup: Some(false),
+        }));
     }
 }

@@ -26,7 +26,7 @@ use crate::shard::{shard_of, ShardId};
 use crate::storage::records::{
     CmidRecord, ConvMeta, IndexOutbox, MessageState, StoredEvent, StoredKind,
 };
-use crate::storage::{keys, Cf, Storage, WriteSet};
+use crate::storage::{keys, Cf, CommitLog, Storage, WriteSet};
 
 use rules::Refusal;
 
@@ -43,6 +43,7 @@ pub struct Conversation {
     /// The devices here that events go to.
     fanout: Fanout,
     storage: Storage,
+    log: Arc<dyn CommitLog>,
     router: ActorRef<RouterMsg>,
     directory: Directory,
     metrics: Arc<Metrics>,
@@ -60,7 +61,7 @@ pub struct Conversation {
     audience_since: u64,
     /// When to try the outbox again after a failure.
     outbox_retry: Instant,
-    indexes: Option<Arc<dyn Indexes>>,
+    indexes: Arc<dyn Indexes>,
 }
 
 type Result<T> = std::result::Result<T, ErrorFrame>;
@@ -111,6 +112,7 @@ impl Actor for ConversationActor {
             fanout: Fanout::default(),
             audience_since,
             storage: args.storage,
+            log: args.log,
             router: args.router,
             directory: args.directory,
             metrics: args.metrics,
@@ -257,7 +259,7 @@ impl Conversation {
                 .put(Cf::ConvMeta, keys::entity(conv), meta)
                 .map_err(storage_failed)?;
         }
-        if let Err(err) = self.storage.commit(self.shard, writes).await {
+        if let Err(err) = self.log.append(self.shard, writes).await {
             // The write may still commit: what this actor holds can no
             // longer be trusted, and it stops once the reply is out.
             self.stale |= err.leaves_state_unknown();
@@ -351,9 +353,7 @@ impl Conversation {
     /// tick. Every change carries its version, so a late or repeated one
     /// changes nothing.
     async fn send_outbox(&mut self) {
-        let Some(indexes) = &self.indexes else {
-            return;
-        };
+        let indexes = &self.indexes;
         if self.outbox.changes.is_empty() {
             return;
         }
@@ -395,7 +395,7 @@ impl Conversation {
             Cf::ConvMeta,
             keys::index_outbox(self.shard.0, self.id.as_str()),
         );
-        match self.storage.commit(self.shard, writes).await {
+        match self.log.append(self.shard, writes).await {
             Ok(()) => {
                 self.outbox = IndexOutbox::default();
                 self.outbox_sent = false;

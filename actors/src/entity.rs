@@ -12,7 +12,7 @@ use crate::directory::Directory;
 use crate::index::Indexes;
 use crate::messages::{EntityKey, RouterMsg};
 use crate::metrics::Metrics;
-use crate::storage::{Storage, StorageError};
+use crate::storage::{CommitLog, Storage, StorageError};
 
 /// Settings of entity actors and connections.
 #[derive(Debug, Clone)]
@@ -36,7 +36,11 @@ impl Default for EntityConfig {
 /// Start-up arguments of an entity actor.
 pub struct EntityArgs<Id> {
     pub id: Id,
+    /// What the entity reads and loads from.
     pub storage: Storage,
+    /// Where its writes become durable: this node's WAL, or its shard's
+    /// Raft group.
+    pub log: Arc<dyn CommitLog>,
     pub router: ActorRef<RouterMsg>,
     /// Each user's connected devices, for fan-out.
     pub directory: Directory,
@@ -44,7 +48,7 @@ pub struct EntityArgs<Id> {
     pub metrics: Arc<Metrics>,
     /// How a conversation writes its members' indexes, on this node or
     /// where their shards are led.
-    pub indexes: Option<Arc<dyn Indexes>>,
+    pub indexes: Arc<dyn Indexes>,
 }
 
 /// The client's error for a failed commit. A local write that failed wrote

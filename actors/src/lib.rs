@@ -5,10 +5,12 @@
 //!
 //! The core knows nothing of a cluster. It defines what it needs of one
 //! ([`remote::Placement`]: where a command runs; [`remote::RemoteFanout`]:
-//! the devices on other nodes; [`storage::ReplicatedLog`]: a replicated
-//! commit), and the `tidings-cluster` crate implements them, with the
-//! links between nodes, the shard groups and the node's one start-up
-//! (`tidings_cluster::runtime::Runtime`). Nothing here imports it.
+//! the devices on other nodes; [`storage::CommitLog`]: where writes
+//! become durable), and the `tidings-cluster` crate implements them, with
+//! the links between nodes, the shard groups and the node's one start-up
+//! (`tidings_cluster::runtime::Runtime`). Nothing here imports it. The
+//! core is started with them, or without on a single node ([`start`]);
+//! nothing is handed to it later.
 //!
 //! # Supervision tree
 //!
@@ -68,66 +70,62 @@ pub mod user;
 
 use std::sync::Arc;
 
-use ractor::{Actor, ActorRef};
+use ractor::Actor;
 
 pub use entity::EntityConfig;
 pub use messages::RouterMsg;
 pub use metrics::Metrics;
-pub use service::Service;
+pub use service::{Service, ServiceConfig};
 pub use storage::{Storage, StorageError, StorageOptions};
 
-/// Starts the node's router over `storage`, delivering through `directory`;
-/// returns the routes to its entity actors. Send the router
-/// [`RouterMsg::Serve`] before any request: entities reach each other
-/// through that service.
-pub async fn start_router(
-    storage: Storage,
-    config: EntityConfig,
-    metrics: Arc<Metrics>,
-    directory: directory::Directory,
-) -> Result<(router::Routes, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
+/// What the core starts with.
+pub struct CoreArgs {
+    pub storage: Storage,
+    /// Where entities' writes become durable: `storage` itself on a single
+    /// node, the shard groups in a cluster.
+    pub log: Arc<dyn storage::CommitLog>,
+    pub entity: EntityConfig,
+    pub metrics: Arc<Metrics>,
+    /// The service's parts: the directory fan-out goes through, the call
+    /// timeout, the reply bound and, in a cluster, the placement.
+    pub service: ServiceConfig,
+}
+
+/// The core, started: the service the front ends call, the routes to the
+/// entity actors, and the router's task.
+pub struct Core {
+    pub service: Service,
+    pub routes: router::Routes,
+    pub router_task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the node's router and, through it, everything the entities need:
+/// they get the service they reach each other through, the commit log and
+/// the directory as they start. On a single node, conversations whose
+/// outboxes a crash left owing are woken at once.
+pub async fn start(args: CoreArgs) -> Result<Core, ractor::SpawnErr> {
     let live = Arc::new(router::Live::default());
-    let (router, task) = Actor::spawn(
+    let config = args.service.clone();
+    let (router, router_task) = Actor::spawn(
         None,
         router::Router,
         router::RouterArgs {
-            storage,
-            config,
-            metrics,
-            directory,
+            storage: args.storage,
+            log: args.log,
+            config: args.entity,
+            metrics: args.metrics,
+            directory: args.service.directory.clone(),
+            clustered: args.service.placement.is_some(),
+            indexes: Box::new(move |routes| Arc::new(Service::new(routes, config))),
             live: live.clone(),
         },
     )
     .await?;
-    Ok((router::Routes::new(router, live), task))
-}
-
-/// Wakes every conversation of `shard` (of every shard if `None`) whose
-/// stored outbox still owes its members' indexes, so that it finishes:
-/// after a restart on a single node, or when this node starts leading the
-/// shard in a cluster.
-pub fn settle_outboxes(
-    router: &ActorRef<RouterMsg>,
-    storage: &Storage,
-    shard: Option<shard::ShardId>,
-) -> Result<usize, StorageError> {
-    let shards = match shard {
-        Some(shard) => shard.0..shard.0 + 1,
-        None => 0..shard::SHARDS,
-    };
-    let mut woken = 0;
-    for shard in shards {
-        let from = storage::keys::outboxes(shard);
-        let to = storage::keys::outboxes(shard + 1);
-        for (key, _) in storage.scan_raw(storage::Cf::ConvMeta, &from, &to, usize::MAX)? {
-            let conv = std::str::from_utf8(&key[from.len()..])
-                .ok()
-                .and_then(|id| tidings_protocol::ConvId::try_from(id).ok());
-            if let Some(conv) = conv {
-                let _ = router.cast(RouterMsg::Conv(conv, messages::ConvMsg::Settle));
-                woken += 1;
-            }
-        }
-    }
-    Ok(woken)
+    // The same parts the router built its entities' service from.
+    let routes = router::Routes::new(router, live);
+    Ok(Core {
+        service: Service::new(routes.clone(), args.service),
+        routes,
+        router_task,
+    })
 }

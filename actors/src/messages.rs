@@ -6,10 +6,8 @@ use ractor::{ActorId, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use tidings_protocol::{ConvId, ErrorFrame, UserId};
 
-use std::sync::Arc;
-
 use crate::command::{Answer, ConvCommand, UserCommand};
-use crate::index::Indexes;
+use crate::shard::ShardId;
 
 /// A reply that is either what was asked or a client-safe error.
 pub type Reply<T> = RpcReplyPort<Result<T, ErrorFrame>>;
@@ -61,11 +59,8 @@ pub enum RouterMsg {
     /// Time for every live entity actor to check whether it is idle (one
     /// timer per node rather than one task per actor).
     Tick,
-    /// In a cluster: a link to another node was lost with whatever was on
-    /// it; every device here is told to sync.
-    Resync,
-    /// How conversations write their members' indexes (the service),
-    /// wherever those shards are led. Sent once at start, before any
-    /// request.
-    Serve(Arc<dyn Indexes>),
+    /// Wake every conversation of the shard whose stored outbox still
+    /// owes its members' indexes, so that it finishes: at start on a single
+    /// node (every shard), and when a tenure begins in a cluster.
+    Settle(Option<ShardId>),
 }

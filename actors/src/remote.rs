@@ -5,7 +5,8 @@
 //! The core (entities, their commands, storage, the directory and the
 //! service) knows nothing of links, peers or Raft: on a single node it has
 //! neither trait object, and everything runs here. The third seam, the
-//! replicated commit, is [`crate::storage::ReplicatedLog`].
+//! commit, is [`crate::storage::CommitLog`]: `Storage` itself on a single
+//! node, the shard groups in a cluster.
 
 use std::time::Duration;
 
@@ -16,11 +17,26 @@ use tidings_protocol::{ErrorFrame, UserId};
 use crate::command::{Answer, Command};
 use crate::outbound::Frame;
 
+/// A stretch of time in which this node serves a shard without a break.
+/// A later tenure means that in between the shard was served elsewhere, or
+/// its state was in doubt (a write went unconfirmed): its entity actors
+/// loaded before it may hold stale counters, and are replaced before the
+/// first command of the new tenure reaches them
+/// ([`crate::router::Routes::conv_in`]). Tenures only grow, per shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Tenure(pub u64);
+
+impl Tenure {
+    /// A node on its own serves every shard in one tenure, from start to
+    /// stop.
+    pub const SOLE: Tenure = Tenure(0);
+}
+
 /// What became of asking where a command runs.
 #[derive(Debug)]
 pub enum Placed {
-    /// This node leads the command's shard: run it here.
-    Here,
+    /// This node leads the command's shard, in this tenure: run it here.
+    Here(Tenure),
     /// The node that leads the shard ran it; its answer.
     Ran(Result<Answer, ErrorFrame>),
     /// No leader is known or reachable right now, or the node asked no

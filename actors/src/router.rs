@@ -12,9 +12,14 @@
 //!
 //! Entities map to shards ([`crate::shard`]). On a single node every shard
 //! is local; in a cluster, [`crate::service`] sends here only requests for
-//! shards this node leads, and a shard's conversation actors are stopped
-//! and taken out of the table when the node stops leading it
-//! ([`Routes::shard_lost`]).
+//! shards this node leads, each in the shard's current [`Tenure`]. A
+//! shard's conversation actors are stopped and taken out of the table when
+//! a new tenure's first request comes ([`Routes::conv_in`]), and when the
+//! node stops leading it ([`Routes::shard_lost`]).
+//!
+//! What entities write their members' indexes through (the service) is
+//! made from the router's own routes as it starts, by a function it is
+//! started with: nothing is handed to it later.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -22,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tidings_protocol::{ConvId, ServerFrame, UserId};
+use tidings_protocol::{ConvId, UserId};
 
 use crate::command::{Answer, ConvCommand};
 use crate::conversation::{no_such_conversation, ConversationActor};
@@ -31,19 +36,28 @@ use crate::entity::{tick_every, EntityArgs, EntityConfig};
 use crate::index::Indexes;
 use crate::messages::{ConvMsg, EntityKey, RouterMsg, UserMsg};
 use crate::metrics::Metrics;
-use crate::shard::{shard_of, ShardId};
-use crate::storage::{keys, Cf, Storage};
+use crate::remote::Tenure;
+use crate::shard::{shard_of, ShardId, SHARDS};
+use crate::storage::{keys, Cf, CommitLog, Storage, StorageError};
 use crate::user::UserActor;
 
 pub struct Router;
 
 pub struct RouterArgs {
     pub storage: Storage,
+    /// Where entities' writes become durable.
+    pub log: Arc<dyn CommitLog>,
     pub config: EntityConfig,
     pub metrics: Arc<Metrics>,
     /// Where fan-out finds devices: in a cluster, one that reaches the
     /// other nodes too.
     pub directory: Directory,
+    /// Whether a cluster places commands (else every shard is this
+    /// node's, from start to stop).
+    pub clustered: bool,
+    /// Makes, from the router's own routes, what entities write members'
+    /// indexes through (the service, [`crate::start`]).
+    pub indexes: Box<dyn FnOnce(Routes) -> Arc<dyn Indexes> + Send>,
     /// The table of live actors, shared with [`Routes`].
     pub live: Arc<Live>,
 }
@@ -113,6 +127,9 @@ impl<Id: Eq + Hash + Clone, M: ractor::Message> Slots<Id, M> {
 pub struct Live {
     convs: RwLock<Slots<ConvId, ConvMsg>>,
     users: RwLock<Slots<UserId, UserMsg>>,
+    /// Per shard, the tenure its live conversation actors serve in;
+    /// changed only under the `convs` write lock.
+    tenures: Vec<AtomicU64>,
 }
 
 impl Default for Live {
@@ -120,7 +137,16 @@ impl Default for Live {
         Live {
             convs: RwLock::new(Slots::new()),
             users: RwLock::new(Slots::new()),
+            tenures: (0..SHARDS)
+                .map(|_| AtomicU64::new(Tenure::SOLE.0))
+                .collect(),
         }
+    }
+}
+
+impl Live {
+    fn tenure(&self, shard: ShardId) -> u64 {
+        self.tenures[shard.0 as usize].load(Ordering::Acquire)
     }
 }
 
@@ -142,12 +168,40 @@ impl Routes {
         &self.router
     }
 
-    /// Sends `message` to the conversation's actor.
+    /// Sends `message` to the conversation's actor (on a single node).
     pub fn conv(&self, id: &ConvId, message: ConvMsg) {
+        self.conv_in(Tenure::SOLE, id, message);
+    }
+
+    /// Sends `message` to the conversation's actor, for a shard this node
+    /// serves in `tenure`. The first message of a later tenure than the
+    /// shard's actors serve in first replaces them: they are stopped and
+    /// out of the table before it is sent, and the outboxes an earlier
+    /// leader left owing are woken.
+    pub fn conv_in(&self, tenure: Tenure, id: &ConvId, message: ConvMsg) {
+        let shard = shard_of(id.as_str());
+        if self.live.tenure(shard) < tenure.0 {
+            self.renew(shard, tenure);
+        }
         let sent = read(&self.live.convs).send(id, message);
         if let Err(message) = sent {
             let _ = self.router.cast(RouterMsg::Conv(id.clone(), message));
         }
+    }
+
+    /// Begins `tenure` for `shard`, once: the shard's conversation actors
+    /// go, then its owed outboxes are woken.
+    fn renew(&self, shard: ShardId, tenure: Tenure) {
+        {
+            let mut convs = write(&self.live.convs);
+            let current = &self.live.tenures[shard.0 as usize];
+            if current.load(Ordering::Acquire) >= tenure.0 {
+                return;
+            }
+            stop_shard(&mut convs, shard, "a new tenure began");
+            current.store(tenure.0, Ordering::Release);
+        }
+        let _ = self.router.cast(RouterMsg::Settle(Some(shard)));
     }
 
     /// Sends `message` to the user's actor.
@@ -164,14 +218,41 @@ impl Routes {
     /// request starts a fresh one from storage; requests queued to the old
     /// ones fail, and their clients retry.
     pub fn shard_lost(&self, shard: ShardId) {
-        write(&self.live.convs).live.retain(|conv, slot| {
-            let keep = shard_of(conv.as_str()) != shard;
-            if !keep {
-                slot.actor.stop(Some("shard leadership lost".into()));
-            }
-            keep
-        });
+        stop_shard(&mut write(&self.live.convs), shard, "shard leadership lost");
     }
+}
+
+/// Stops the conversation actors of `shard` and takes them out of the
+/// table.
+fn stop_shard(convs: &mut Slots<ConvId, ConvMsg>, shard: ShardId, why: &str) {
+    convs.live.retain(|conv, slot| {
+        let keep = shard_of(conv.as_str()) != shard;
+        if !keep {
+            slot.actor.stop(Some(why.into()));
+        }
+        keep
+    });
+}
+
+/// The conversations of `shard` (of every shard if `None`) whose stored
+/// outbox still owes their members' indexes.
+fn owing(storage: &Storage, shard: Option<ShardId>) -> Result<Vec<ConvId>, StorageError> {
+    let shards = match shard {
+        Some(shard) => shard.0..shard.0 + 1,
+        None => 0..SHARDS,
+    };
+    let mut owing = Vec::new();
+    for shard in shards {
+        let from = keys::outboxes(shard);
+        let to = keys::outboxes(shard + 1);
+        for (key, _) in storage.scan_raw(Cf::ConvMeta, &from, &to, usize::MAX)? {
+            let conv = std::str::from_utf8(&key[from.len()..])
+                .ok()
+                .and_then(|id| ConvId::try_from(id).ok());
+            owing.extend(conv);
+        }
+    }
+    Ok(owing)
 }
 
 /// The table is left consistent at every step, so a panic elsewhere while
@@ -201,9 +282,10 @@ pub struct RouterState {
     by_actor: HashMap<ActorId, EntityKey>,
     directory: Directory,
     storage: Storage,
+    log: Arc<dyn CommitLog>,
     config: EntityConfig,
     metrics: Arc<Metrics>,
-    indexes: Option<Arc<dyn Indexes>>,
+    indexes: Arc<dyn Indexes>,
 }
 
 impl RouterState {
@@ -211,6 +293,7 @@ impl RouterState {
         EntityArgs {
             id,
             storage: self.storage.clone(),
+            log: self.log.clone(),
             router: myself.clone(),
             directory: self.directory.clone(),
             config: self.config.clone(),
@@ -229,12 +312,23 @@ impl RouterState {
             Some(message) => message,
             None => return,
         };
+        let shard = shard_of(id.as_str());
+        let tenure = self.live.tenure(shard);
         let args = self.args(myself, id.clone());
         match Actor::spawn_linked(None, ConversationActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
+                let mut convs = write(&self.live.convs);
+                if self.live.tenure(shard) != tenure {
+                    // A new tenure began while it loaded: what it loaded
+                    // may be stale. A fresh one starts for the message.
+                    drop(convs);
+                    actor.stop(Some("a new tenure began".into()));
+                    let _ = myself.cast(RouterMsg::Conv(id, message));
+                    return;
+                }
                 self.by_actor
                     .insert(actor.get_id(), EntityKey::Conv(id.clone()));
-                write(&self.live.convs).insert(id, actor, message);
+                convs.insert(id, actor, message);
             }
             // Dropping the message drops its reply port: the caller sees
             // the entity as unavailable and may retry.
@@ -300,14 +394,31 @@ impl Actor for Router {
     ) -> Result<RouterState, ActorProcessingErr> {
         // Stops by itself once the router has stopped.
         myself.send_interval(tick_every(args.config.idle_after), || RouterMsg::Tick);
+        // On a single node, what a crash left owing is finished at once; a
+        // cluster node settles each shard as its tenure there begins.
+        // (A node whose outboxes cannot be read does not start.)
+        if !args.clustered {
+            let convs = owing(&args.storage, None)?;
+            if !convs.is_empty() {
+                tracing::info!(
+                    owing = convs.len(),
+                    "finishing conversations' index changes"
+                );
+            }
+            for conv in convs {
+                let _ = myself.cast(RouterMsg::Conv(conv, ConvMsg::Settle));
+            }
+        }
+        let indexes = (args.indexes)(Routes::new(myself.clone(), args.live.clone()));
         Ok(RouterState {
             live: args.live,
             by_actor: HashMap::new(),
             directory: args.directory,
             storage: args.storage,
+            log: args.log,
             config: args.config,
             metrics: args.metrics,
-            indexes: None,
+            indexes,
         })
     }
 
@@ -348,11 +459,22 @@ impl Actor for Router {
                     let _ = slot.actor.send_message(UserMsg::Tick);
                 }
             }
-            RouterMsg::Serve(indexes) => state.indexes = Some(indexes),
-            RouterMsg::Resync => {
-                let frame = ServerFrame::Resync.push().to_json().into();
-                state.directory.deliver_everyone(&frame, &state.metrics);
-            }
+            RouterMsg::Settle(shard) => match owing(&state.storage, shard) {
+                Ok(convs) => {
+                    if !convs.is_empty() {
+                        tracing::info!(
+                            owing = convs.len(),
+                            "finishing conversations' index changes"
+                        );
+                    }
+                    for conv in convs {
+                        state.deliver_conv(&myself, conv, ConvMsg::Settle).await;
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "reading conversations' outboxes failed");
+                }
+            },
         }
         Ok(())
     }
@@ -426,5 +548,95 @@ mod tests {
             actor.stop(None);
             task.await.unwrap();
         }
+    }
+
+    /// Stands in for an actor of any message type: tells `seen` a word for
+    /// each message it gets.
+    struct Recorder<M>(std::marker::PhantomData<fn() -> M>);
+
+    impl<M: ractor::Message> Actor for Recorder<M> {
+        type Msg = M;
+        type State = tokio::sync::mpsc::UnboundedSender<&'static str>;
+        type Arguments = tokio::sync::mpsc::UnboundedSender<&'static str>;
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<M>,
+            seen: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(seen)
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<M>,
+            message: M,
+            seen: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            let any: &dyn std::any::Any = &message;
+            let word = match (
+                any.downcast_ref::<ConvMsg>(),
+                any.downcast_ref::<RouterMsg>(),
+            ) {
+                (Some(_), _) => "conv",
+                (_, Some(RouterMsg::Settle(_))) => "settle",
+                (_, Some(RouterMsg::Conv(..))) => "routed",
+                _ => "other",
+            };
+            let _ = seen.send(word);
+            Ok(())
+        }
+    }
+
+    async fn next(seen: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>) -> &'static str {
+        tokio::time::timeout(std::time::Duration::from_secs(5), seen.recv())
+            .await
+            .expect("a message within 5 s")
+            .expect("the recorder is alive")
+    }
+
+    #[tokio::test]
+    async fn a_new_tenure_replaces_the_shards_actors_before_its_first_message() {
+        let (router_seen, mut router_log) = tokio::sync::mpsc::unbounded_channel();
+        let (conv_seen, mut conv_log) = tokio::sync::mpsc::unbounded_channel();
+        let (router, router_task) =
+            Actor::spawn(None, Recorder::<RouterMsg>(Default::default()), router_seen)
+                .await
+                .unwrap();
+        let (old, old_task) =
+            Actor::spawn(None, Recorder::<ConvMsg>(Default::default()), conv_seen)
+                .await
+                .unwrap();
+        let live = Arc::new(Live::default());
+        let routes = Routes::new(router.clone(), live.clone());
+        let conv = ConvId::try_from("g:abcdefghij0123456789").unwrap();
+        write(&live.convs).insert(conv.clone(), old.clone(), ConvMsg::Tick);
+        assert_eq!(next(&mut conv_log).await, "conv");
+
+        // In the actors' own tenure: straight to the live one.
+        routes.conv_in(Tenure::SOLE, &conv, ConvMsg::Tick);
+        assert_eq!(next(&mut conv_log).await, "conv");
+
+        // A later tenure: the old actor is stopped and out of the table, the
+        // shard's outboxes are woken, and then the message goes to the
+        // router, which starts a fresh actor.
+        routes.conv_in(Tenure(3), &conv, ConvMsg::Tick);
+        tokio::time::timeout(std::time::Duration::from_secs(5), old_task)
+            .await
+            .expect("the old actor stopped")
+            .unwrap();
+        assert_eq!(next(&mut router_log).await, "settle");
+        assert_eq!(next(&mut router_log).await, "routed");
+
+        // The same tenure again, or an earlier one late: nothing is
+        // replaced or woken again.
+        routes.conv_in(Tenure(3), &conv, ConvMsg::Tick);
+        routes.conv_in(Tenure(2), &conv, ConvMsg::Tick);
+        assert_eq!(next(&mut router_log).await, "routed");
+        assert_eq!(next(&mut router_log).await, "routed");
+        assert_eq!(live.tenure(shard_of(conv.as_str())), 3);
+
+        router.stop(None);
+        router_task.await.unwrap();
     }
 }

@@ -34,7 +34,7 @@ use crate::directory::{Directory, Subscription};
 use crate::index::Indexes;
 use crate::messages::{ConvMsg, UserMsg};
 use crate::outbound::Outbound;
-use crate::remote::{Placed, Placement};
+use crate::remote::{Placed, Placement, Tenure};
 use crate::router::Routes;
 use crate::storage::records::IndexEntry;
 
@@ -89,39 +89,44 @@ const REPLY_FRAME_BYTES: usize = 512;
 /// ahead of the reply's byte bound is at most this many pages.
 const WAVE: usize = 8;
 
-impl Service {
-    pub fn new(routes: Routes, directory: Directory, timeout: Duration) -> Service {
-        Service {
-            routes,
+/// What a service is made of besides the routes to the entity actors.
+#[derive(Clone)]
+pub struct ServiceConfig {
+    /// Where devices are, for presence and subscriptions.
+    pub directory: Directory,
+    /// How long a request may take before it is answered `unavailable`.
+    pub timeout: Duration,
+    /// In a cluster: where each command runs.
+    pub placement: Option<Arc<dyn Placement>>,
+    /// Bounds `history`, `sync` and `convs` replies to about this many
+    /// bytes of JSON each (`--max-reply-bytes`); replies cut short say
+    /// `more`.
+    pub max_reply_bytes: usize,
+}
+
+impl ServiceConfig {
+    /// A single node's service, with the default reply bound.
+    pub fn new(directory: Directory, timeout: Duration) -> ServiceConfig {
+        ServiceConfig {
             directory,
             timeout,
             placement: None,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
     }
+}
 
-    /// A service for a node in a cluster: requests go to the node that
-    /// leads the entity's shard.
-    pub fn clustered(
-        routes: Routes,
-        directory: Directory,
-        timeout: Duration,
-        placement: Arc<dyn Placement>,
-    ) -> Service {
+impl Service {
+    /// The router's entities get a service made from the same parts as
+    /// the one the front ends get ([`crate::start`]).
+    pub(crate) fn new(routes: Routes, config: ServiceConfig) -> Service {
         Service {
             routes,
-            directory,
-            timeout,
-            placement: Some(placement),
-            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
+            directory: config.directory,
+            timeout: config.timeout,
+            placement: config.placement,
+            max_reply_bytes: config.max_reply_bytes,
         }
-    }
-
-    /// Bounds `history`, `sync` and `convs` replies to about `bytes` of
-    /// JSON each (`--max-reply-bytes`); replies cut short say `more`.
-    pub fn with_max_reply_bytes(mut self, bytes: usize) -> Service {
-        self.max_reply_bytes = bytes;
-        self
     }
 
     /// The byte bound of what a reply carries: the bound less room for the
@@ -150,14 +155,14 @@ impl Service {
     /// (it may have run), and the client decides.
     async fn run(&self, command: Command) -> Result<Answer> {
         let Some(placement) = &self.placement else {
-            return self.local(command).await;
+            return self.local(command, Tenure::SOLE).await;
         };
         let shard = command.shard();
         let deadline = Instant::now() + self.timeout;
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
             match placement.place(&command, wait).await {
-                Placed::Here => return self.local(command).await,
+                Placed::Here(tenure) => return self.local(command, tenure).await,
                 Placed::Ran(result) => return result,
                 Placed::Lost => {
                     return Err(unavailable(
@@ -178,18 +183,20 @@ impl Service {
 
     /// Runs `command` on this node's entity actor: for a command another
     /// node forwarded here, once the cluster has checked this node leads
-    /// its shard.
-    pub async fn run_here(&self, command: Command) -> Result<Answer> {
-        self.local(command).await
+    /// its shard, in `tenure`.
+    pub async fn run_here(&self, command: Command, tenure: Tenure) -> Result<Answer> {
+        self.local(command, tenure).await
     }
 
-    /// Runs `command` on this node's entity actor.
-    async fn local(&self, command: Command) -> Result<Answer> {
+    /// Runs `command` on this node's entity actor, which serves its shard
+    /// in `tenure`.
+    async fn local(&self, command: Command, tenure: Tenure) -> Result<Answer> {
         let (reply, answer) = oneshot::channel();
         match command {
-            Command::Conv(conv, command) => self
-                .routes
-                .conv(&conv, ConvMsg::Command(command, reply.into())),
+            Command::Conv(conv, command) => {
+                self.routes
+                    .conv_in(tenure, &conv, ConvMsg::Command(command, reply.into()))
+            }
             Command::User(user, command) => self
                 .routes
                 .user(&user, UserMsg::Command(command, reply.into())),

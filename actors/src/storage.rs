@@ -14,7 +14,7 @@ pub mod keys;
 pub mod records;
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -258,14 +258,28 @@ impl View<'_> {
     }
 }
 
-/// Where a shard's writes go in a cluster: through the shard's Raft log.
-pub trait ReplicatedLog: Send + Sync + 'static {
-    /// Returns once `writes` are committed on a majority and applied here.
+/// Where an entity's writes become durable. On a single node, [`Storage`]
+/// itself: once they are in the synced WAL. In a cluster, the shard's Raft
+/// group (`tidings-cluster`): once committed on a majority and applied
+/// here. Entities get one when they start.
+pub trait CommitLog: Send + Sync + 'static {
+    /// Returns once `writes` are durable.
     fn append(
         &self,
         shard: ShardId,
         writes: WriteSet,
     ) -> BoxFuture<'static, Result<(), StorageError>>;
+}
+
+impl CommitLog for Storage {
+    fn append(
+        &self,
+        _shard: ShardId,
+        writes: WriteSet,
+    ) -> BoxFuture<'static, Result<(), StorageError>> {
+        let committer = self.committer.clone();
+        Box::pin(async move { committer.commit(writes).await })
+    }
 }
 
 /// How the node's storage is tuned; [`Storage::open`] takes the defaults.
@@ -298,7 +312,6 @@ pub struct Storage {
     // thread to close the database.
     db: Arc<DB>,
     committer: committer::Committer,
-    replicated: Arc<OnceLock<Arc<dyn ReplicatedLog>>>,
     health: Arc<Health>,
 }
 
@@ -338,29 +351,13 @@ impl Storage {
         Ok(Storage {
             db,
             committer,
-            replicated: Arc::default(),
             health,
         })
     }
 
-    /// From now on, [`Storage::commit`] goes through `log` (a node joining a
-    /// cluster, before it serves anything). Only the first call counts.
-    pub fn replicate_through(&self, log: Arc<dyn ReplicatedLog>) {
-        let _ = self.replicated.set(log);
-    }
-
-    /// Makes an entity's `writes` durable. On a single node: once they are
-    /// in the synced WAL. In a cluster: once the shard's Raft group has
-    /// committed them on a majority and this node has applied them.
-    pub async fn commit(&self, shard: ShardId, writes: WriteSet) -> Result<(), StorageError> {
-        match self.replicated.get() {
-            Some(log) => log.append(shard, writes).await,
-            None => self.committer.commit(writes).await,
-        }
-    }
-
-    /// Writes to this node's disk only, synced (group commit): Raft's own
-    /// log and vote.
+    /// Writes to this node's disk only, synced (group commit): an entity's
+    /// writes on a single node ([`CommitLog`]), Raft's own log and vote in
+    /// a cluster.
     pub async fn commit_local(&self, writes: WriteSet) -> Result<(), StorageError> {
         self.committer.commit(writes).await
     }

@@ -20,7 +20,7 @@ use crate::messages::{EntityKey, RouterMsg, UserMsg};
 use crate::metrics::Metrics;
 use crate::shard::{shard_of, ShardId};
 use crate::storage::records::{BlockList, IndexEntry, StoredNotification, UserMeta};
-use crate::storage::{keys, Cf, Storage, WriteSet};
+use crate::storage::{keys, Cf, CommitLog, Storage, WriteSet};
 
 pub mod rules;
 
@@ -32,6 +32,7 @@ pub struct User {
     meta: UserMeta,
     directory: Directory,
     storage: Storage,
+    log: Arc<dyn CommitLog>,
     router: ActorRef<RouterMsg>,
     metrics: Arc<Metrics>,
     idle: IdleClock,
@@ -62,6 +63,7 @@ impl Actor for UserActor {
             meta,
             directory: args.directory,
             storage: args.storage,
+            log: args.log,
             router: args.router,
             metrics: args.metrics,
             idle,
@@ -158,8 +160,8 @@ impl User {
             .put(Cf::UserMeta, keys::entity(user), &meta)
             .map_err(storage_failed)?;
         writes.expect(Cf::UserLog, user, version - 1, version);
-        self.storage
-            .commit(self.shard, writes)
+        self.log
+            .append(self.shard, writes)
             .await
             .map_err(crate::entity::commit_failed)?;
         self.meta = meta;
@@ -257,8 +259,8 @@ impl User {
         writes
             .put(Cf::UserConvs, key, &entry)
             .map_err(storage_failed)?;
-        self.storage
-            .commit(self.shard, writes)
+        self.log
+            .append(self.shard, writes)
             .await
             .map_err(crate::entity::commit_failed)
     }
@@ -285,8 +287,8 @@ impl User {
         writes
             .put(Cf::UserMeta, keys::block_list(self.id.as_str()), &list)
             .map_err(storage_failed)?;
-        self.storage
-            .commit(self.shard, writes)
+        self.log
+            .append(self.shard, writes)
             .await
             .map_err(crate::entity::commit_failed)?;
         tracing::debug!(user = %self.id, other = %user, block, "block list changed");

@@ -8,9 +8,8 @@
 //! [`Forwarded::NotLeader`] without running anything, naming the leader it
 //! knows, and the sender asks again where the leader is.
 //!
-//! They travel as JSON: notification payloads are arbitrary JSON values,
-//! and answers carry the wire's events (tagged and flattened), neither of
-//! which a non-self-describing format can read back.
+//! Commands, answers and presence questions cross in the core's one codec
+//! ([`codec`]), as Raft's messages and deliveries do.
 
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use futures_util::future::{join_all, BoxFuture};
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
+use tidings_actors::codec;
 use tidings_actors::command::{Answer, Command};
 use tidings_actors::remote::{Placed, Placement};
 use tidings_actors::Service;
@@ -30,12 +30,23 @@ use crate::replication::{Replicator, Route};
 /// A forwarded request's outcome, as the serving node reports it.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Forwarded {
-    Ran(Result<Answer, ErrorFrame>),
+    Ran(Answer),
+    /// It ran and was refused, or failed: the client's error.
+    Refused(#[serde(with = "tidings_actors::codec::json")] ErrorFrame),
     /// This node does not lead the shard; nothing was run. The leader as
     /// this node knows it, if any.
     NotLeader {
         leader: Option<String>,
     },
+}
+
+impl Forwarded {
+    fn ran(result: Result<Answer, ErrorFrame>) -> Forwarded {
+        match result {
+            Ok(answer) => Forwarded::Ran(answer),
+            Err(error) => Forwarded::Refused(error),
+        }
+    }
 }
 
 /// What became of a forwarded request, as the sender sees it.
@@ -50,7 +61,7 @@ pub enum Outcome {
 
 /// Sends `command` to the peer actor `to` and waits up to `wait`.
 pub async fn forward(to: &ActorRef<PeerMsg>, command: &Command, wait: Duration) -> Outcome {
-    let bytes = match serde_json::to_vec(command) {
+    let bytes = match codec::encode(command) {
         Ok(bytes) => bytes,
         Err(err) => {
             return Outcome::Ran(Err(ErrorFrame::new(
@@ -63,8 +74,9 @@ pub async fn forward(to: &ActorRef<PeerMsg>, command: &Command, wait: Duration) 
         .call(|reply| PeerMsg::Forward(bytes, reply), Some(wait))
         .await
     {
-        Ok(CallResult::Success(bytes)) => match serde_json::from_slice(&bytes) {
-            Ok(Forwarded::Ran(result)) => Outcome::Ran(result),
+        Ok(CallResult::Success(bytes)) => match codec::decode(&bytes) {
+            Ok(Forwarded::Ran(answer)) => Outcome::Ran(Ok(answer)),
+            Ok(Forwarded::Refused(error)) => Outcome::Ran(Err(error)),
             Ok(Forwarded::NotLeader { leader }) => Outcome::Retry(leader),
             Err(err) => {
                 tracing::warn!(error = %err, "undecodable answer to a forwarded request");
@@ -86,13 +98,13 @@ pub async fn presence(
     users: &[UserId],
     wait: Duration,
 ) -> Option<Vec<tidings_protocol::frames::PresenceInfo>> {
-    let bytes = serde_json::to_vec(users).ok()?;
+    let bytes = codec::encode(&users).ok()?;
     match peer
         .call(|reply| PeerMsg::Presence(bytes, reply), Some(wait))
         .await
     {
         Ok(CallResult::Success(bytes)) => {
-            let infos: Vec<_> = serde_json::from_slice(&bytes).ok()?;
+            let infos: Vec<_> = codec::decode(&bytes).ok()?;
             (infos.len() == users.len()).then_some(infos)
         }
         _ => None,
@@ -104,7 +116,7 @@ impl Placement for Replicator {
         Box::pin(async move {
             let shard = command.shard();
             match self.route(shard).await {
-                Route::Local => Placed::Here,
+                Route::Local(tenure) => Placed::Here(tenure),
                 Route::Remote(leader) => match forward(&leader, command, wait).await {
                     Outcome::Ran(result) => Placed::Ran(result),
                     Outcome::Retry(leader) => {
@@ -137,27 +149,62 @@ impl Placement for Replicator {
 /// Serves a command another node forwarded here, if this node leads its
 /// shard; the encoded [`Forwarded`] answer.
 pub async fn serve(replicator: &Replicator, service: &Service, bytes: &[u8]) -> Vec<u8> {
-    let answer = match serde_json::from_slice::<Command>(bytes) {
-        Err(err) => Forwarded::Ran(Err(ErrorFrame::bad_request(format!(
+    let answer = match codec::decode::<Command>(bytes) {
+        Err(err) => Forwarded::Refused(ErrorFrame::bad_request(format!(
             "undecodable forwarded request: {err}"
-        )))),
+        ))),
         Ok(command) => match replicator.route(command.shard()).await {
-            Route::Local => Forwarded::Ran(service.run_here(command).await),
+            Route::Local(tenure) => Forwarded::ran(service.run_here(command, tenure).await),
             _ => Forwarded::NotLeader {
                 leader: replicator.leader_of(command.shard()),
             },
         },
     };
-    serde_json::to_vec(&answer).unwrap_or_default()
+    codec::encode(&answer).unwrap_or_default()
 }
 
 /// Answers another node's presence question about the devices here.
 pub fn serve_presence(service: &Service, bytes: &[u8]) -> Vec<u8> {
-    let infos = match serde_json::from_slice::<Vec<UserId>>(bytes) {
+    let infos = match codec::decode::<Vec<UserId>>(bytes) {
         Ok(users) if users.len() <= tidings_protocol::MAX_PRESENCE_USERS => {
             service.local_presence(&users)
         }
         _ => Vec::new(),
     };
-    serde_json::to_vec(&infos).unwrap_or_default()
+    codec::encode(&infos).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidings_protocol::error::CurrentMessage;
+    use tidings_protocol::ErrorCode;
+
+    fn back(forwarded: &Forwarded) -> Forwarded {
+        codec::decode(&codec::encode(forwarded).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_refusal_crosses_with_what_is_current_and_without_it() {
+        let mut conflict = ErrorFrame::new(ErrorCode::Conflict, "stale rev");
+        conflict.current = Some(CurrentMessage {
+            target: 3,
+            rev: 2,
+            body: None,
+            from: UserId::try_from("ann").unwrap(),
+        });
+        let plain = ErrorFrame::new(ErrorCode::Forbidden, "not a member");
+        for error in [conflict, plain] {
+            match back(&Forwarded::Refused(error.clone())) {
+                Forwarded::Refused(back) => assert_eq!(back, error),
+                other => panic!("came back as {other:?}"),
+            }
+        }
+        match back(&Forwarded::NotLeader {
+            leader: Some("n2".into()),
+        }) {
+            Forwarded::NotLeader { leader } => assert_eq!(leader.as_deref(), Some("n2")),
+            other => panic!("came back as {other:?}"),
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Tidings' cluster, over the core (`tidings-actors`), which it implements
 //! the seams of: the links between nodes (this module and [`link`],
 //! [`membership`], [`peer`], [`locations`]), a Raft group per shard
-//! ([`replication`], the core's `ReplicatedLog`), commands run where their
+//! ([`replication`], the core's `CommitLog`), commands run where their
 //! shard is led ([`forward`], the core's `Placement`), the devices on other
 //! nodes ([`Peers`], the core's `RemoteFanout`), and the node's one
 //! start-up ([`runtime::Runtime`]). The core imports nothing from here.
@@ -38,7 +38,7 @@ pub mod runtime;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
@@ -316,9 +316,8 @@ impl Peers {
 pub struct Cluster {
     membership: ActorRef<MembershipMsg>,
     server: ActorRef<NodeServerMessage>,
-    peer: ActorRef<PeerMsg>,
     peers: Peers,
-    handlers: Arc<OnceLock<Handlers>>,
+    node_id: String,
     expected: usize,
     accepting: AbortHandle,
 }
@@ -357,14 +356,8 @@ impl Cluster {
         .with_listen_addr(Ipv4Addr::LOCALHOST.into());
         let (server, _) = Actor::spawn(None, server, ()).await?;
         let accepting = tokio::spawn(accept(listener, gate.clone(), server.clone())).abort_handle();
-        let handlers = Arc::new(OnceLock::new());
         let peers = Peers::new(config.node_id.clone(), config.join.len() + 1);
-        let (peer, _) = Actor::spawn(
-            None,
-            PeerActor,
-            (config.node_id.clone(), handlers.clone(), peers.clone()),
-        )
-        .await?;
+        let node_id = config.node_id.clone();
         let expected = config.join.len();
         let (membership, _) = Actor::spawn(
             None,
@@ -380,9 +373,8 @@ impl Cluster {
         Ok(Cluster {
             membership,
             server,
-            peer,
             peers,
-            handlers,
+            node_id,
             expected,
             accepting,
         })
@@ -398,9 +390,13 @@ impl Cluster {
         self.expected
     }
 
-    /// Starts serving other nodes' Raft, forwarded and delivery requests.
-    pub fn serve(&self, handlers: Handlers) {
-        let _ = self.handlers.set(handlers);
+    /// Starts this node's peer actor, which serves other nodes' Raft,
+    /// forwarded and delivery requests with `handlers`; stop it before
+    /// [`Cluster::stop`].
+    pub async fn serve(&self, handlers: Handlers) -> Result<ActorRef<PeerMsg>, ClusterError> {
+        let args = (self.node_id.clone(), handlers, self.peers.clone());
+        let (peer, _) = Actor::spawn(None, PeerActor, args).await?;
+        Ok(peer)
     }
 
     /// Every node this one knows of, and whether each is up.
@@ -417,7 +413,6 @@ impl Cluster {
     pub fn stop(&self) {
         self.accepting.abort();
         self.membership.stop(None);
-        self.peer.stop(None);
         self.server.stop(None);
     }
 }

@@ -1,4 +1,6 @@
 //! The peer actor: the one actor of each node that the other nodes see.
+//! It starts once the node has all it serves with ([`Handlers`]); until
+//! then the other nodes see this one as not up yet.
 //!
 //! It answers heartbeats, serves the Raft requests of the shard groups,
 //! runs requests forwarded by nodes that do not lead the entity's shard,
@@ -6,7 +8,7 @@
 //! pushes them to the devices' queues (no other actor's mailbox on the
 //! way: the router handles no message per delivery).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
@@ -71,8 +73,7 @@ pub enum PeerMsg {
     Knock(Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
 
-/// What the peer actor serves with, installed once the node's service is
-/// up. Requests that come earlier go unanswered, and their senders retry.
+/// What the peer actor serves with.
 #[derive(Clone)]
 pub struct Handlers {
     pub replicator: Replicator,
@@ -86,19 +87,19 @@ pub struct PeerActor;
 
 pub struct PeerState {
     node_id: String,
-    handlers: Arc<OnceLock<Handlers>>,
+    handlers: Handlers,
     peers: Peers,
 }
 
 impl Actor for PeerActor {
     type Msg = PeerMsg;
     type State = PeerState;
-    type Arguments = (String, Arc<OnceLock<Handlers>>, Peers);
+    type Arguments = (String, Handlers, Peers);
 
     async fn pre_start(
         &self,
         myself: ActorRef<PeerMsg>,
-        (node_id, handlers, peers): (String, Arc<OnceLock<Handlers>>, Peers),
+        (node_id, handlers, peers): (String, Handlers, Peers),
     ) -> Result<PeerState, ActorProcessingErr> {
         ractor::pg::join(GROUP.to_owned(), vec![myself.get_cell()]);
         Ok(PeerState {
@@ -139,9 +140,7 @@ impl Actor for PeerActor {
             }
             _ => {}
         }
-        let Some(handlers) = state.handlers.get().cloned() else {
-            return Ok(());
-        };
+        let handlers = state.handlers.clone();
         // Raft and forwarded requests wait on disks and other nodes: they
         // run beside the actor, which keeps answering heartbeats.
         match message {

@@ -11,10 +11,12 @@
 //!
 //! The shard's leader hosts the shard's entity actors. [`Replicator::route`]
 //! says, per shard, whether this node may serve it (it leads, and has
-//! applied everything committed before its term) or which node to forward
-//! to. When a node stops leading a shard, that shard's conversation
-//! actors are stopped ([`Routes::shard_lost`]), so that none keeps a
-//! version counter that another leader has moved on from.
+//! applied everything committed before its term), and in which
+//! [`Tenure`], or which node to forward to. Each confirmation begins a new
+//! tenure, before whose first request the core replaces the shard's
+//! conversation actors, so that none keeps a version counter that another
+//! leader has moved on from; [`Replicator::on_leadership_lost`] tells when
+//! this node stops leading a shard.
 //!
 //! The groups form once every node in `--join` is linked and has knocked
 //! on this one ([`rejoin`]): the node names,
@@ -55,10 +57,9 @@ use ractor::ActorRef;
 use rand::Rng;
 use serde::Serialize;
 use tidings_actors::codec;
-use tidings_actors::messages::RouterMsg;
-use tidings_actors::router::Routes;
+use tidings_actors::remote::Tenure;
 use tidings_actors::shard::{ShardId, SHARDS};
-use tidings_actors::storage::{keys, Cf, ReplicatedLog, Storage, StorageError, WriteSet};
+use tidings_actors::storage::{keys, Cf, CommitLog, Storage, StorageError, WriteSet};
 use tokio::sync::watch;
 
 use crate::peer::PeerMsg;
@@ -121,8 +122,9 @@ impl Default for RaftSettings {
 
 /// Where a request for a shard goes.
 pub enum Route {
-    /// This node leads the shard and is caught up: serve it here.
-    Local,
+    /// This node leads the shard and is caught up: serve it here, in this
+    /// tenure.
+    Local(Tenure),
     /// Forward to the leader's peer actor.
     Remote(ActorRef<PeerMsg>),
     /// No leader is known or reachable right now.
@@ -180,11 +182,14 @@ struct Inner {
     ready: Vec<AtomicU64>,
     /// Per shard, held while a leader confirms it is caught up.
     confirming: Vec<tokio::sync::Mutex<()>>,
+    /// Per shard, the tenure the last confirmation began.
+    tenures: Vec<AtomicU64>,
+    /// The last tenure begun, of any shard: tenures only grow.
+    last_tenure: AtomicU64,
     /// A leader serves a shard only while a majority has acknowledged it
     /// within this long: no other leader can have been elected since.
     lease: Duration,
     peers: Peers,
-    routes: Routes,
     timeout: Duration,
     /// Drawn at this start: tells this run's knocks from another's.
     boot: u64,
@@ -226,16 +231,13 @@ struct Formation {
 impl Replicator {
     /// Opens every shard's group from `storage`, then forms the groups
     /// once the `expected` other nodes are linked, with `replicas` copies of
-    /// each shard, and stops a shard's actors in `routes` when this node
-    /// stops leading it.
-    #[allow(clippy::too_many_arguments)]
+    /// each shard.
     pub async fn start(
         node: String,
         storage: Storage,
         peers: Peers,
         expected: usize,
         replicas: usize,
-        routes: Routes,
         settings: RaftSettings,
         timeout: Duration,
     ) -> Result<Replicator, ReplicationError> {
@@ -312,10 +314,11 @@ impl Replicator {
                 storage: storage.clone(),
                 ready: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
                 confirming: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
+                tenures: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+                last_tenure: AtomicU64::new(Tenure::SOLE.0),
                 lease: settings.election_min,
                 rafts,
                 peers,
-                routes: routes.clone(),
                 timeout,
                 boot: rand::rng().random(),
                 empty,
@@ -329,18 +332,19 @@ impl Replicator {
         if let Some(nodes) = nodes {
             replicator.place(&nodes);
         }
-        for shard in 0..SHARDS {
-            tokio::spawn(watch_leadership(
-                replicator.inner.rafts[shard as usize].clone(),
-                ShardId(shard),
-                routes.clone(),
-            ));
-        }
         tokio::spawn(replicator.clone().knock(expected));
         tokio::spawn(replicator.clone().form(expected));
-        let router = routes.router().clone();
-        tokio::spawn(resync_on_loss(replicator.inner.peers.losses(), router));
         Ok(replicator)
+    }
+
+    /// Calls `lost` with a shard whenever this node stops leading it (or
+    /// leads it again in a new term, which it may have missed the end of),
+    /// until the groups shut down.
+    pub fn on_leadership_lost(&self, lost: impl Fn(ShardId) + Clone + Send + Sync + 'static) {
+        for shard in 0..SHARDS {
+            let raft = self.inner.rafts[shard as usize].clone();
+            tokio::spawn(watch_leadership(raft, ShardId(shard), lost.clone()));
+        }
     }
 
     /// Waits until this node takes part and the other `expected` nodes
@@ -650,12 +654,13 @@ impl Replicator {
             if !leased {
                 return Route::Unknown;
             }
+            let tenure = || Tenure(self.inner.tenures[index].load(Ordering::Acquire));
             if self.inner.ready[index].load(Ordering::Acquire) == term {
-                return Route::Local;
+                return Route::Local(tenure());
             }
             let _confirming = self.inner.confirming[index].lock().await;
             if self.inner.ready[index].load(Ordering::Acquire) == term {
-                return Route::Local;
+                return Route::Local(tenure());
             }
             // A new leader (or one whose write went unconfirmed) first
             // makes sure it still leads and has applied every entry it
@@ -670,19 +675,15 @@ impl Replicator {
             };
             return match tokio::time::timeout(self.inner.timeout, confirm).await {
                 Ok(Some(_)) => {
-                    // Actors of an earlier term, or loaded before an
-                    // unconfirmed entry was applied, go first: they are out
-                    // of the table before any request is routed here.
-                    self.inner.routes.shard_lost(shard);
-                    // Index changes an earlier leader left owing.
-                    let router = self.inner.routes.router();
-                    if let Err(err) =
-                        tidings_actors::settle_outboxes(router, &self.inner.storage, Some(shard))
-                    {
-                        tracing::error!(shard = shard.0, error = %err, "reading outboxes failed");
-                    }
+                    // A new tenure: actors of an earlier term, or loaded
+                    // before an unconfirmed entry was applied, are replaced
+                    // before its first request reaches them, and the index
+                    // changes an earlier leader left owing are finished
+                    // (`Routes::conv_in`).
+                    let begun = self.inner.last_tenure.fetch_add(1, Ordering::AcqRel) + 1;
+                    self.inner.tenures[index].store(begun, Ordering::Release);
                     self.inner.ready[index].store(term, Ordering::Release);
-                    Route::Local
+                    Route::Local(Tenure(begun))
                 }
                 _ => Route::Unknown,
             };
@@ -786,7 +787,7 @@ impl Replicator {
     }
 }
 
-impl ReplicatedLog for Replicator {
+impl CommitLog for Replicator {
     fn append(
         &self,
         shard: ShardId,
@@ -822,21 +823,9 @@ impl ReplicatedLog for Replicator {
     }
 }
 
-/// Events the lost link carried are gone: every device here syncs. (Their
-/// sync waits for the shards' new leaders, so it sees every committed
-/// event.)
-async fn resync_on_loss(
-    mut losses: tokio::sync::watch::Receiver<u64>,
-    router: ActorRef<RouterMsg>,
-) {
-    while losses.changed().await.is_ok() {
-        let _ = router.cast(RouterMsg::Resync);
-    }
-}
-
-/// Stops the shard's actors whenever this node stops leading `shard` (or
-/// leads it again in a new term, which it may have missed the end of).
-async fn watch_leadership(raft: ShardRaft, shard: ShardId, routes: Routes) {
+/// Calls `lost` whenever this node stops leading `shard` (or leads it again
+/// in a new term, which it may have missed the end of).
+async fn watch_leadership(raft: ShardRaft, shard: ShardId, lost: impl Fn(ShardId)) {
     let mut metrics = raft.metrics();
     let mut led: Option<u64> = None;
     loop {
@@ -847,7 +836,7 @@ async fn watch_leadership(raft: ShardRaft, shard: ShardId, routes: Routes) {
         let leads = (state == ServerState::Leader).then_some(term);
         if led.is_some() && leads != led {
             tracing::info!(shard = shard.0, "no longer leading the shard");
-            routes.shard_lost(shard);
+            lost(shard);
         }
         led = leads;
         if metrics.changed().await.is_err() {

@@ -8,19 +8,21 @@
 //!
 //! 1. storage opens (RocksDB, the committer thread);
 //! 2. in a cluster, the links start (the node's own listener and
-//!    handshake, the peer actor, membership);
-//! 3. the router starts, fanning out through a directory that reaches
+//!    handshake, membership) and then the shard groups, which send
+//!    through the links;
+//! 3. the core starts ([`tidings_actors::start`]): the router, and with
+//!    it the service, over the commit log (storage, or the shard groups),
+//!    the placement (in a cluster) and a directory whose fan-out reaches
 //!    the other nodes' devices too;
-//! 4. in a cluster, the shard groups start, and storage commits through
-//!    them from then on;
-//! 5. the service is handed to the router (entities reach each other
-//!    through it) and, in a cluster, to the peer actor (to serve what
-//!    other nodes forward); on a single node the outboxes a crash left
-//!    owing are settled (a cluster node settles each shard it comes to
-//!    lead).
+//! 4. in a cluster, the peer actor starts with the service, the shard
+//!    groups and the directory, and only then do other nodes see this one
+//!    as up; a lost shard leadership stops the shard's actors, and a lost
+//!    link makes every device here sync.
 //!
-//! Shutdown stops the entity actors (nothing is written after), the shard
-//! groups, the links and the router, then flushes and closes storage.
+//! Each part gets what it needs as it starts; nothing is handed to one
+//! later. Shutdown stops the entity actors (nothing is written after), the
+//! peer actor, the shard groups, the links and the router, then flushes
+//! and closes storage.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,13 +30,16 @@ use std::time::Duration;
 
 use ractor::ActorRef;
 use tidings_actors::directory::Directory;
-use tidings_actors::remote::RemoteFanout;
+use tidings_actors::remote::{Placement, RemoteFanout};
+use tidings_actors::storage::CommitLog;
 use tidings_actors::{
-    EntityConfig, Metrics, RouterMsg, Service, Storage, StorageError, StorageOptions,
+    CoreArgs, EntityConfig, Metrics, RouterMsg, Service, ServiceConfig, Storage, StorageError,
+    StorageOptions,
 };
+use tidings_protocol::ServerFrame;
 use tokio::task::JoinHandle;
 
-use crate::peer::Handlers;
+use crate::peer::{Handlers, PeerMsg};
 use crate::replication::{RaftSettings, ReplicationError, Replicator};
 use crate::{Cluster, ClusterConfig, ClusterError};
 
@@ -72,8 +77,6 @@ pub enum StartError {
     Router(#[from] ractor::SpawnErr),
     #[error("starting the shard groups: {0}")]
     Replication(#[from] ReplicationError),
-    #[error("reading conversations' outboxes: {0}")]
-    Outboxes(StorageError),
 }
 
 /// A node's running actors, storage and, in a cluster, links and shard
@@ -84,6 +87,7 @@ pub struct Runtime {
     metrics: Arc<Metrics>,
     cluster: Option<Cluster>,
     replicator: Option<Replicator>,
+    peer: Option<ActorRef<PeerMsg>>,
     router: ActorRef<RouterMsg>,
     router_task: JoinHandle<()>,
 }
@@ -102,20 +106,7 @@ impl Runtime {
             Some(settings) => Some(Cluster::start(settings.links.clone()).await?),
             None => None,
         };
-        // In a cluster, fan-out reaches the devices on the other nodes too.
-        let remote = cluster
-            .as_ref()
-            .map(|c| Arc::new(c.peers().clone()) as Arc<dyn RemoteFanout>);
-        let directory = Directory::new(remote, metrics.users_online.clone());
-        let (routes, router_task) = tidings_actors::start_router(
-            storage.clone(),
-            config.entity.clone(),
-            metrics.clone(),
-            directory.clone(),
-        )
-        .await?;
-        let router = routes.router().clone();
-        let (service, replicator) = match (&cluster, &config.cluster) {
+        let replicator = match (&cluster, &config.cluster) {
             (Some(cluster), Some(settings)) => {
                 let nodes = cluster.expected_peers() + 1;
                 if settings.replicas > nodes {
@@ -131,50 +122,65 @@ impl Runtime {
                     cluster.peers().clone(),
                     cluster.expected_peers(),
                     settings.replicas,
-                    routes.clone(),
                     settings.raft.clone(),
                     config.call_timeout,
                 )
                 .await?;
-                storage.replicate_through(Arc::new(replicator.clone()));
-                let service = Service::clustered(
-                    routes,
-                    directory.clone(),
-                    config.call_timeout,
-                    Arc::new(replicator.clone()),
-                );
-                (service, Some(replicator))
+                Some(replicator)
             }
-            _ => (
-                Service::new(routes, directory.clone(), config.call_timeout),
-                None,
-            ),
+            _ => None,
         };
-        let service = service.with_max_reply_bytes(config.max_reply_bytes);
-        // Before any request: entities reach each other through the service
-        // (in a cluster, where their shards are led).
-        let _ = router.cast(RouterMsg::Serve(Arc::new(service.clone())));
-        match (&cluster, &replicator) {
-            (Some(cluster), Some(replicator)) => cluster.serve(Handlers {
-                replicator: replicator.clone(),
-                service: service.clone(),
-                directory,
-                metrics: metrics.clone(),
-            }),
-            _ => {
-                let owing = tidings_actors::settle_outboxes(&router, &storage, None)
-                    .map_err(StartError::Outboxes)?;
-                if owing > 0 {
-                    tracing::info!(owing, "finishing conversations' index changes");
-                }
+        // In a cluster, fan-out reaches the devices on the other nodes too.
+        let remote = cluster
+            .as_ref()
+            .map(|c| Arc::new(c.peers().clone()) as Arc<dyn RemoteFanout>);
+        let directory = Directory::new(remote, metrics.users_online.clone());
+        let log: Arc<dyn CommitLog> = match &replicator {
+            Some(replicator) => Arc::new(replicator.clone()),
+            None => Arc::new(storage.clone()),
+        };
+        let core = tidings_actors::start(CoreArgs {
+            storage: storage.clone(),
+            log,
+            entity: config.entity.clone(),
+            metrics: metrics.clone(),
+            service: ServiceConfig {
+                placement: replicator
+                    .as_ref()
+                    .map(|r| Arc::new(r.clone()) as Arc<dyn Placement>),
+                max_reply_bytes: config.max_reply_bytes,
+                ..ServiceConfig::new(directory.clone(), config.call_timeout)
+            },
+        })
+        .await?;
+        let (service, router, router_task) =
+            (core.service, core.routes.router().clone(), core.router_task);
+        let peer = match (&cluster, &replicator) {
+            (Some(cluster), Some(replicator)) => {
+                let routes = core.routes.clone();
+                replicator.on_leadership_lost(move |shard| routes.shard_lost(shard));
+                tokio::spawn(resync_on_loss(
+                    cluster.peers().losses(),
+                    directory.clone(),
+                    metrics.clone(),
+                ));
+                let handlers = Handlers {
+                    replicator: replicator.clone(),
+                    service: service.clone(),
+                    directory,
+                    metrics: metrics.clone(),
+                };
+                Some(cluster.serve(handlers).await?)
             }
-        }
+            _ => None,
+        };
         Ok(Runtime {
             service,
             storage,
             metrics,
             cluster,
             replicator,
+            peer,
             router,
             router_task,
         })
@@ -214,11 +220,15 @@ impl Runtime {
     }
 
     /// Stops in the reverse order of the start: the entity actors, the
-    /// shard groups, the links, the router; then flushes storage.
+    /// peer actor, the shard groups, the links, the router; then flushes
+    /// storage.
     pub async fn shutdown(self) -> Result<(), StorageError> {
         self.router
             .stop_children_and_wait(None, Some(Duration::from_secs(10)))
             .await;
+        if let Some(peer) = &self.peer {
+            peer.stop(None);
+        }
         if let Some(replicator) = &self.replicator {
             replicator.shutdown().await;
         }
@@ -228,5 +238,19 @@ impl Runtime {
         self.router.stop(None);
         let _ = self.router_task.await;
         self.storage.close().await
+    }
+}
+
+/// Events the lost link carried are gone: every device here syncs. (Their
+/// sync waits for the shards' new leaders, so it sees every committed
+/// event.)
+async fn resync_on_loss(
+    mut losses: tokio::sync::watch::Receiver<u64>,
+    directory: Directory,
+    metrics: Arc<Metrics>,
+) {
+    while losses.changed().await.is_ok() {
+        let frame = ServerFrame::Resync.push().to_json().into();
+        directory.deliver_everyone(&frame, &metrics);
     }
 }

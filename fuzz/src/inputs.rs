@@ -458,13 +458,13 @@ pub fn cluster_seeds() -> Vec<Vec<u8>> {
             payload: json!({"kind":"invoice","id":42}),
         },
     );
-    let ran = Forwarded::Ran(Ok(Answer::Ack(Ack {
+    let ran = Forwarded::Ran(Answer::Ack(Ack {
         conv: conv("dm:alice:bob"),
         version: 4,
         ts: 1,
         dup: Some(false),
-    })));
-    let refused = Forwarded::Ran(Err(ErrorFrame::bad_request("no")));
+    }));
+    let refused = Forwarded::Refused(ErrorFrame::bad_request("no"));
     let moved = Forwarded::NotLeader {
         leader: Some("n2".into()),
     };
@@ -484,7 +484,6 @@ pub fn cluster_seeds() -> Vec<Vec<u8>> {
         from: "n2".into(),
         news: News::Online(user("bob")),
     };
-    let json = |v: serde_json::Result<Vec<u8>>| v.expect("encodes");
     let bin = |v: Result<Vec<u8>, codec::CodecError>| v.expect("encodes");
     vec![
         Hello {
@@ -501,14 +500,14 @@ pub fn cluster_seeds() -> Vec<Vec<u8>> {
         bin(codec::encode(&delivery)),
         bin(codec::encode(&located)),
         bin(codec::encode(&online)),
-        json(serde_json::to_vec(&op)),
-        json(serde_json::to_vec(&history)),
-        json(serde_json::to_vec(&notify)),
-        json(serde_json::to_vec(&ran)),
-        json(serde_json::to_vec(&refused)),
-        json(serde_json::to_vec(&moved)),
-        json(serde_json::to_vec(&[user("alice"), user("bob")])),
-        json(serde_json::to_vec(&[PresenceInfo {
+        bin(codec::encode(&op)),
+        bin(codec::encode(&history)),
+        bin(codec::encode(&notify)),
+        bin(codec::encode(&ran)),
+        bin(codec::encode(&refused)),
+        bin(codec::encode(&moved)),
+        bin(codec::encode(&vec![user("alice"), user("bob")])),
+        bin(codec::encode(&vec![PresenceInfo {
             online: true,
             devices: 2,
         }])),

@@ -142,10 +142,10 @@ impl ClusterDecoders {
         let _ = Hello::decode(bytes);
         let _ = codec::decode::<RaftRequest>(bytes);
         let _ = codec::decode::<RaftResponse>(bytes);
-        let _ = serde_json::from_slice::<Command>(bytes);
-        let _ = serde_json::from_slice::<Forwarded>(bytes);
-        let _ = serde_json::from_slice::<Vec<UserId>>(bytes);
-        let _ = serde_json::from_slice::<Vec<PresenceInfo>>(bytes);
+        let _ = codec::decode::<Command>(bytes);
+        let _ = codec::decode::<Forwarded>(bytes);
+        let _ = codec::decode::<Vec<UserId>>(bytes);
+        let _ = codec::decode::<Vec<PresenceInfo>>(bytes);
         self.directory.deliver_from_peer(bytes, &self.metrics);
         // A fresh table each time: what it learns from one input must not
         // pile up over a million.

@@ -1,7 +1,6 @@
 //! The storage suite: runs against a real RocksDB in a temporary directory.
 
 use super::*;
-use crate::shard::shard_of;
 
 fn put_log(storage: &Storage, entity: &str, versions: impl IntoIterator<Item = u64>) -> WriteSet {
     let _ = storage;
@@ -28,7 +27,7 @@ async fn committed_writes_survive_reopen() {
     {
         let storage = Storage::open(dir.path()).unwrap();
         let writes = put_log(&storage, "c", 1..=3);
-        storage.commit(shard_of("c"), writes).await.unwrap();
+        storage.commit_local(writes).await.unwrap();
         storage.close().await.unwrap();
     }
     let storage = Storage::open(dir.path()).unwrap();
@@ -47,7 +46,7 @@ async fn log_ranges_page_both_ways_and_stay_inside_their_entity() {
     let storage = Storage::open(dir.path()).unwrap();
     for entity in ["b", "bb", "c"] {
         let writes = put_log(&storage, entity, 1..=300);
-        storage.commit(shard_of(entity), writes).await.unwrap();
+        storage.commit_local(writes).await.unwrap();
     }
     let range = |after, before, limit, from_end| {
         versions(
@@ -78,7 +77,7 @@ async fn last_version_is_the_end_of_that_entity_log_only() {
         let storage = Storage::open(dir.path()).unwrap();
         for (entity, last) in [("b", 5), ("bb", 300), ("a", 1)] {
             let writes = put_log(&storage, entity, 1..=last);
-            storage.commit(shard_of(entity), writes).await.unwrap();
+            storage.commit_local(writes).await.unwrap();
         }
         assert_eq!(storage.last_version(Cf::ConvLog, "b").unwrap(), Some(5));
         storage.close().await.unwrap();
@@ -103,11 +102,11 @@ async fn names_list_one_entity() {
             .put(Cf::UserConvs, keys::named(user, conv), &())
             .unwrap();
     }
-    storage.commit(shard_of("al"), writes).await.unwrap();
+    storage.commit_local(writes).await.unwrap();
     assert_eq!(storage.names(Cf::UserConvs, "al").unwrap(), ["g:1", "g:2"]);
     let mut writes = WriteSet::default();
     writes.delete(Cf::UserConvs, keys::named("al", "g:1"));
-    storage.commit(shard_of("al"), writes).await.unwrap();
+    storage.commit_local(writes).await.unwrap();
     assert_eq!(storage.names(Cf::UserConvs, "al").unwrap(), ["g:2"]);
 }
 
@@ -209,7 +208,7 @@ fn commit_one(
     let storage = storage.clone();
     async move {
         let writes = put_log(&storage, &entity, [1]);
-        storage.commit(shard_of(&entity), writes).await
+        storage.commit_local(writes).await
     }
 }
 
