@@ -252,6 +252,12 @@ fn owing(storage: &Storage, shard: Option<ShardId>) -> Result<Vec<ConvId>, Stora
             owing.extend(conv);
         }
     }
+    if !owing.is_empty() {
+        tracing::info!(
+            owing = owing.len(),
+            "finishing conversations' index changes"
+        );
+    }
     Ok(owing)
 }
 
@@ -398,14 +404,7 @@ impl Actor for Router {
         // cluster node settles each shard as its tenure there begins.
         // (A node whose outboxes cannot be read does not start.)
         if !args.clustered {
-            let convs = owing(&args.storage, None)?;
-            if !convs.is_empty() {
-                tracing::info!(
-                    owing = convs.len(),
-                    "finishing conversations' index changes"
-                );
-            }
-            for conv in convs {
+            for conv in owing(&args.storage, None)? {
                 let _ = myself.cast(RouterMsg::Conv(conv, ConvMsg::Settle));
             }
         }
@@ -461,12 +460,6 @@ impl Actor for Router {
             }
             RouterMsg::Settle(shard) => match owing(&state.storage, shard) {
                 Ok(convs) => {
-                    if !convs.is_empty() {
-                        tracing::info!(
-                            owing = convs.len(),
-                            "finishing conversations' index changes"
-                        );
-                    }
                     for conv in convs {
                         state.deliver_conv(&myself, conv, ConvMsg::Settle).await;
                     }

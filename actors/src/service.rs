@@ -155,14 +155,14 @@ impl Service {
     /// (it may have run), and the client decides.
     async fn run(&self, command: Command) -> Result<Answer> {
         let Some(placement) = &self.placement else {
-            return self.local(command, Tenure::SOLE).await;
+            return self.run_here(command, Tenure::SOLE).await;
         };
         let shard = command.shard();
         let deadline = Instant::now() + self.timeout;
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
             match placement.place(&command, wait).await {
-                Placed::Here(tenure) => return self.local(command, tenure).await,
+                Placed::Here(tenure) => return self.run_here(command, tenure).await,
                 Placed::Ran(result) => return result,
                 Placed::Lost => {
                     return Err(unavailable(
@@ -181,16 +181,11 @@ impl Service {
         }
     }
 
-    /// Runs `command` on this node's entity actor: for a command another
-    /// node forwarded here, once the cluster has checked this node leads
-    /// its shard, in `tenure`.
-    pub async fn run_here(&self, command: Command, tenure: Tenure) -> Result<Answer> {
-        self.local(command, tenure).await
-    }
-
     /// Runs `command` on this node's entity actor, which serves its shard
-    /// in `tenure`.
-    async fn local(&self, command: Command, tenure: Tenure) -> Result<Answer> {
+    /// in `tenure`: on a single node, once placed here in a cluster, or for
+    /// a command another node forwarded here once the cluster has checked
+    /// this node leads its shard.
+    pub async fn run_here(&self, command: Command, tenure: Tenure) -> Result<Answer> {
         let (reply, answer) = oneshot::channel();
         match command {
             Command::Conv(conv, command) => {
