@@ -9,6 +9,8 @@
 //! fields out) go inside such a message as a JSON string ([`json`]):
 //! bincode cannot read back what is self-describing only.
 
+use std::marker::PhantomData;
+
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Format of every value written today.
@@ -62,6 +64,66 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     }
 }
 
+/// A `T` in the codec, as a message between nodes carries it. Sender and
+/// receiver both name `T`, so the compiler keeps them agreed on what the
+/// bytes are; only [`Encoded::decode`] reads them.
+pub struct Encoded<T> {
+    bytes: Vec<u8>,
+    of: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize> Encoded<T> {
+    pub fn new(value: &T) -> Result<Encoded<T>, CodecError> {
+        encode(value).map(Encoded::of_bytes)
+    }
+}
+
+impl<T: DeserializeOwned> Encoded<T> {
+    pub fn decode(&self) -> Result<T, CodecError> {
+        decode(&self.bytes)
+    }
+}
+
+impl<T> Encoded<T> {
+    /// Bytes that decode as a `T`: written from a borrowed form of it,
+    /// which encodes the same.
+    pub(crate) fn of_bytes(bytes: Vec<u8>) -> Encoded<T> {
+        Encoded {
+            bytes,
+            of: PhantomData,
+        }
+    }
+}
+
+impl<T> Clone for Encoded<T> {
+    fn clone(&self) -> Encoded<T> {
+        Encoded::of_bytes(self.bytes.clone())
+    }
+}
+
+impl<T> std::fmt::Debug for Encoded<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Encoded<{}>({} bytes)",
+            std::any::type_name::<T>(),
+            self.bytes.len()
+        )
+    }
+}
+
+/// How a cluster link carries it: the bytes as they are. Bytes that do not
+/// decode are found when the receiver decodes them.
+impl<T> ractor::BytesConvertable for Encoded<T> {
+    fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Encoded<T> {
+        Encoded::of_bytes(bytes)
+    }
+}
+
 /// A field kept as its JSON text inside a bincode value:
 /// `#[serde(with = "crate::codec::json")]`.
 pub mod json {
@@ -91,6 +153,24 @@ mod tests {
         a: u64,
         b: Option<String>,
         c: Vec<String>,
+    }
+
+    #[test]
+    fn a_value_crosses_a_link_as_its_codec_bytes_and_decodes_on_the_other_side() {
+        use ractor::BytesConvertable;
+        let value = Sample {
+            a: 7,
+            b: None,
+            c: vec!["z".into()],
+        };
+        let sent = Encoded::new(&value).unwrap().into_bytes();
+        assert_eq!(sent, encode(&value).unwrap());
+        let arrived = Encoded::<Sample>::from_bytes(sent);
+        assert_eq!(arrived.decode().unwrap(), value);
+        // What is not a `Sample` is found when it is decoded.
+        assert!(Encoded::<Sample>::from_bytes(vec![FORMAT_V1, 0xff])
+            .decode()
+            .is_err());
     }
 
     #[test]

@@ -232,7 +232,10 @@ impl Connection {
                 // (`ws::Serves`), so it is no part of an idle socket's task.
                 Ok(envelope) => (
                     envelope.req,
-                    self.service.handle(&self.user, envelope.frame).await,
+                    self.service
+                        .handle(&self.user, envelope.frame)
+                        .await
+                        .map_err(ErrorFrame::from),
                 ),
             }
         };

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tidings_protocol::frames::{ConvSummary, SyncedConv};
-use tidings_protocol::{Cmid, ConvId, ErrorFrame, Event, ServerFrame, UserId};
+use tidings_protocol::{Cmid, ConvId, Event, ServerFrame, UserId};
 
 use crate::budget::{cut, page, Budget, Keep};
 use crate::command::{Ack, Answer, ConvCommand, Created, HistoryPage, Page};
@@ -64,7 +64,7 @@ pub struct Conversation {
     indexes: Arc<dyn Indexes>,
 }
 
-type Result<T> = std::result::Result<T, ErrorFrame>;
+use crate::error::{Error, Result};
 
 /// How long a conversation waits before writing its members' indexes again
 /// after a failure.
@@ -173,7 +173,7 @@ impl Actor for ConversationActor {
 
 /// The error for a conversation that does not exist: the actor's, and the
 /// router's for a request it answers without starting one.
-pub(crate) fn no_such_conversation(conv: &ConvId) -> ErrorFrame {
+pub(crate) fn no_such_conversation(conv: &ConvId) -> Error {
     Refusal::NoSuchConversation(conv.clone()).into()
 }
 

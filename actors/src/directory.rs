@@ -31,7 +31,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use tidings_protocol::UserId;
 
-use crate::codec;
+use crate::codec::{self, Encoded};
 use crate::metrics::Metrics;
 use crate::outbound::{Frame, Outbound, Refused};
 use crate::remote::RemoteFanout;
@@ -70,18 +70,19 @@ struct DeliveryRef<'a> {
 }
 
 impl Delivery {
-    /// The bytes of a delivery of `frame` to `users` (not `except`), as
-    /// [`Directory::deliver_from_peer`] reads them on the other node.
+    /// A delivery of `frame` to `users` (not `except`), encoded for
+    /// [`Directory::deliver_from_peer`] on the other node.
     pub fn encode(
         users: &[UserId],
         except: Option<&UserId>,
         frame: &Frame,
-    ) -> Result<Vec<u8>, codec::CodecError> {
+    ) -> Result<Encoded<Delivery>, codec::CodecError> {
         codec::encode(&DeliveryRef {
             users,
             except,
             frame: frame.as_ref(),
         })
+        .map(Encoded::of_bytes)
     }
 }
 
@@ -258,9 +259,9 @@ impl Directory {
     }
 
     /// Queues a [`Delivery`] from another node on the devices here.
-    pub fn deliver_from_peer(&self, bytes: &[u8], metrics: &Metrics) {
+    pub fn deliver_from_peer(&self, delivery: &Encoded<Delivery>, metrics: &Metrics) {
         metrics.peer_deliveries_received.inc();
-        match codec::decode::<Delivery>(bytes) {
+        match delivery.decode() {
             Ok(d) => self.deliver_here(&d.users, d.except.as_ref(), &d.frame.into(), metrics),
             Err(err) => tracing::warn!(error = %err, "undecodable delivery dropped"),
         }

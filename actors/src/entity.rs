@@ -6,9 +6,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{ActorId, ActorRef};
 
-use tidings_protocol::{ErrorCode, ErrorFrame};
-
 use crate::directory::Directory;
+use crate::error::Error;
 use crate::index::Indexes;
 use crate::messages::{EntityKey, RouterMsg};
 use crate::metrics::Metrics;
@@ -51,26 +50,23 @@ pub struct EntityArgs<Id> {
     pub indexes: Arc<dyn Indexes>,
 }
 
-/// The client's error for a failed commit. A local write that failed wrote
+/// The error for a failed commit. A local write that failed wrote
 /// nothing; a replicated one may yet be committed, so the client is told to
 /// retry with the same `cmid`, which cannot apply it twice.
-pub(crate) fn commit_failed(err: StorageError) -> ErrorFrame {
+pub(crate) fn commit_failed(err: StorageError) -> Error {
     if err.leaves_state_unknown() {
         tracing::warn!(error = %err, "write not confirmed");
-        ErrorFrame::new(
-            ErrorCode::Unavailable,
-            "the write was not confirmed; retry it (with the same cmid)",
-        )
+        Error::Unconfirmed
     } else {
         storage_failed(err)
     }
 }
 
-/// The client's error for a read or write of storage that failed here:
-/// nothing was written.
-pub(crate) fn storage_failed(err: impl std::fmt::Display) -> ErrorFrame {
+/// The error for a read or write of storage that failed here: nothing
+/// was written.
+pub(crate) fn storage_failed(err: impl std::fmt::Display) -> Error {
     tracing::error!(error = %err, "entity storage failed");
-    ErrorFrame::new(ErrorCode::Internal, "storage failed; nothing was written")
+    Error::Storage
 }
 
 /// Counts the requests handled (each counted in the router's table when

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tidings_protocol::{ConvId, ErrorFrame, UserId};
+use tidings_protocol::{ConvId, UserId};
+
+use crate::error::Error;
 
 use crate::storage::records::IndexEntry;
 
@@ -20,7 +22,7 @@ pub trait Indexes: Send + Sync + 'static {
         user: &'a UserId,
         conv: &'a ConvId,
         entry: IndexEntry,
-    ) -> BoxFuture<'a, Result<(), ErrorFrame>>;
+    ) -> BoxFuture<'a, Result<(), Error>>;
 
     /// How long one write may take before it is answered `unavailable`.
     fn timeout(&self) -> Duration;

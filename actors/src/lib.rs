@@ -57,6 +57,7 @@ pub mod connection;
 pub mod conversation;
 pub mod directory;
 pub mod entity;
+pub mod error;
 pub mod index;
 pub mod messages;
 pub mod metrics;
@@ -73,6 +74,7 @@ use std::sync::Arc;
 use ractor::Actor;
 
 pub use entity::EntityConfig;
+pub use error::Error;
 pub use messages::RouterMsg;
 pub use metrics::Metrics;
 pub use service::{Service, ServiceConfig};

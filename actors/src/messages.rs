@@ -1,16 +1,18 @@
 //! The messages the actors exchange. Entity actors' messages are local-only:
 //! the commands they carry ([`crate::command`]) are what crosses nodes
-//! (replies carry client-safe [`ErrorFrame`]s).
+//! (replies carry the core's [`Error`]).
 
 use ractor::{ActorId, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use tidings_protocol::{ConvId, ErrorFrame, UserId};
+use tidings_protocol::{ConvId, UserId};
+
+use crate::error::Error;
 
 use crate::command::{Answer, ConvCommand, UserCommand};
 use crate::shard::ShardId;
 
 /// A reply that is either what was asked or a client-safe error.
-pub type Reply<T> = RpcReplyPort<Result<T, ErrorFrame>>;
+pub type Reply<T> = RpcReplyPort<Result<T, Error>>;
 
 /// What a conversation actor is asked.
 #[derive(RactorMessage)]

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tidings_protocol::frames::PresenceInfo;
-use tidings_protocol::{ErrorFrame, UserId};
+use tidings_protocol::UserId;
+
+use crate::error::Error;
 
 use crate::command::{Answer, Command};
 use crate::outbound::Frame;
@@ -38,7 +40,7 @@ pub enum Placed {
     /// This node leads the command's shard, in this tenure: run it here.
     Here(Tenure),
     /// The node that leads the shard ran it; its answer.
-    Ran(Result<Answer, ErrorFrame>),
+    Ran(Result<Answer, Error>),
     /// No leader is known or reachable right now, or the node asked no
     /// longer leads: nothing ran; ask again.
     NoLeader,

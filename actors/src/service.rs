@@ -2,8 +2,8 @@
 //! actors.
 //!
 //! WebSocket connections and HTTP handlers both call these, so the two
-//! front ends behave the same. Every failure comes back as a client-safe
-//! [`ErrorFrame`].
+//! front ends behave the same. Every failure comes back as an [`Error`],
+//! which the front ends turn into the client's `error` frame.
 //!
 //! Each operation becomes a [`Command`] for one entity. On a single node
 //! it goes to the entity's actor here ([`Routes`]). In a cluster it goes
@@ -23,8 +23,7 @@ use tidings_protocol::frames::{
     SyncedNotifications,
 };
 use tidings_protocol::{
-    ClientFrame, Cmid, ConvId, ErrorCode, ErrorFrame, ServerFrame, UserId, DEFAULT_HISTORY_LIMIT,
-    DEFAULT_SYNC_LIMIT,
+    ClientFrame, Cmid, ConvId, ServerFrame, UserId, DEFAULT_HISTORY_LIMIT, DEFAULT_SYNC_LIMIT,
 };
 use tokio::sync::oneshot;
 
@@ -38,7 +37,7 @@ use crate::remote::{Placed, Placement, Tenure};
 use crate::router::Routes;
 use crate::storage::records::IndexEntry;
 
-type Result<T> = std::result::Result<T, ErrorFrame>;
+use crate::error::{Error, Result};
 
 /// A `sync` reply's content.
 #[derive(Debug, Default)]
@@ -63,15 +62,12 @@ pub struct Service {
     max_reply_bytes: usize,
 }
 
-fn unavailable(message: &str) -> ErrorFrame {
-    ErrorFrame::new(ErrorCode::Unavailable, message)
+fn unavailable(message: &str) -> Error {
+    Error::Unavailable(message.to_string())
 }
 
-fn unexpected() -> ErrorFrame {
-    ErrorFrame::new(
-        ErrorCode::Internal,
-        "an entity gave an answer of the wrong kind",
-    )
+fn unexpected() -> Error {
+    Error::Internal("an entity gave an answer of the wrong kind".to_string())
 }
 
 /// Longest wait for another node's presence answer.
@@ -245,10 +241,7 @@ impl Service {
         });
         for (other, blocks) in join_all(asks).await {
             if blocks? {
-                return Err(ErrorFrame::new(
-                    ErrorCode::Forbidden,
-                    format!("{other} has blocked {by}"),
-                ));
+                return Err(Error::Forbidden(format!("{other} has blocked {by}")));
             }
         }
         Ok(())
@@ -279,8 +272,7 @@ impl Service {
         validate_title(title.as_deref())?;
         self.refuse_if_blocked(by, &members).await?;
         let suffix = Alphanumeric.sample_string(&mut rand::rng(), 20);
-        let conv = ConvId::group(&suffix)
-            .map_err(|e| ErrorFrame::new(ErrorCode::Internal, e.to_string()))?;
+        let conv = ConvId::group(&suffix).map_err(|e| Error::Internal(e.to_string()))?;
         let by = by.clone();
         self.conv(&conv, ConvCommand::Create { by, members, title })
             .await
@@ -469,7 +461,7 @@ impl Service {
                 let page = match page {
                     Ok(page) => page,
                     // Left between the two reads.
-                    Err(err) if err.code == ErrorCode::NotFound => continue,
+                    Err(err) if err.is_not_found() => continue,
                     Err(err) => return Err(err),
                 };
                 let named = seen.get(&page.conv).copied();
@@ -541,13 +533,10 @@ impl Service {
     pub async fn notify(&self, user: &UserId, payload: serde_json::Value) -> Result<u64> {
         let size = payload.to_string().len();
         if size > tidings_protocol::MAX_PAYLOAD_BYTES {
-            return Err(ErrorFrame::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "payload is {size} bytes; the limit is {} bytes",
-                    tidings_protocol::MAX_PAYLOAD_BYTES
-                ),
-            ));
+            return Err(Error::TooLarge(format!(
+                "payload is {size} bytes; the limit is {} bytes",
+                tidings_protocol::MAX_PAYLOAD_BYTES
+            )));
         }
         self.user(user, UserCommand::Notify { payload }).await
     }
@@ -587,7 +576,7 @@ impl Service {
         users: &[UserId],
     ) -> Result<BTreeMap<UserId, PresenceInfo>> {
         if users.len() > tidings_protocol::MAX_PRESENCE_USERS {
-            return Err(ErrorFrame::bad_request(format!(
+            return Err(Error::BadRequest(format!(
                 "presence takes at most {} users",
                 tidings_protocol::MAX_PRESENCE_USERS
             )));
@@ -734,8 +723,8 @@ impl Service {
             }
             // A socket's own business: the connection serves it.
             ClientFrame::Refresh { .. } => {
-                return Err(ErrorFrame::bad_request(
-                    "refresh is sent over a WebSocket, for its own token",
+                return Err(Error::BadRequest(
+                    "refresh is sent over a WebSocket, for its own token".to_string(),
                 ))
             }
         };

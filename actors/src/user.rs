@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tidings_protocol::frames::SyncedNotifications;
-use tidings_protocol::{ConvId, ErrorFrame, Notification, ServerFrame, UserId};
+use tidings_protocol::{ConvId, Notification, ServerFrame, UserId};
 
 use crate::budget::{page, Budget};
 use crate::command::{Answer, UserCommand};
@@ -38,7 +38,7 @@ pub struct User {
     idle: IdleClock,
 }
 
-type Result<T> = std::result::Result<T, ErrorFrame>;
+use crate::error::{Error, Result};
 
 impl Actor for UserActor {
     type Msg = UserMsg;
@@ -279,7 +279,7 @@ impl User {
     /// that changes nothing writes nothing.
     async fn block(&mut self, user: UserId, block: bool) -> Result<()> {
         let list = rules::block(self.block_list()?, &self.id, user.clone(), block)
-            .map_err(|err| ErrorFrame::bad_request(err.to_string()))?;
+            .map_err(|err| Error::BadRequest(err.to_string()))?;
         let Some(list) = list else {
             return Ok(());
         };

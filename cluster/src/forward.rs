@@ -17,12 +17,12 @@ use futures_util::future::{join_all, BoxFuture};
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
-use tidings_actors::codec;
+use tidings_actors::codec::Encoded;
 use tidings_actors::command::{Answer, Command};
 use tidings_actors::remote::{Placed, Placement};
-use tidings_actors::Service;
+use tidings_actors::{Error, Service};
 use tidings_protocol::frames::PresenceInfo;
-use tidings_protocol::{ErrorFrame, UserId};
+use tidings_protocol::UserId;
 
 use crate::peer::PeerMsg;
 use crate::replication::{Replicator, Route};
@@ -31,8 +31,8 @@ use crate::replication::{Replicator, Route};
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Forwarded {
     Ran(Answer),
-    /// It ran and was refused, or failed: the client's error.
-    Refused(#[serde(with = "tidings_actors::codec::json")] ErrorFrame),
+    /// It ran and was refused, or failed.
+    Refused(Error),
     /// This node does not lead the shard; nothing was run. The leader as
     /// this node knows it, if any.
     NotLeader {
@@ -41,7 +41,7 @@ pub enum Forwarded {
 }
 
 impl Forwarded {
-    fn ran(result: Result<Answer, ErrorFrame>) -> Forwarded {
+    fn ran(result: Result<Answer, Error>) -> Forwarded {
         match result {
             Ok(answer) => Forwarded::Ran(answer),
             Err(error) => Forwarded::Refused(error),
@@ -51,7 +51,7 @@ impl Forwarded {
 
 /// What became of a forwarded request, as the sender sees it.
 pub enum Outcome {
-    Ran(Result<Answer, ErrorFrame>),
+    Ran(Result<Answer, Error>),
     /// Not run: ask where the leader is (the serving node's word on it, if
     /// it said) and send again.
     Retry(Option<String>),
@@ -61,20 +61,19 @@ pub enum Outcome {
 
 /// Sends `command` to the peer actor `to` and waits up to `wait`.
 pub async fn forward(to: &ActorRef<PeerMsg>, command: &Command, wait: Duration) -> Outcome {
-    let bytes = match codec::encode(command) {
-        Ok(bytes) => bytes,
+    let command = match Encoded::new(command) {
+        Ok(command) => command,
         Err(err) => {
-            return Outcome::Ran(Err(ErrorFrame::new(
-                tidings_protocol::ErrorCode::Internal,
-                format!("cannot forward the request: {err}"),
-            )))
+            return Outcome::Ran(Err(Error::Internal(format!(
+                "cannot forward the request: {err}"
+            ))))
         }
     };
     match to
-        .call(|reply| PeerMsg::Forward(bytes, reply), Some(wait))
+        .call(|reply| PeerMsg::Forward(command, reply), Some(wait))
         .await
     {
-        Ok(CallResult::Success(bytes)) => match codec::decode(&bytes) {
+        Ok(CallResult::Success(answer)) => match answer.decode() {
             Ok(Forwarded::Ran(answer)) => Outcome::Ran(Ok(answer)),
             Ok(Forwarded::Refused(error)) => Outcome::Ran(Err(error)),
             Ok(Forwarded::NotLeader { leader }) => Outcome::Retry(leader),
@@ -98,13 +97,13 @@ pub async fn presence(
     users: &[UserId],
     wait: Duration,
 ) -> Option<Vec<tidings_protocol::frames::PresenceInfo>> {
-    let bytes = codec::encode(&users).ok()?;
+    let question = Encoded::new(&users.to_vec()).ok()?;
     match peer
-        .call(|reply| PeerMsg::Presence(bytes, reply), Some(wait))
+        .call(|reply| PeerMsg::Presence(question, reply), Some(wait))
         .await
     {
-        Ok(CallResult::Success(bytes)) => {
-            let infos: Vec<_> = codec::decode(&bytes).ok()?;
+        Ok(CallResult::Success(infos)) => {
+            let infos = infos.decode().ok()?;
             (infos.len() == users.len()).then_some(infos)
         }
         _ => None,
@@ -147,10 +146,14 @@ impl Placement for Replicator {
 }
 
 /// Serves a command another node forwarded here, if this node leads its
-/// shard; the encoded [`Forwarded`] answer.
-pub async fn serve(replicator: &Replicator, service: &Service, bytes: &[u8]) -> Vec<u8> {
-    let answer = match codec::decode::<Command>(bytes) {
-        Err(err) => Forwarded::Refused(ErrorFrame::bad_request(format!(
+/// shard.
+pub async fn serve(
+    replicator: &Replicator,
+    service: &Service,
+    command: &Encoded<Command>,
+) -> Forwarded {
+    match command.decode() {
+        Err(err) => Forwarded::Refused(Error::BadRequest(format!(
             "undecodable forwarded request: {err}"
         ))),
         Ok(command) => match replicator.route(command.shard()).await {
@@ -159,26 +162,25 @@ pub async fn serve(replicator: &Replicator, service: &Service, bytes: &[u8]) -> 
                 leader: replicator.leader_of(command.shard()),
             },
         },
-    };
-    codec::encode(&answer).unwrap_or_default()
+    }
 }
 
-/// Answers another node's presence question about the devices here.
-pub fn serve_presence(service: &Service, bytes: &[u8]) -> Vec<u8> {
-    let infos = match codec::decode::<Vec<UserId>>(bytes) {
-        Ok(users) if users.len() <= tidings_protocol::MAX_PRESENCE_USERS => {
-            service.local_presence(&users)
-        }
-        _ => Vec::new(),
-    };
-    codec::encode(&infos).unwrap_or_default()
+/// Answers another node's presence question about the devices of `users`
+/// here; nothing for a question longer than a client may ask.
+pub fn serve_presence(service: &Service, users: &[UserId]) -> Vec<PresenceInfo> {
+    if users.len() > tidings_protocol::MAX_PRESENCE_USERS {
+        return Vec::new();
+    }
+    service.local_presence(users)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidings_actors::codec;
+    use tidings_actors::error::Refusal;
     use tidings_protocol::error::CurrentMessage;
-    use tidings_protocol::ErrorCode;
+    use tidings_protocol::{ConvId, ErrorCode, ErrorFrame};
 
     fn back(forwarded: &Forwarded) -> Forwarded {
         codec::decode(&codec::encode(forwarded).unwrap()).unwrap()
@@ -186,20 +188,41 @@ mod tests {
 
     #[test]
     fn a_refusal_crosses_with_what_is_current_and_without_it() {
-        let mut conflict = ErrorFrame::new(ErrorCode::Conflict, "stale rev");
-        conflict.current = Some(CurrentMessage {
-            target: 3,
-            rev: 2,
-            body: None,
-            from: UserId::try_from("ann").unwrap(),
+        let conflict = Error::Refused(Refusal::StaleRevision {
+            current: CurrentMessage {
+                target: 3,
+                rev: 2,
+                body: None,
+                from: UserId::try_from("ann").unwrap(),
+            },
+            rev: 1,
         });
-        let plain = ErrorFrame::new(ErrorCode::Forbidden, "not a member");
-        for error in [conflict, plain] {
+        let missing = Error::Refused(Refusal::NoSuchConversation(ConvId::group("team").unwrap()));
+        let blocked = Error::Forbidden("bo has blocked ann".into());
+        for error in [conflict, missing, blocked, Error::Unconfirmed] {
             match back(&Forwarded::Refused(error.clone())) {
-                Forwarded::Refused(back) => assert_eq!(back, error),
+                Forwarded::Refused(back) => {
+                    // The client is told the same on either node.
+                    assert_eq!(
+                        ErrorFrame::from(back.clone()),
+                        ErrorFrame::from(error.clone())
+                    );
+                    assert_eq!(back, error);
+                }
                 other => panic!("came back as {other:?}"),
             }
         }
+        let frame = ErrorFrame::from(Error::Refused(Refusal::StaleRevision {
+            current: CurrentMessage {
+                target: 3,
+                rev: 2,
+                body: None,
+                from: UserId::try_from("ann").unwrap(),
+            },
+            rev: 1,
+        }));
+        assert_eq!(frame.code, ErrorCode::Conflict);
+        assert_eq!(frame.current.map(|c| c.rev), Some(2));
         match back(&Forwarded::NotLeader {
             leader: Some("n2".into()),
         }) {

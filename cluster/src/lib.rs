@@ -161,8 +161,8 @@ impl RemoteFanout for Peers {
     fn deliver(&self, users: &[UserId], except: Option<&UserId>, frame: &Frame) {
         for (node, users) in self.recipients(users) {
             match Delivery::encode(&users, except, frame) {
-                Ok(bytes) => {
-                    let _ = node.cast(PeerMsg::Deliver(bytes));
+                Ok(delivery) => {
+                    let _ = node.cast(PeerMsg::Deliver(delivery));
                 }
                 Err(err) => tracing::error!(error = %err, "cannot encode a delivery"),
             }

@@ -20,20 +20,20 @@ use std::sync::{Mutex, RwLock};
 
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
-use tidings_actors::codec;
+use tidings_actors::codec::Encoded;
 use tidings_protocol::UserId;
 
 use crate::peer::PeerMsg;
 
 /// What one node tells another about its users.
 #[derive(Debug, Serialize, Deserialize)]
-struct Located {
+pub struct Located {
     from: String,
     news: News,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum News {
+pub enum News {
     /// Every user with a device on the sender; `answer` asks for the
     /// receiver's own set in return.
     All {
@@ -88,9 +88,9 @@ impl Locations {
         } else {
             News::Offline(user.clone())
         };
-        if let Some(bytes) = self.encode(news) {
+        if let Some(located) = self.encode(news) {
             for peer in &peers {
-                let _ = peer.cast(PeerMsg::Located(bytes.clone()));
+                let _ = peer.cast(PeerMsg::Located(located.clone()));
             }
         }
     }
@@ -99,27 +99,24 @@ impl Locations {
     pub fn introduce(&self, peer: &ActorRef<PeerMsg>, answer: bool) {
         let here = self.here.lock().expect("locations lock");
         let users = here.iter().cloned().collect();
-        if let Some(bytes) = self.encode(News::All { users, answer }) {
-            let _ = peer.cast(PeerMsg::Located(bytes));
+        if let Some(located) = self.encode(News::All { users, answer }) {
+            let _ = peer.cast(PeerMsg::Located(located));
         }
     }
 
-    fn encode(&self, news: News) -> Option<Vec<u8>> {
+    fn encode(&self, news: News) -> Option<Encoded<Located>> {
         let located = Located {
             from: self.node.clone(),
             news,
         };
-        codec::encode(&located)
+        Encoded::new(&located)
             .inspect_err(|err| tracing::error!(error = %err, "cannot encode a location"))
             .ok()
     }
 
     /// Takes in what a peer said; returns the peer's name if it asked for
     /// this node's whole set in return.
-    pub fn apply(&self, bytes: &[u8]) -> Option<String> {
-        let located: Located = codec::decode(bytes)
-            .inspect_err(|err| tracing::warn!(error = %err, "undecodable location dropped"))
-            .ok()?;
+    pub fn apply(&self, located: Located) -> Option<String> {
         let mut there = self.there.write().expect("locations lock");
         match located.news {
             News::All { users, answer } => {
@@ -170,11 +167,14 @@ mod tests {
         UserId::try_from(name.to_owned()).unwrap()
     }
 
-    fn news(from: &str, news: News) -> Vec<u8> {
-        codec::encode(&Located {
+    /// What `from` says, as it arrives: through the codec.
+    fn news(from: &str, news: News) -> Located {
+        Encoded::new(&Located {
             from: from.to_owned(),
             news,
         })
+        .unwrap()
+        .decode()
         .unwrap()
     }
 
@@ -188,9 +188,9 @@ mod tests {
             "nothing heard from n2: everyone"
         );
         // An update before the whole set changes nothing.
-        locations.apply(&news("n2", News::Online(user("al"))));
+        locations.apply(news("n2", News::Online(user("al"))));
         assert_eq!(locations.recipients("n2", &all).unwrap(), all);
-        let asked = locations.apply(&news(
+        let asked = locations.apply(news(
             "n2",
             News::All {
                 users: vec![user("bo")],
@@ -199,8 +199,8 @@ mod tests {
         ));
         assert_eq!(asked.as_deref(), Some("n2"));
         assert_eq!(locations.recipients("n2", &all).unwrap(), [user("bo")]);
-        locations.apply(&news("n2", News::Online(user("cy"))));
-        locations.apply(&news("n2", News::Offline(user("bo"))));
+        locations.apply(news("n2", News::Online(user("cy"))));
+        locations.apply(news("n2", News::Offline(user("bo"))));
         assert_eq!(locations.recipients("n2", &all).unwrap(), [user("cy")]);
         assert_eq!(locations.recipients("n2", &[user("al")]), None);
         locations.forget("n2");

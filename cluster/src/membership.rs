@@ -15,6 +15,7 @@ use tidings_actors::entity::now_ms;
 use super::link::{self, Gate, LinkError};
 use super::peer::{Hello, PeerMsg, GROUP};
 use super::{ClusterConfig, ClusterView, NodeState, NodeView, Peers};
+use tidings_actors::codec::Encoded;
 
 /// Shortest and longest wait before dialling a peer again.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -298,18 +299,19 @@ impl MembershipState {
                 let node = link.node;
                 if let Some(cell) = members.iter().find(|c| is_peer_of(c, node)) {
                     let remote: ActorRef<PeerMsg> = cell.clone().into();
-                    let me = Hello {
+                    let me = Encoded::new(&Hello {
                         node: self.config.node_id.clone(),
                         nodes: self.published.size(),
-                    }
-                    .encode();
-                    let myself = myself.clone();
+                    });
+                    let (Ok(me), myself) = (me, myself.clone()) else {
+                        continue;
+                    };
                     tokio::spawn(async move {
                         let answer = remote
                             .call(|reply| PeerMsg::Ping(me, reply), Some(timeout / 2))
                             .await;
-                        if let Ok(CallResult::Success(bytes)) = answer {
-                            if let Some(hello) = Hello::decode(&bytes) {
+                        if let Ok(CallResult::Success(hello)) = answer {
+                            if let Ok(hello) = hello.decode() {
                                 let _ = myself.cast(MembershipMsg::Heard { node, hello });
                             }
                         }

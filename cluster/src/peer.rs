@@ -13,10 +13,18 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
-use tidings_actors::directory::Directory;
+use tidings_actors::codec::Encoded;
+use tidings_actors::command::Command;
+use tidings_actors::directory::{Delivery, Directory};
 use tidings_actors::metrics::Metrics;
 use tidings_actors::service::Service;
+use tidings_protocol::frames::PresenceInfo;
+use tidings_protocol::UserId;
 
+use crate::forward::Forwarded;
+use crate::locations::Located;
+use crate::replication::network::{RaftRequest, RaftResponse};
+use crate::replication::rejoin::{self, Knock};
 use crate::replication::Replicator;
 use crate::Peers;
 
@@ -29,48 +37,65 @@ pub struct Hello {
     pub nodes: usize,
 }
 
-impl Hello {
-    pub fn encode(&self) -> Vec<u8> {
-        tidings_actors::codec::encode(self).unwrap_or_default()
-    }
-
-    pub fn decode(bytes: &[u8]) -> Option<Hello> {
-        tidings_actors::codec::decode(bytes).ok()
-    }
-}
-
 /// The process group every node's peer actor joins.
 pub const GROUP: &str = "tidings.peers";
 
 /// Messages between nodes. Variants travel by name: renaming one breaks a
-/// cluster running mixed versions.
+/// cluster running mixed versions. Each carries its values [`Encoded`] in
+/// the core's codec, typed, so sender and receiver agree on them at
+/// compile time; the receiver decodes once, here or in the handler named.
 #[derive(RactorClusterMessage)]
 pub enum PeerMsg {
     /// A heartbeat carrying the sender's [`Hello`]; answered with this
     /// node's.
     #[rpc]
-    Ping(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// A Raft request for one shard ([`crate::replication::network`]).
+    Ping(Encoded<Hello>, RpcReplyPort<Encoded<Hello>>),
+    /// A Raft request for one shard ([`crate::replication::network`]);
+    /// `None` from a node that does not serve it (yet).
     #[rpc]
-    Raft(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    Raft(
+        Encoded<RaftRequest>,
+        RpcReplyPort<Encoded<Option<RaftResponse>>>,
+    ),
     /// A client request for an entity this node should lead
     /// ([`crate::forward`]).
     #[rpc]
-    Forward(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    Forward(Encoded<Command>, RpcReplyPort<Encoded<Forwarded>>),
     /// Which of some users' devices are connected here
     /// ([`crate::forward::presence`]).
     #[rpc]
-    Presence(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// An event for the devices connected here
-    /// ([`tidings_actors::directory::Delivery`]).
-    Deliver(Vec<u8>),
+    Presence(
+        Encoded<Vec<UserId>>,
+        RpcReplyPort<Encoded<Vec<PresenceInfo>>>,
+    ),
+    /// An event for the devices connected here.
+    Deliver(Encoded<Delivery>),
     /// Which users have devices on the sending node
     /// ([`crate::locations`]).
-    Located(Vec<u8>),
+    Located(Encoded<Located>),
     /// A linked node's greeting: whether this node formed the shard groups
     /// with it ([`crate::replication::rejoin`]).
     #[rpc]
-    Knock(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    Knock(Encoded<Knock>, RpcReplyPort<Encoded<rejoin::Answer>>),
+}
+
+/// `encoded` as a `T`, or `None` with a warning naming `what` was dropped.
+fn open<T: serde::de::DeserializeOwned>(encoded: &Encoded<T>, what: &str) -> Option<T> {
+    encoded
+        .decode()
+        .inspect_err(|err| tracing::warn!(error = %err, "undecodable {what} dropped"))
+        .ok()
+}
+
+/// Answers on `reply` with `value` encoded; a value that does not encode
+/// gets no answer, which the sender sees as none coming.
+fn answer<T: Serialize>(reply: RpcReplyPort<Encoded<T>>, value: &T) {
+    match Encoded::new(value) {
+        Ok(encoded) => {
+            let _ = reply.send(encoded);
+        }
+        Err(err) => tracing::error!(error = %err, "cannot encode an answer to a peer"),
+    }
 }
 
 /// What the peer actor serves with.
@@ -117,21 +142,24 @@ impl Actor for PeerActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             PeerMsg::Ping(hello, reply) => {
-                if let Some(hello) = Hello::decode(&hello) {
+                if let Some(hello) = open(&hello, "heartbeat") {
                     state.peers.heard_size(&hello.node, hello.nodes);
                 }
                 let mine = Hello {
                     node: state.node_id.clone(),
                     nodes: state.peers.size(),
                 };
-                let _ = reply.send(mine.encode());
+                answer(reply, &mine);
                 return Ok(());
             }
             // At once, in order: a request the same node sends after this
             // must find the location in place.
-            PeerMsg::Located(bytes) => {
+            PeerMsg::Located(located) => {
+                let Some(located) = open(&located, "location") else {
+                    return Ok(());
+                };
                 let locations = state.peers.locations();
-                if let Some(from) = locations.apply(&bytes) {
+                if let Some(from) = locations.apply(located) {
                     if let Some(peer) = state.peers.get(&from) {
                         locations.introduce(&peer, false);
                     }
@@ -145,30 +173,44 @@ impl Actor for PeerActor {
         // run beside the actor, which keeps answering heartbeats.
         match message {
             PeerMsg::Ping(..) | PeerMsg::Located(_) => unreachable!("handled above"),
-            PeerMsg::Raft(bytes, reply) => {
+            PeerMsg::Raft(request, reply) => {
+                // An undecodable request is answered like one this node
+                // does not serve.
+                let request = open(&request, "Raft request");
                 tokio::spawn(async move {
-                    let _ = reply.send(handlers.replicator.serve(bytes).await);
+                    let response = match request {
+                        Some(request) => handlers.replicator.serve(request).await,
+                        None => None,
+                    };
+                    answer(reply, &response);
                 });
             }
-            PeerMsg::Forward(bytes, reply) => {
+            PeerMsg::Forward(command, reply) => {
                 tokio::spawn(async move {
                     let served =
-                        crate::forward::serve(&handlers.replicator, &handlers.service, &bytes);
-                    let _ = reply.send(served.await);
+                        crate::forward::serve(&handlers.replicator, &handlers.service, &command);
+                    answer(reply, &served.await);
                 });
             }
-            PeerMsg::Knock(bytes, reply) => {
+            PeerMsg::Knock(knock, reply) => {
+                let Some(knock) = open(&knock, "knock") else {
+                    return Ok(());
+                };
                 tokio::spawn(async move {
-                    let _ = reply.send(handlers.replicator.answer_knock(&bytes).await);
+                    answer(reply, &handlers.replicator.answer_knock(knock).await);
                 });
             }
-            PeerMsg::Presence(bytes, reply) => {
-                let _ = reply.send(crate::forward::serve_presence(&handlers.service, &bytes));
+            PeerMsg::Presence(users, reply) => {
+                let infos = match open(&users, "presence question") {
+                    Some(users) => crate::forward::serve_presence(&handlers.service, &users),
+                    None => Vec::new(),
+                };
+                answer(reply, &infos);
             }
-            PeerMsg::Deliver(bytes) => {
+            PeerMsg::Deliver(delivery) => {
                 handlers
                     .directory
-                    .deliver_from_peer(&bytes, &handlers.metrics);
+                    .deliver_from_peer(&delivery, &handlers.metrics);
             }
         }
         Ok(())

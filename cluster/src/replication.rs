@@ -56,7 +56,7 @@ use ractor::rpc::CallResult;
 use ractor::ActorRef;
 use rand::Rng;
 use serde::Serialize;
-use tidings_actors::codec;
+use tidings_actors::codec::Encoded;
 use tidings_actors::remote::Tenure;
 use tidings_actors::shard::{ShardId, SHARDS};
 use tidings_actors::storage::{keys, Cf, CommitLog, Storage, StorageError, WriteSet};
@@ -452,7 +452,7 @@ impl Replicator {
             node: self.inner.node.clone(),
             boot: self.inner.boot,
         };
-        let Ok(knock) = codec::encode(&knock) else {
+        let Ok(knock) = Encoded::new(&knock) else {
             return;
         };
         // Per peer, the peer actor that answered (a new link asks again).
@@ -470,8 +470,8 @@ impl Replicator {
                     |reply| PeerMsg::Knock(knock.clone(), reply),
                     Some(self.inner.timeout.min(Duration::from_secs(1))),
                 );
-                if let Ok(CallResult::Success(bytes)) = call.await {
-                    match codec::decode::<Answer>(&bytes) {
+                if let Ok(CallResult::Success(answer)) = call.await {
+                    match answer.decode() {
                         Ok(answer) => {
                             answered.insert(name, peer.get_id());
                             answers.push(answer);
@@ -510,26 +510,18 @@ impl Replicator {
     }
 
     /// Answers a peer's knock ([`rejoin`]), noting it for the formation.
-    pub async fn answer_knock(&self, bytes: &[u8]) -> Vec<u8> {
-        let knock: Knock = match codec::decode(bytes) {
-            Ok(knock) => knock,
-            Err(err) => {
-                tracing::warn!(error = %err, "undecodable knock dropped");
-                return Vec::new();
-            }
-        };
+    pub async fn answer_knock(&self, knock: Knock) -> Answer {
         let mut formation = self.inner.formation.lock().await;
         let founder = formation
             .founders
             .as_ref()
             .is_some_and(|founders| founders.contains(&(knock.node.clone(), knock.boot)));
         formation.knocked.insert((knock.node, knock.boot));
-        let answer = Answer {
+        Answer {
             node: self.inner.node.clone(),
             formed: self.inner.nodes.get().cloned(),
             founder,
-        };
-        codec::encode(&answer).unwrap_or_default()
+        }
     }
 
     /// Resolves with the reason once this node must stop: its data
@@ -703,35 +695,28 @@ impl Replicator {
         &self.inner.peers
     }
 
-    /// Serves a Raft request from another node.
-    pub async fn serve(&self, bytes: Vec<u8>) -> Vec<u8> {
+    /// Serves a Raft request from another node; `None` if this node does
+    /// not serve the shard's group (yet).
+    pub async fn serve(&self, request: RaftRequest) -> Option<RaftResponse> {
         // Until it is known that nobody counts on what this node's empty
         // disk forgot, it neither votes nor takes entries.
         if *self.inner.part.borrow() != Part::Serving {
-            return Vec::new();
+            return None;
         }
-        let request: RaftRequest = match codec::decode(&bytes) {
-            Ok(request) => request,
-            Err(err) => {
-                tracing::warn!(error = %err, "undecodable Raft request dropped");
-                return Vec::new();
+        Some(match request {
+            RaftRequest::Append(shard, rpc) => {
+                let raft = self.inner.rafts.get(shard as usize)?;
+                RaftResponse::Append(raft.append_entries(rpc).await)
             }
-        };
-        let response = match request {
-            RaftRequest::Append(shard, rpc) => match self.inner.rafts.get(shard as usize) {
-                Some(raft) => RaftResponse::Append(raft.append_entries(rpc).await),
-                None => return Vec::new(),
-            },
-            RaftRequest::Vote(shard, rpc) => match self.inner.rafts.get(shard as usize) {
-                Some(raft) => RaftResponse::Vote(raft.vote(rpc).await),
-                None => return Vec::new(),
-            },
-            RaftRequest::Snapshot(shard, rpc) => match self.inner.rafts.get(shard as usize) {
-                Some(raft) => RaftResponse::Snapshot(raft.install_snapshot(rpc).await),
-                None => return Vec::new(),
-            },
-        };
-        codec::encode(&response).unwrap_or_default()
+            RaftRequest::Vote(shard, rpc) => {
+                let raft = self.inner.rafts.get(shard as usize)?;
+                RaftResponse::Vote(raft.vote(rpc).await)
+            }
+            RaftRequest::Snapshot(shard, rpc) => {
+                let raft = self.inner.rafts.get(shard as usize)?;
+                RaftResponse::Snapshot(raft.install_snapshot(rpc).await)
+            }
+        })
     }
 
     /// Every shard as this node sees it. For a shard it holds no replica

@@ -15,7 +15,7 @@ use tidings_cluster::forward::Forwarded;
 use tidings_cluster::peer::Hello;
 use tidings_cluster::replication::network::{RaftRequest, RaftResponse};
 use tidings_protocol::frames::PresenceInfo;
-use tidings_protocol::{ConvId, ErrorFrame, UserId};
+use tidings_protocol::{ConvId, UserId};
 
 /// Every client frame type, and some that are not.
 const TYPES: &[&str] = &[
@@ -464,7 +464,7 @@ pub fn cluster_seeds() -> Vec<Vec<u8>> {
         ts: 1,
         dup: Some(false),
     }));
-    let refused = Forwarded::Refused(ErrorFrame::bad_request("no"));
+    let refused = Forwarded::Refused(tidings_actors::Error::BadRequest("no".into()));
     let moved = Forwarded::NotLeader {
         leader: Some("n2".into()),
     };
@@ -486,17 +486,17 @@ pub fn cluster_seeds() -> Vec<Vec<u8>> {
     };
     let bin = |v: Result<Vec<u8>, codec::CodecError>| v.expect("encodes");
     vec![
-        Hello {
+        bin(codec::encode(&Hello {
             node: "n1".into(),
             nodes: 3,
-        }
-        .encode(),
+        })),
         bin(codec::encode(&RaftRequest::Append(3, append))),
         bin(codec::encode(&RaftRequest::Vote(3, vote))),
-        bin(codec::encode(&RaftResponse::Vote(Ok(voted)))),
-        bin(codec::encode(&RaftResponse::Append(Ok(
+        bin(codec::encode(&Some(RaftResponse::Vote(Ok(voted))))),
+        bin(codec::encode(&Some(RaftResponse::Append(Ok(
             openraft::raft::AppendEntriesResponse::Success,
-        )))),
+        ))))),
+        bin(codec::encode(&None::<RaftResponse>)),
         bin(codec::encode(&delivery)),
         bin(codec::encode(&located)),
         bin(codec::encode(&online)),

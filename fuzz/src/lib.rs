@@ -19,16 +19,17 @@
 
 use std::time::Duration;
 
-use tidings_actors::codec;
+use tidings_actors::codec::Encoded;
 use tidings_actors::command::Command;
 use tidings_actors::connection::ClientData;
 use tidings_actors::directory::Directory;
 use tidings_actors::metrics::Metrics;
 use tidings_actors::outbound;
 use tidings_cluster::forward::Forwarded;
-use tidings_cluster::locations::Locations;
+use tidings_cluster::locations::{Located, Locations};
 use tidings_cluster::peer::Hello;
 use tidings_cluster::replication::network::{RaftRequest, RaftResponse};
+use tidings_cluster::replication::rejoin::{self, Knock};
 use tidings_protocol::frames::PresenceInfo;
 use tidings_protocol::{ClientEnvelope, ErrorCode, UserId};
 
@@ -137,18 +138,30 @@ impl ClusterDecoders {
         ClusterDecoders::default()
     }
 
-    /// Feeds `bytes` to each decoder; none may panic or abort.
+    /// Feeds `bytes`, as every message a peer sends them, to its decoder;
+    /// none may panic or abort.
     pub fn feed(&self, bytes: &[u8]) {
-        let _ = Hello::decode(bytes);
-        let _ = codec::decode::<RaftRequest>(bytes);
-        let _ = codec::decode::<RaftResponse>(bytes);
-        let _ = codec::decode::<Command>(bytes);
-        let _ = codec::decode::<Forwarded>(bytes);
-        let _ = codec::decode::<Vec<UserId>>(bytes);
-        let _ = codec::decode::<Vec<PresenceInfo>>(bytes);
-        self.directory.deliver_from_peer(bytes, &self.metrics);
-        // A fresh table each time: what it learns from one input must not
-        // pile up over a million.
-        let _ = Locations::new("fuzz".to_owned()).apply(bytes);
+        let _ = arrived::<Hello>(bytes).decode();
+        let _ = arrived::<RaftRequest>(bytes).decode();
+        let _ = arrived::<Option<RaftResponse>>(bytes).decode();
+        let _ = arrived::<Command>(bytes).decode();
+        let _ = arrived::<Forwarded>(bytes).decode();
+        let _ = arrived::<Vec<UserId>>(bytes).decode();
+        let _ = arrived::<Vec<PresenceInfo>>(bytes).decode();
+        let _ = arrived::<Knock>(bytes).decode();
+        let _ = arrived::<rejoin::Answer>(bytes).decode();
+        self.directory
+            .deliver_from_peer(&arrived(bytes), &self.metrics);
+        if let Ok(located) = arrived::<Located>(bytes).decode() {
+            // A fresh table each time: what it learns from one input must
+            // not pile up over a million.
+            let _ = Locations::new("fuzz".to_owned()).apply(located);
+        }
     }
+}
+
+/// `bytes` as a cluster link hands them to the peer actor, in a
+/// [`PeerMsg`](tidings_cluster::peer::PeerMsg) field of type `T`.
+fn arrived<T>(bytes: &[u8]) -> Encoded<T> {
+    ractor::BytesConvertable::from_bytes(bytes.to_vec())
 }

@@ -33,6 +33,13 @@ impl From<ErrorFrame> for ApiError {
     }
 }
 
+/// A service's error, as the client sees it.
+impl From<tidings_actors::Error> for ApiError {
+    fn from(error: tidings_actors::Error) -> ApiError {
+        ApiError(ErrorFrame::from(error))
+    }
+}
+
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
         use axum::extract::rejection::JsonRejection;

@@ -3,71 +3,15 @@
 //! reads what a rule needs, asks the rule, and writes and fans out what the
 //! rule decided. Every rule is unit-tested here.
 //!
-//! A refusal is a [`Refusal`], the conversation's own error; it becomes the
-//! client's `error` frame only at the edge (`From<Refusal> for ErrorFrame`).
+//! A refusal is a [`Refusal`], one of the core's errors
+//! ([`crate::error`]); it becomes the client's `error` frame only at the
+//! edge.
 
+pub use crate::error::Refusal;
 use tidings_protocol::error::CurrentMessage;
-use tidings_protocol::{ConvId, ErrorCode, ErrorFrame, UserId, MAX_MEMBERS};
+use tidings_protocol::{ConvId, UserId, MAX_MEMBERS};
 
 use crate::storage::records::{CmidRecord, ConvMeta, MessageState, StoredKind};
-
-/// Why a conversation refused a request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// The conversation does not exist, or the asker is not a member: the
-    /// two are told apart by nobody outside.
-    #[error("no conversation {0}")]
-    NoSuchConversation(ConvId),
-    #[error("conversation {0} already exists")]
-    Exists(ConvId),
-    #[error("{by} is not a member of {conv}")]
-    NotInDirect { by: UserId, conv: ConvId },
-    #[error("conversation is at version {current}, not {expected}")]
-    StaleVersion { current: u64, expected: u64 },
-    #[error("no message at version {target} of {conv}")]
-    NoSuchMessage { conv: ConvId, target: u64 },
-    #[error("only the author may edit or delete a message")]
-    NotAuthor,
-    #[error("message {} is deleted", .0.target)]
-    Deleted(CurrentMessage),
-    #[error("message {} is at revision {}, not {rev}", .current.target, .current.rev)]
-    StaleRevision { current: CurrentMessage, rev: u32 },
-    #[error("a direct conversation's members cannot change")]
-    DirectMembers,
-    #[error("a direct conversation has no title")]
-    DirectTitle,
-    #[error("only the creator may remove other members")]
-    NotCreator,
-    #[error("a conversation has at most {MAX_MEMBERS} members")]
-    TooManyMembers,
-}
-
-impl From<Refusal> for ErrorFrame {
-    fn from(refusal: Refusal) -> ErrorFrame {
-        let code = match &refusal {
-            Refusal::NoSuchConversation(_) | Refusal::NoSuchMessage { .. } => ErrorCode::NotFound,
-            Refusal::Exists(_)
-            | Refusal::StaleVersion { .. }
-            | Refusal::Deleted(_)
-            | Refusal::StaleRevision { .. } => ErrorCode::Conflict,
-            Refusal::NotInDirect { .. }
-            | Refusal::NotAuthor
-            | Refusal::DirectMembers
-            | Refusal::DirectTitle
-            | Refusal::NotCreator => ErrorCode::Forbidden,
-            Refusal::TooManyMembers => ErrorCode::BadRequest,
-        };
-        let mut frame = ErrorFrame::new(code, refusal.to_string());
-        match refusal {
-            Refusal::StaleVersion { current, .. } => frame.current_version = Some(current),
-            Refusal::Deleted(current) | Refusal::StaleRevision { current, .. } => {
-                frame.current = Some(current)
-            }
-            _ => {}
-        }
-        frame
-    }
-}
 
 type Result<T> = std::result::Result<T, Refusal>;
 
@@ -278,6 +222,7 @@ pub fn rename(conv: &ConvId, meta: &ConvMeta, title: String) -> Result<Option<Co
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidings_protocol::{ErrorCode, ErrorFrame};
 
     fn user(name: &str) -> UserId {
         UserId::try_from(name.to_string()).unwrap()

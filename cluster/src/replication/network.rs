@@ -21,7 +21,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use ractor::rpc::CallResult;
 use serde::{Deserialize, Serialize};
-use tidings_actors::codec;
+use tidings_actors::codec::{self, Encoded};
 
 use super::TypeConfig;
 use crate::peer::PeerMsg;
@@ -80,6 +80,8 @@ enum LinkError {
     Timeout(String),
     #[error("bad Raft message: {0}")]
     Codec(#[from] codec::CodecError),
+    #[error("node {0} does not serve the shard's group yet")]
+    NotServing(String),
     #[error("node {0} answered out of turn")]
     Mismatch(String),
 }
@@ -93,12 +95,14 @@ impl Link {
             .peers
             .get(&self.node)
             .ok_or_else(|| LinkError::Down(self.node.clone()))?;
-        let bytes = codec::encode(&request)?;
+        let request = Encoded::new(&request)?;
         match peer
-            .call(|reply| PeerMsg::Raft(bytes, reply), Some(ttl))
+            .call(|reply| PeerMsg::Raft(request, reply), Some(ttl))
             .await
         {
-            Ok(CallResult::Success(bytes)) => Ok(codec::decode(&bytes)?),
+            Ok(CallResult::Success(response)) => response
+                .decode()?
+                .ok_or(LinkError::NotServing(self.node.clone())),
             Ok(CallResult::Timeout) => Err(LinkError::Timeout(self.node.clone())),
             _ => Err(LinkError::Down(self.node.clone())),
         }
