@@ -32,6 +32,7 @@ pub mod link;
 pub mod locations;
 pub mod membership;
 pub mod peer;
+pub mod planner;
 pub mod replication;
 pub mod runtime;
 
