@@ -199,7 +199,7 @@ mod tests {
         });
         let missing = Error::Refused(Refusal::NoSuchConversation(ConvId::group("team").unwrap()));
         let blocked = Error::Forbidden("bo has blocked ann".into());
-        for error in [conflict, missing, blocked, Error::Unconfirmed] {
+        for error in [conflict.clone(), missing, blocked, Error::Unconfirmed] {
             match back(&Forwarded::Refused(error.clone())) {
                 Forwarded::Refused(back) => {
                     // The client is told the same on either node.
@@ -212,15 +212,7 @@ mod tests {
                 other => panic!("came back as {other:?}"),
             }
         }
-        let frame = ErrorFrame::from(Error::Refused(Refusal::StaleRevision {
-            current: CurrentMessage {
-                target: 3,
-                rev: 2,
-                body: None,
-                from: UserId::try_from("ann").unwrap(),
-            },
-            rev: 1,
-        }));
+        let frame = ErrorFrame::from(conflict);
         assert_eq!(frame.code, ErrorCode::Conflict);
         assert_eq!(frame.current.map(|c| c.rev), Some(2));
         match back(&Forwarded::NotLeader {

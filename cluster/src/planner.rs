@@ -82,6 +82,18 @@ pub enum Step {
     Lead { shard: u16, to: String },
 }
 
+impl Step {
+    pub fn shard(&self) -> u16 {
+        match self {
+            Step::Move { shard, .. } | Step::Lead { shard, .. } => *shard,
+        }
+    }
+
+    pub fn is_move(&self) -> bool {
+        matches!(self, Step::Move { .. })
+    }
+}
+
 /// The next steps, and the shards no step can mend now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -509,14 +521,12 @@ mod tests {
             let mut seen = BTreeSet::new();
             let mut round = 0;
             for step in &plan.steps {
-                let shard = match step {
-                    Step::Move { shard, .. } => {
-                        round += 1;
-                        shard
-                    }
-                    Step::Lead { shard, .. } => shard,
-                };
-                assert!(seen.insert(*shard), "two steps for shard {shard}");
+                round += usize::from(step.is_move());
+                assert!(
+                    seen.insert(step.shard()),
+                    "two steps for shard {}",
+                    step.shard()
+                );
             }
             assert!(round <= limit, "{round} moves at once, limit {limit}");
             for step in &plan.steps {
@@ -651,10 +661,8 @@ mod tests {
         let handed: BTreeSet<u16> = first
             .steps
             .iter()
-            .filter_map(|step| match step {
-                Step::Lead { shard, .. } => Some(*shard),
-                Step::Move { .. } => None,
-            })
+            .filter(|step| !step.is_move())
+            .map(Step::shard)
             .collect();
         assert!(
             led.is_subset(&handed),
@@ -693,8 +701,7 @@ mod tests {
         // Shard 3 was on n4, n5, n1.
         assert!(plan.stuck.contains(&3));
         for step in &plan.steps {
-            let (Step::Move { shard, .. } | Step::Lead { shard, .. }) = step;
-            assert!(!plan.stuck.contains(shard));
+            assert!(!plan.stuck.contains(&step.shard()));
         }
     }
 
@@ -709,10 +716,8 @@ mod tests {
         let moves: Vec<u16> = plan
             .steps
             .iter()
-            .filter_map(|step| match step {
-                Step::Move { shard, .. } => Some(*shard),
-                Step::Lead { .. } => None,
-            })
+            .filter(|step| step.is_move())
+            .map(Step::shard)
             .collect();
         assert_eq!(moves.len(), 1, "two of three under way: {moves:?}");
         assert!(!moves.contains(&0) && !moves.contains(&1));
