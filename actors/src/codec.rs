@@ -5,9 +5,10 @@
 //! new version byte here and nothing anywhere else.
 //!
 //! Values whose only form is the wire's JSON (a backend's notification
-//! payload, the client's tagged events, error frames that leave empty
-//! fields out) go inside such a message as a JSON string ([`json`]):
-//! bincode cannot read back what is self-describing only.
+//! payload, the client's tagged events) go inside such a message as a
+//! JSON string ([`json`]): bincode cannot read back what is
+//! self-describing only. A message between nodes is an [`Encoded`] value,
+//! typed at both ends.
 
 use std::marker::PhantomData;
 
