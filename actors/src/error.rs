@@ -49,10 +49,7 @@ impl Error {
     /// Whether this says that what was asked for does not exist (or that
     /// the asker may not know it does).
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self,
-            Error::Refused(Refusal::NoSuchConversation(_) | Refusal::NoSuchMessage { .. })
-        )
+        matches!(self, Error::Refused(refusal) if refusal.code() == ErrorCode::NotFound)
     }
 }
 
@@ -117,9 +114,10 @@ pub enum Refusal {
     TooManyMembers,
 }
 
-impl From<Refusal> for ErrorFrame {
-    fn from(refusal: Refusal) -> ErrorFrame {
-        let code = match &refusal {
+impl Refusal {
+    /// The client's code for it.
+    pub fn code(&self) -> ErrorCode {
+        match self {
             Refusal::NoSuchConversation(_) | Refusal::NoSuchMessage { .. } => ErrorCode::NotFound,
             Refusal::Exists(_)
             | Refusal::StaleVersion { .. }
@@ -131,8 +129,13 @@ impl From<Refusal> for ErrorFrame {
             | Refusal::DirectTitle
             | Refusal::NotCreator => ErrorCode::Forbidden,
             Refusal::TooManyMembers => ErrorCode::BadRequest,
-        };
-        let mut frame = ErrorFrame::new(code, refusal.to_string());
+        }
+    }
+}
+
+impl From<Refusal> for ErrorFrame {
+    fn from(refusal: Refusal) -> ErrorFrame {
+        let mut frame = ErrorFrame::new(refusal.code(), refusal.to_string());
         match refusal {
             Refusal::StaleVersion { current, .. } => frame.current_version = Some(current),
             Refusal::Deleted(current) | Refusal::StaleRevision { current, .. } => {

@@ -54,12 +54,7 @@ pub struct Synced {
 #[derive(Clone)]
 pub struct Service {
     routes: Routes,
-    directory: Directory,
-    timeout: Duration,
-    /// In a cluster: where each command runs.
-    placement: Option<Arc<dyn Placement>>,
-    /// The most JSON bytes a `history`, `sync` or `convs` reply carries.
-    max_reply_bytes: usize,
+    config: ServiceConfig,
 }
 
 fn unavailable(message: &str) -> Error {
@@ -116,29 +111,27 @@ impl Service {
     /// The router's entities get a service made from the same parts as
     /// the one the front ends get ([`crate::start`]).
     pub(crate) fn new(routes: Routes, config: ServiceConfig) -> Service {
-        Service {
-            routes,
-            directory: config.directory,
-            timeout: config.timeout,
-            placement: config.placement,
-            max_reply_bytes: config.max_reply_bytes,
-        }
+        Service { routes, config }
     }
 
     /// The byte bound of what a reply carries: the bound less room for the
     /// frame around it (its type, `req`, ids and versions).
     fn reply_budget(&self) -> Budget {
-        Budget::new(self.max_reply_bytes.saturating_sub(REPLY_FRAME_BYTES))
+        Budget::new(
+            self.config
+                .max_reply_bytes
+                .saturating_sub(REPLY_FRAME_BYTES),
+        )
     }
 
     /// How long a request may take before it is answered `unavailable`.
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        self.config.timeout
     }
 
     /// Waits for an entity's answer, up to the call timeout.
     async fn answer<T>(&self, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
-        match tokio::time::timeout(self.timeout, answer).await {
+        match tokio::time::timeout(self.config.timeout, answer).await {
             Ok(Ok(result)) => result,
             Err(_) => Err(unavailable("the request timed out; retry")),
             Ok(Err(_)) => Err(unavailable("the request could not be served; retry")),
@@ -150,11 +143,11 @@ impl Service {
     /// request that reached a leader and got no answer is not sent again
     /// (it may have run), and the client decides.
     async fn run(&self, command: Command) -> Result<Answer> {
-        let Some(placement) = &self.placement else {
+        let Some(placement) = &self.config.placement else {
             return self.run_here(command, Tenure::SOLE).await;
         };
         let shard = command.shard();
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + self.config.timeout;
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
             match placement.place(&command, wait).await {
@@ -583,10 +576,10 @@ impl Service {
         }
         let users = &self.contacts_among(by, users).await?;
         let mut infos = self.local_presence(users);
-        if let Some(placement) = &self.placement {
+        if let Some(placement) = &self.config.placement {
             // Devices are where they connected: ask every other node. A node
             // that does not answer in time counts as having none.
-            let wait = self.timeout.min(PRESENCE_WAIT);
+            let wait = self.config.timeout.min(PRESENCE_WAIT);
             for theirs in placement.presence_elsewhere(users, wait).await {
                 for (mine, their) in infos.iter_mut().zip(theirs) {
                     mine.devices += their.devices;
@@ -602,7 +595,7 @@ impl Service {
         users
             .iter()
             .map(|user| {
-                let devices = self.directory.devices(user);
+                let devices = self.config.directory.devices(user);
                 PresenceInfo {
                     online: devices > 0,
                     devices: devices as u32,
@@ -613,7 +606,7 @@ impl Service {
 
     pub fn typing(&self, by: &UserId, conv: &ConvId) {
         let command = ConvCommand::Typing { by: by.clone() };
-        if self.placement.is_none() {
+        if self.config.placement.is_none() {
             // Nobody waits for the answer.
             let (reply, _) = oneshot::channel();
             self.routes
@@ -630,7 +623,7 @@ impl Service {
     /// subscription is dropped: whatever commits after this returns is
     /// pushed.
     pub fn subscribe(&self, user: &UserId, outbound: Outbound) -> Subscription {
-        self.directory.subscribe(user, outbound)
+        self.config.directory.subscribe(user, outbound)
     }
 
     /// Serves one client frame from a connection of `by`: the reply frame,
@@ -745,7 +738,7 @@ impl Indexes for Service {
     }
 
     fn timeout(&self) -> Duration {
-        self.timeout
+        self.config.timeout
     }
 }
 

@@ -151,15 +151,14 @@ fn takers(
     base: usize,
     free: usize,
 ) -> BTreeMap<usize, String> {
-    struct Matching<'a> {
+    struct Matching {
         /// Per place: its node, and the forced shard (index) in it.
         places: Vec<(usize, Option<usize>)>,
         /// Per forced shard (index), the nodes it may go to.
         fits: Vec<Vec<bool>>,
         seen: Vec<bool>,
-        _voters: std::marker::PhantomData<&'a ()>,
     }
-    impl Matching<'_> {
+    impl Matching {
         fn augment(&mut self, shard: usize, usable: usize) -> bool {
             for place in 0..usable {
                 let (node, held) = self.places[place];
@@ -198,7 +197,6 @@ fn takers(
         seen: vec![false; places.len()],
         places,
         fits,
-        _voters: std::marker::PhantomData,
     };
     let mut placed = vec![false; forced.len()];
     for (shard, placed) in placed.iter_mut().enumerate() {
