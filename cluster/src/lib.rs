@@ -142,6 +142,13 @@ pub struct Peers {
     size: usize,
     /// How many each other node says its cluster has, from heartbeats.
     sizes: Arc<RwLock<HashMap<String, usize>>>,
+    /// This node's cluster address.
+    addr: SocketAddr,
+    /// The cluster address of each node linked now, by node id.
+    addrs: Arc<RwLock<HashMap<String, SocketAddr>>>,
+    /// Nodes to dial beyond `--join`, and nodes never to dial again (the
+    /// removed ones): the cluster record's.
+    wanted: Arc<watch::Sender<(Vec<SocketAddr>, Vec<SocketAddr>)>>,
 }
 
 /// Whether the linked nodes were started with as many cluster nodes as
@@ -176,15 +183,44 @@ impl RemoteFanout for Peers {
 }
 
 impl Peers {
-    /// The peers of the node named `node`, in a cluster of `size` nodes.
-    pub fn new(node: String, size: usize) -> Peers {
+    /// The peers of the node named `node`, listening on `addr`, in a
+    /// cluster of `size` nodes.
+    pub fn new(node: String, addr: SocketAddr, size: usize) -> Peers {
         Peers {
             linked: Arc::default(),
             losses: Arc::new(watch::Sender::new(0)),
             locations: Arc::new(Locations::new(node)),
             size,
             sizes: Arc::default(),
+            addr,
+            addrs: Arc::default(),
+            wanted: Arc::new(watch::Sender::new((Vec::new(), Vec::new()))),
         }
+    }
+
+    /// This node's cluster address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The cluster address of linked node `node`.
+    pub fn addr_of(&self, node: &str) -> Option<SocketAddr> {
+        self.addrs.read().expect("peers lock").get(node).copied()
+    }
+
+    /// Asks for links to `addrs` too (the cluster record's nodes), and
+    /// for none to `forget` (nodes removed from the cluster).
+    pub fn want(&self, addrs: Vec<SocketAddr>, forget: Vec<SocketAddr>) {
+        let next = (addrs, forget);
+        self.wanted.send_if_modified(|wanted| {
+            let changed = *wanted != next;
+            *wanted = next.clone();
+            changed
+        });
+    }
+
+    fn wanted(&self) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        self.wanted.borrow().clone()
     }
 
     /// How many nodes this node's cluster has.
@@ -193,20 +229,12 @@ impl Peers {
     }
 
     /// Notes how many nodes `node` says its cluster has (from its
-    /// heartbeat or its answer to ours); says so once if that differs from
-    /// this node's count.
+    /// heartbeat or its answer to ours). Founders that disagree do not
+    /// form the groups, and say so (`Replicator`); a node that joins a
+    /// formed cluster names fewer, as expected.
     pub fn heard_size(&self, node: &str, size: usize) {
         let mut sizes = self.sizes.write().expect("peers lock");
-        let before = sizes.insert(node.to_owned(), size);
-        if size != self.size && before != Some(size) {
-            tracing::error!(
-                peer = %node,
-                its_nodes = size,
-                our_nodes = self.size,
-                "this node and its peer were started with different --join lists; \
-                 shard groups will not form until every node gets the same list"
-            );
-        }
+        sizes.insert(node.to_owned(), size);
     }
 
     /// How many nodes `node` said its cluster has, once heard.
@@ -280,7 +308,12 @@ impl Peers {
     /// Publishes the nodes linked now. A node whose link is gone or new
     /// (a new session) is forgotten in [`Locations`]; a new link is sent
     /// this node's users and asked for its own.
-    fn replace(&self, peers: HashMap<String, ActorRef<PeerMsg>>) {
+    fn replace(
+        &self,
+        peers: HashMap<String, ActorRef<PeerMsg>>,
+        addrs: HashMap<String, SocketAddr>,
+    ) {
+        *self.addrs.write().expect("peers lock") = addrs;
         let mut fresh = Vec::new();
         {
             let mut linked = self.linked.write().expect("peers lock");
@@ -357,7 +390,7 @@ impl Cluster {
         .with_listen_addr(Ipv4Addr::LOCALHOST.into());
         let (server, _) = Actor::spawn(None, server, ()).await?;
         let accepting = tokio::spawn(accept(listener, gate.clone(), server.clone())).abort_handle();
-        let peers = Peers::new(config.node_id.clone(), config.join.len() + 1);
+        let peers = Peers::new(config.node_id.clone(), config.listen, config.join.len() + 1);
         let node_id = config.node_id.clone();
         let expected = config.join.len();
         let (membership, _) = Actor::spawn(

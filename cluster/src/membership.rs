@@ -273,15 +273,44 @@ impl MembershipState {
     /// Publishes the peer actors of the nodes linked now.
     fn publish(&self) {
         let members = ractor::pg::get_members(&GROUP.to_owned());
-        let linked = self.peers.iter().filter_map(|peer| {
-            let (id, link) = (peer.id.clone()?, peer.link.as_ref()?);
-            let cell = members.iter().find(|c| is_peer_of(c, link.node))?;
-            Some((id, ActorRef::<PeerMsg>::from(cell.clone())))
+        let mut linked = std::collections::HashMap::new();
+        let mut addrs = std::collections::HashMap::new();
+        for peer in &self.peers {
+            let (Some(id), Some(link)) = (peer.id.clone(), peer.link.as_ref()) else {
+                continue;
+            };
+            if let Some(cell) = members.iter().find(|c| is_peer_of(c, link.node)) {
+                addrs.insert(id.clone(), peer.addr);
+                linked.insert(id, ActorRef::<PeerMsg>::from(cell.clone()));
+            }
+        }
+        self.published.replace(linked, addrs);
+    }
+
+    /// Adds the nodes the cluster record names that this node does not
+    /// dial yet, and drops those it says were removed.
+    fn add_wanted(&mut self) {
+        let (wanted, forget) = self.published.wanted();
+        for addr in wanted {
+            if addr != self.config.listen && !self.peers.iter().any(|p| p.addr == addr) {
+                tracing::info!(%addr, "dialling a node the cluster record names");
+                self.peers.push(Peer::new(addr));
+            }
+        }
+        self.peers.retain(|peer| {
+            let keep = !forget.contains(&peer.addr);
+            if !keep {
+                tracing::info!(addr = %peer.addr, node = ?peer.id, "node removed from the cluster: no longer dialled");
+                if let Some(link) = &peer.link {
+                    link.session.kill();
+                }
+            }
+            keep
         });
-        self.published.replace(linked.collect());
     }
 
     fn tick(&mut self, myself: &ActorRef<MembershipMsg>) {
+        self.add_wanted();
         let timeout = self.config.peer_timeout;
         let now = Instant::now();
         let members = ractor::pg::get_members(&GROUP.to_owned());

@@ -23,6 +23,8 @@ use tidings_protocol::UserId;
 
 use crate::forward::Forwarded;
 use crate::locations::Located;
+use crate::replication::elastic::{Task, Views};
+use crate::replication::meta::{ClusterRecord, Operation, Refused};
 use crate::replication::network::{RaftRequest, RaftResponse};
 use crate::replication::rejoin::{self, Knock};
 use crate::replication::Replicator;
@@ -77,6 +79,24 @@ pub enum PeerMsg {
     /// with it ([`crate::replication::rejoin`]).
     #[rpc]
     Knock(Encoded<Knock>, RpcReplyPort<Encoded<rejoin::Answer>>),
+    /// A change to the cluster for the metadata group's leader: run there,
+    /// or passed on to it ([`crate::replication::meta`]).
+    #[rpc]
+    Operate(
+        Encoded<Operation>,
+        RpcReplyPort<Encoded<Result<ClusterRecord, Refused>>>,
+    ),
+    /// The groups this node holds, as it sees them, for the balancer.
+    #[rpc]
+    Shards(RpcReplyPort<Encoded<Views>>),
+    /// A balancer task for a shard this node leads
+    /// ([`crate::replication::elastic`]).
+    #[rpc]
+    Reconfigure(Encoded<Task>, RpcReplyPort<Encoded<Result<(), String>>>),
+    /// Stand for election in a shard whose leader hands it over; answers
+    /// whether this node won.
+    #[rpc]
+    Elect(Encoded<u16>, RpcReplyPort<Encoded<bool>>),
 }
 
 /// `encoded` as a `T`, or `None` with a warning naming `what` was dropped.
@@ -206,6 +226,31 @@ impl Actor for PeerActor {
                     None => Vec::new(),
                 };
                 answer(reply, &infos);
+            }
+            PeerMsg::Operate(op, reply) => {
+                let Some(op) = open(&op, "cluster operation") else {
+                    return Ok(());
+                };
+                tokio::spawn(async move {
+                    answer(reply, &handlers.replicator.operate(op).await);
+                });
+            }
+            PeerMsg::Shards(reply) => answer(reply, &handlers.replicator.views()),
+            PeerMsg::Reconfigure(task, reply) => {
+                let Some(task) = open(&task, "balancer task") else {
+                    return Ok(());
+                };
+                tokio::spawn(async move {
+                    answer(reply, &handlers.replicator.carry_out(task).await);
+                });
+            }
+            PeerMsg::Elect(shard, reply) => {
+                let Some(shard) = open(&shard, "election request") else {
+                    return Ok(());
+                };
+                tokio::spawn(async move {
+                    answer(reply, &handlers.replicator.elect(shard).await);
+                });
             }
             PeerMsg::Deliver(delivery) => {
                 handlers

@@ -22,8 +22,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
+
 /// A node's part in the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NodeState {
     /// Admitted, and taking replicas.
     Joining,
@@ -69,7 +72,8 @@ impl Shard {
 }
 
 /// One step for one shard.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Step {
     /// Replace voter `from` with `to`: `to` joins as a learner, catches
     /// up, and a joint change makes it a voter in `from`'s place.

@@ -38,6 +38,8 @@
 //! snapshot only notes the applied position, and a replica that needs
 //! entries already purged is sent the shard's records ([`snapshot`]).
 
+pub mod elastic;
+pub mod meta;
 pub mod network;
 pub mod rejoin;
 pub mod snapshot;
@@ -64,6 +66,7 @@ use tokio::sync::watch;
 
 use crate::peer::PeerMsg;
 use crate::{Agreement, Peers};
+use meta::{ClusterRecord, META};
 use network::{Network, RaftRequest, RaftResponse};
 use rejoin::{Answer, Knock, Verdict};
 use store::ShardStore;
@@ -132,7 +135,7 @@ pub enum Route {
 }
 
 /// One shard as `GET /v1/cluster` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ShardView {
     pub shard: u16,
     /// Node ids of the group's voters.
@@ -145,6 +148,12 @@ pub struct ShardView {
     /// has purged from its log.
     pub snapshot: Option<u64>,
     pub purged: Option<u64>,
+    /// Node ids of the group's learners: replicas catching up to become
+    /// voters.
+    pub learners: Vec<String>,
+    /// Whether the group is in a joint configuration (a change of its
+    /// voters under way).
+    pub joint: bool,
     /// Whether this node holds a replica of the shard.
     pub held: bool,
 }
@@ -169,8 +178,22 @@ struct Inner {
     /// Copies of each shard (at most the number of nodes).
     replicas: usize,
     /// Per shard, the nodes that hold it (founder first), once the cluster's
-    /// nodes are known: at formation, or from storage after a restart.
-    placement: std::sync::OnceLock<Vec<Vec<String>>>,
+    /// nodes are known: at formation, or from storage after a restart, and
+    /// then from the cluster record as replicas move.
+    placement: std::sync::RwLock<Option<Vec<Vec<String>>>>,
+    /// The cluster record as this node's metadata replica has applied it.
+    record: watch::Sender<Option<ClusterRecord>>,
+    /// Per shard, set while this node hands its leadership to another:
+    /// it serves nothing of the shard meanwhile.
+    handing_over: Vec<AtomicBool>,
+    /// The steps the balancer has under way (on the metadata leader).
+    under_way: std::sync::Mutex<BTreeMap<u16, elastic::Task>>,
+    /// The node names a peer's answer says the groups were formed with,
+    /// when this node is not among them: it joins instead of forming.
+    formed_without_us: std::sync::Mutex<Option<Vec<String>>>,
+    /// Held while this node, as the metadata group's leader, reads and
+    /// rewrites the cluster record.
+    operating: tokio::sync::Mutex<()>,
     /// Per shard this node holds no replica of: the leader it last heard of.
     hints: Vec<std::sync::Mutex<Option<String>>>,
     /// Turns the replica a request without a known leader goes to.
@@ -265,7 +288,7 @@ impl Replicator {
         // Read before any group starts: a node that has not taken part yet
         // writes no Raft state until it does.
         let mut empty = nodes.is_none();
-        for shard in 0..SHARDS {
+        for shard in 0..=META {
             if !empty {
                 break;
             }
@@ -276,8 +299,8 @@ impl Replicator {
                     message: format!("reading its Raft state: {e}"),
                 })?;
         }
-        let mut rafts = Vec::with_capacity(SHARDS as usize);
-        for shard in 0..SHARDS {
+        let mut rafts = Vec::with_capacity(META as usize + 1);
+        for shard in 0..=META {
             let store = ShardStore::new(shard, storage.clone());
             let network = Network {
                 shard,
@@ -308,7 +331,12 @@ impl Replicator {
                 node,
                 id,
                 replicas: replicas.max(1),
-                placement: std::sync::OnceLock::new(),
+                placement: std::sync::RwLock::new(None),
+                record: watch::Sender::new(None),
+                handing_over: (0..SHARDS).map(|_| AtomicBool::new(false)).collect(),
+                under_way: std::sync::Mutex::default(),
+                formed_without_us: std::sync::Mutex::new(None),
+                operating: tokio::sync::Mutex::new(()),
                 hints: (0..SHARDS).map(|_| std::sync::Mutex::new(None)).collect(),
                 turn: AtomicUsize::new(0),
                 storage: storage.clone(),
@@ -332,8 +360,11 @@ impl Replicator {
         if let Some(nodes) = nodes {
             replicator.place(&nodes);
         }
+        replicator.read_record();
+        tokio::spawn(replicator.clone().follow_record());
         tokio::spawn(replicator.clone().knock(expected));
         tokio::spawn(replicator.clone().form(expected));
+        tokio::spawn(replicator.clone().balance());
         Ok(replicator)
     }
 
@@ -363,7 +394,26 @@ impl Replicator {
             return;
         }
         let mut told = None;
+        let mut disagreed = 0;
         let names = loop {
+            // Groups that already have a record were formed before this
+            // start; a node the formation did not include joins instead.
+            if self.inner.record.borrow().is_some() {
+                return;
+            }
+            let elsewhere = self
+                .inner
+                .formed_without_us
+                .lock()
+                .expect("not poisoned")
+                .clone();
+            if let Some(formed) = elsewhere {
+                if self.placement(0).is_none() {
+                    tracing::info!(formed_with = ?formed, "the cluster is formed: joining it");
+                    self.join().await;
+                    return;
+                }
+            }
             let mut names = self.inner.peers.names();
             if names.len() >= expected {
                 // Nodes started with different node lists would place the
@@ -375,7 +425,7 @@ impl Replicator {
                         let mut formation = self.inner.formation.lock().await;
                         let knocked =
                             |name: &String| formation.knocked.iter().any(|(node, _)| node == name);
-                        if self.inner.placement.get().is_some() || names.iter().all(knocked) {
+                        if self.placement(0).is_some() || names.iter().all(knocked) {
                             names.push(self.inner.node.clone());
                             names.sort();
                             names.dedup();
@@ -386,8 +436,11 @@ impl Replicator {
                         }
                     }
                     Agreement::Unknown => {}
+                    // Said only once it lasts: a node joining a formed
+                    // cluster names fewer nodes until its knock is answered.
                     Agreement::Disagree(differ) => {
-                        if told.as_ref() != Some(&differ) {
+                        disagreed += 1;
+                        if disagreed > 20 && told.as_ref() != Some(&differ) {
                             tracing::error!(
                                 ?differ,
                                 nodes = self.inner.peers.size(),
@@ -421,6 +474,17 @@ impl Replicator {
                 }
             }
         }
+        // The metadata group: every founder a voter, formed by the first.
+        if names.first() == Some(&self.inner.node) {
+            let members: BTreeMap<u64, BasicNode> = names
+                .iter()
+                .map(|name| (raft_id(name), BasicNode::new(name)))
+                .collect();
+            match self.inner.rafts[META as usize].initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(err) => tracing::error!(error = %err, "forming the metadata group failed"),
+            }
+        }
         tracing::info!(nodes = ?names, replicas = self.inner.replicas, founded, "shard groups formed");
     }
 
@@ -432,7 +496,7 @@ impl Replicator {
         names: &[String],
         formation: &mut Formation,
     ) -> Result<(), StorageError> {
-        if self.inner.placement.get().is_some() {
+        if self.placement(0).is_some() {
             return Ok(());
         }
         let mut writes = WriteSet::default();
@@ -474,6 +538,12 @@ impl Replicator {
                     match answer.decode() {
                         Ok(answer) => {
                             answered.insert(name, peer.get_id());
+                            if let Some(formed) = &answer.formed {
+                                if !formed.contains(&self.inner.node) {
+                                    *self.inner.formed_without_us.lock().expect("not poisoned") =
+                                        Some(formed.clone());
+                                }
+                            }
                             answers.push(answer);
                         }
                         Err(err) => {
@@ -517,9 +587,15 @@ impl Replicator {
             .as_ref()
             .is_some_and(|founders| founders.contains(&(knock.node.clone(), knock.boot)));
         formation.knocked.insert((knock.node, knock.boot));
+        let formed = self
+            .inner
+            .nodes
+            .get()
+            .cloned()
+            .or_else(|| self.record().as_ref().map(elastic::member_names));
         Answer {
             node: self.inner.node.clone(),
-            formed: self.inner.nodes.get().cloned(),
+            formed,
             founder,
         }
     }
@@ -553,15 +629,19 @@ impl Replicator {
                     .collect()
             })
             .collect();
-        let _ = self.inner.placement.set(placement);
+        self.set_placement(placement);
         let _ = self.inner.nodes.set(nodes.to_vec());
+    }
+
+    fn set_placement(&self, placement: Vec<Vec<String>>) {
+        *self.inner.placement.write().expect("not poisoned") = Some(placement);
     }
 
     /// The nodes that hold `shard`, founder first; `None` until the
     /// cluster's nodes are known.
-    fn placement(&self, shard: u16) -> Option<&[String]> {
-        let placement = self.inner.placement.get()?;
-        Some(&placement[shard as usize])
+    fn placement(&self, shard: u16) -> Option<Vec<String>> {
+        let placement = self.inner.placement.read().expect("not poisoned");
+        placement.as_ref()?.get(shard as usize).cloned()
     }
 
     /// Whether this node holds (or may come to hold) a replica of `shard`.
@@ -642,8 +722,8 @@ impl Replicator {
             // Cut off from the majority for longer than a follower waits
             // before electing another leader: its state may be stale, so
             // it serves nothing, reads included, until it hears again or
-            // steps down.
-            if !leased {
+            // steps down. Nor while it hands the shard to another leader.
+            if !leased || self.inner.handing_over[index].load(Ordering::Acquire) {
                 return Route::Unknown;
             }
             let tenure = || Tenure(self.inner.tenures[index].load(Ordering::Acquire));
@@ -726,10 +806,11 @@ impl Replicator {
         self.inner
             .rafts
             .iter()
+            .take(SHARDS as usize)
             .enumerate()
             .map(|(shard, raft)| {
                 if !self.holds(shard as u16) {
-                    let mut replicas = self.placement(shard as u16).unwrap_or_default().to_vec();
+                    let mut replicas = self.placement(shard as u16).unwrap_or_default();
                     replicas.sort();
                     return ShardView {
                         shard: shard as u16,
@@ -739,6 +820,8 @@ impl Replicator {
                         committed: None,
                         snapshot: None,
                         purged: None,
+                        learners: Vec::new(),
+                        joint: false,
                         held: false,
                     };
                 }
@@ -749,6 +832,11 @@ impl Replicator {
                 let voters: BTreeSet<u64> = membership.voter_ids().collect();
                 let mut replicas: Vec<String> = voters.iter().filter_map(name).collect();
                 replicas.sort();
+                let mut learners: Vec<String> = membership
+                    .learner_ids()
+                    .filter_map(|id| name(&id))
+                    .collect();
+                learners.sort();
                 ShardView {
                     shard: shard as u16,
                     replicas,
@@ -757,6 +845,8 @@ impl Replicator {
                     committed: m.last_applied.map(|id| id.index),
                     snapshot: m.snapshot.map(|id| id.index),
                     purged: m.purged.map(|id| id.index),
+                    learners,
+                    joint: membership.get_joint_config().len() > 1,
                     held: true,
                 }
             })

@@ -40,6 +40,23 @@ impl From<tidings_actors::Error> for ApiError {
     }
 }
 
+/// A change to the cluster that its metadata group's leader refused.
+impl From<tidings_cluster::replication::meta::Refused> for ApiError {
+    fn from(refused: tidings_cluster::replication::meta::Refused) -> ApiError {
+        use tidings_cluster::replication::meta::Refused;
+        let code = match &refused {
+            Refused::Unknown(_) => ErrorCode::NotFound,
+            Refused::Unavailable(_) => ErrorCode::Unavailable,
+            Refused::NameTaken { .. }
+            | Refused::Retired { .. }
+            | Refused::OtherCluster { .. }
+            | Refused::TooFew { .. }
+            | Refused::StillUp(_) => ErrorCode::Conflict,
+        };
+        ApiError::new(code, refused.to_string())
+    }
+}
+
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
         use axum::extract::rejection::JsonRejection;

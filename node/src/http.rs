@@ -8,12 +8,13 @@ use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, Pa
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 
 use serde::Deserialize;
 use serde_json::json;
 use tidings_actors::connection::{Bucket, RateLimit};
+use tidings_cluster::replication::meta::{state_name, ClusterRecord, Operation};
 use tidings_protocol::{Cmid, ConvId, ErrorCode, UserId};
 
 use crate::auth::bearer;
@@ -31,6 +32,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/nodes/{node}/drain", post(drain_node))
+        .route("/v1/cluster/nodes/{node}", delete(remove_node))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/dev/token", post(dev_token))
         .route(
@@ -222,7 +225,84 @@ async fn cluster(State(state): State<AppState>) -> Result<Json<serde_json::Value
         .map(|r| r.shards())
         .unwrap_or_default();
     body["shards"] = json!(shards);
+    if let Some(replicator) = &state.replicator {
+        if let Some(record) = replicator.record() {
+            add_membership(&mut body, &record);
+        }
+        body["moves"] = json!(replicator.moves());
+    }
     Ok(Json(body))
+}
+
+/// Each node's membership state from the cluster record, beside whether it
+/// is up; nodes the record holds that this node has no link to (removed
+/// ones) are listed too.
+fn add_membership(body: &mut serde_json::Value, record: &ClusterRecord) {
+    body["cluster"] = json!(format!("{:016x}", record.id));
+    body["replicas_per_shard"] = json!(record.replicas);
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(nodes) = body["nodes"].as_array_mut() {
+        for node in nodes.iter_mut() {
+            let Some(id) = node["id"].as_str().map(str::to_owned) else {
+                continue;
+            };
+            if let Some(known) = record.nodes.get(&id) {
+                node["membership"] = json!(state_name(known.state));
+                seen.insert(id);
+            }
+        }
+        for (id, known) in &record.nodes {
+            if !seen.contains(id) {
+                nodes.push(json!({
+                    "id": id,
+                    "addr": known.addr,
+                    "state": "down",
+                    "self": false,
+                    "membership": state_name(known.state),
+                }));
+            }
+        }
+    }
+}
+
+/// `POST /v1/cluster/nodes/{node}/drain`: the node takes no new replicas
+/// and gives up its leaderships, then its replicas; `GET /v1/cluster` shows
+/// it `drained` once it holds nothing.
+async fn drain_node(
+    _: Backend,
+    State(state): State<AppState>,
+    Path(node): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    change_cluster(&state, Operation::Drain { node: node.clone() }, &node).await
+}
+
+/// `DELETE /v1/cluster/nodes/{node}`: forgets a node that is down; every
+/// shard that had a replica there gets one on a live node.
+async fn remove_node(
+    _: Backend,
+    State(state): State<AppState>,
+    Path(node): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    change_cluster(&state, Operation::Remove { node: node.clone() }, &node).await
+}
+
+async fn change_cluster(
+    state: &AppState,
+    op: Operation,
+    node: &str,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(replicator) = &state.replicator else {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "this node runs alone: it has no cluster to change",
+        ));
+    };
+    let record = replicator.operate(op).await?;
+    let known = record.nodes.get(node);
+    Ok(Json(json!({
+        "node": node,
+        "membership": known.map(|n| state_name(n.state)),
+    })))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

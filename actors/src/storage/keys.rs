@@ -53,6 +53,16 @@ pub fn outboxes(shard: u16) -> Vec<u8> {
     key
 }
 
+/// `[0][group be]record`: the one record of a Raft group that holds no
+/// entities (the cluster's metadata group, numbered past the shards), in
+/// the conversation meta family under the form outboxes use. It is in
+/// the group's key range, so the group's snapshot carries it.
+pub fn group_record(group: u16) -> Vec<u8> {
+    let mut key = outboxes(group);
+    key.extend_from_slice(b"record");
+    key
+}
+
 /// `[shard be][index be]`: one entry of a shard's Raft log.
 pub fn raft_entry(shard: u16, index: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(10);

@@ -1,0 +1,435 @@
+//! Growing and shrinking a running cluster of real binaries while clients
+//! write without pause: three founders, a fourth node started with one
+//! seed, a fifth whose seed is the fourth, a drained node stopped, and a
+//! SIGKILLed node removed as dead. After each step the shards are
+//! balanced; at the end every acknowledged message is there exactly once,
+//! with contiguous versions, and every live replica holds the same
+//! history.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tidings_protocol::client::{Client, ClientConfig};
+use tidings_protocol::{Cmid, ConvId, Event, EventKind, UserId};
+use tidings_tests::cluster::{one_cluster_at_a_time, start_cluster, Member};
+use tidings_tests::{eventually_within, http, token, API_KEY};
+use tokio::time::Instant;
+
+const SHARDS: usize = 64;
+const REPLICAS: usize = 3;
+const CONVS: usize = 8;
+/// Sends per writer at most, and how long the whole run may take.
+const MAX_SENDS: usize = 20_000;
+const RUN: Duration = Duration::from_secs(600);
+/// How long the cluster may take to balance after one step.
+const BALANCE: Duration = Duration::from_secs(180);
+
+/// One shard's group as its leader reports it.
+#[derive(Debug, Clone)]
+struct Group {
+    voters: BTreeSet<String>,
+    learners: BTreeSet<String>,
+    joint: bool,
+    leader: String,
+}
+
+/// Every shard's group, each as the node leading it says, once every shard
+/// has a leader that answers.
+async fn groups(nodes: &[&Member]) -> Option<BTreeMap<u64, Group>> {
+    let mut groups = BTreeMap::new();
+    for node in nodes {
+        let Some(shards) = node.shards().await else {
+            continue;
+        };
+        for shard in shards {
+            if shard["held"] != true || shard["leader"] != node.id {
+                continue;
+            }
+            let names = |key: &str| -> BTreeSet<String> {
+                shard[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n.as_str().map(str::to_owned))
+                    .collect()
+            };
+            groups.insert(
+                shard["shard"].as_u64()?,
+                Group {
+                    voters: names("replicas"),
+                    learners: names("learners"),
+                    joint: shard["joint"] == true,
+                    leader: node.id.to_owned(),
+                },
+            );
+        }
+    }
+    (groups.len() == SHARDS).then_some(groups)
+}
+
+/// Replicas and leaderships per node.
+fn shares(groups: &BTreeMap<u64, Group>) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+    let mut replicas = BTreeMap::new();
+    let mut leaders = BTreeMap::new();
+    for group in groups.values() {
+        for voter in &group.voters {
+            *replicas.entry(voter.clone()).or_default() += 1;
+        }
+        *leaders.entry(group.leader.clone()).or_default() += 1;
+    }
+    (replicas, leaders)
+}
+
+/// Whether `groups` are settled and balanced over exactly `ids`: three
+/// voters each, no learner, no joint configuration, every node within ±3
+/// replicas and ±4 leaderships of its share.
+fn balanced(groups: &BTreeMap<u64, Group>, ids: &[&str]) -> bool {
+    let settled = groups
+        .values()
+        .all(|g| g.voters.len() == REPLICAS && g.learners.is_empty() && !g.joint);
+    let (replicas, leaders) = shares(groups);
+    let n = ids.len() as f64;
+    let within = |count: usize, share: f64, slack: f64| (count as f64 - share).abs() <= slack;
+    settled
+        && replicas.keys().all(|id| ids.contains(&id.as_str()))
+        && ids.iter().all(|id| {
+            within(
+                replicas.get(*id).copied().unwrap_or(0),
+                (SHARDS * REPLICAS) as f64 / n,
+                3.0,
+            ) && within(
+                leaders.get(*id).copied().unwrap_or(0),
+                SHARDS as f64 / n,
+                4.0,
+            )
+        })
+}
+
+/// Each node's membership state, as `node` reports the cluster record.
+async fn memberships(node: &Member) -> Option<BTreeMap<String, String>> {
+    let view = node.cluster_json().await?;
+    view["nodes"]
+        .as_array()?
+        .iter()
+        .map(|n| {
+            Some((
+                n["id"].as_str()?.to_owned(),
+                n["membership"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// Waits until the shards are balanced over `ids` and every one of them
+/// is active; prints how long it took and the shares.
+async fn until_balanced(step: &str, live: &[&Member], ids: &[&str]) -> Duration {
+    let began = Instant::now();
+    let groups = eventually_within(
+        &format!("the cluster to balance after {step}"),
+        BALANCE,
+        || async {
+            let groups = groups(live).await?;
+            if !balanced(&groups, ids) {
+                return None;
+            }
+            let states = memberships(live[0]).await?;
+            ids.iter()
+                .all(|id| states.get(*id).map(String::as_str) == Some("active"))
+                .then_some(groups)
+        },
+    )
+    .await;
+    let took = began.elapsed();
+    let (replicas, leaders) = shares(&groups);
+    println!("{step}: balanced in {took:?}; replicas {replicas:?}; leaders {leaders:?}");
+    took
+}
+
+/// `POST` or `DELETE` on a cluster endpoint of `node` with the API key.
+async fn admin(node: &Member, method: reqwest::Method, path: &str) -> (u16, Value) {
+    let response = http()
+        .request(method, format!("http://{}{path}", node.http))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("the node answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn rust_client(user: &str, urls: &[&Member]) -> Client {
+    let urls: Vec<String> = urls.iter().map(|m| format!("ws://{}", m.http)).collect();
+    let mut config = ClientConfig::new(urls, token(user));
+    config.request_timeout = Duration::from_secs(30);
+    Client::connect(config).0
+}
+
+/// The messages of a conversation in version order: (version, cmid).
+fn messages(events: &[Event]) -> Vec<(u64, String)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Message {
+                cmid: Some(cmid), ..
+            } => Some((e.version, cmid.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (conversation, version, cmid, when the send began, when it was acked)
+type Acked = (ConvId, u64, String, Instant, Instant);
+
+/// The longest wait for an ack among sends begun in `[from, to)`.
+fn longest_stall(acked: &[Acked], from: Instant, to: Instant) -> Duration {
+    acked
+        .iter()
+        .filter(|(.., began, _)| *began >= from && *began < to)
+        .map(|(.., began, at)| at.duration_since(*began))
+        .max()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_drain_and_die_while_clients_write_and_nothing_is_lost() {
+    let _turn = one_cluster_at_a_time().await;
+    let mut founders = start_cluster(&["n1", "n2", "n3"]).await;
+    eventually_within("the cluster record", BALANCE, || async {
+        let states = memberships(&founders[0]).await?;
+        (states.len() == 3 && states.values().all(|s| s == "active")).then_some(())
+    })
+    .await;
+
+    // Draining one of three would leave too few for three replicas.
+    let (status, body) = admin(
+        &founders[0],
+        reqwest::Method::POST,
+        "/v1/cluster/nodes/n2/drain",
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("add a node first"),
+        "{body}"
+    );
+    let (status, body) = admin(
+        &founders[0],
+        reqwest::Method::DELETE,
+        "/v1/cluster/nodes/n2",
+    )
+    .await;
+    assert_eq!(status, 409, "a live node is not removed: {body}");
+    let (status, _) = admin(
+        &founders[0],
+        reqwest::Method::POST,
+        "/v1/cluster/nodes/n9/drain",
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Writers on n3 (which stays throughout) and n1 (drained later; its
+    // client then fails over to n3).
+    let writer = |i: usize| format!("writer{i}");
+    let everyone: Vec<UserId> = (0..2)
+        .map(|i| UserId::try_from(writer(i)).unwrap())
+        .collect();
+    let clients = [
+        rust_client(&writer(0), &[&founders[2], &founders[0]]),
+        rust_client(&writer(1), &[&founders[0], &founders[2]]),
+    ];
+    let mut convs = Vec::new();
+    for i in 0..CONVS {
+        convs.push(
+            clients[0]
+                .create(everyone.clone(), Some(format!("room {i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + RUN;
+    let mut writers = Vec::new();
+    for (i, client) in clients.iter().enumerate() {
+        let (client, convs, acked, stop) =
+            (client.clone(), convs.clone(), acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            for n in 0..MAX_SENDS {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "the writers ran out of time");
+                let conv = &convs[n % convs.len()];
+                let cmid = format!("w{i}-{n}");
+                let began = Instant::now();
+                let ack = client
+                    .send_with(
+                        conv,
+                        cmid.clone(),
+                        Some(Cmid::try_from(cmid.clone()).unwrap()),
+                        None,
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("{cmid} not acknowledged: {e}"));
+                acked.lock().unwrap().push((
+                    conv.clone(),
+                    ack.version,
+                    cmid,
+                    began,
+                    Instant::now(),
+                ));
+            }
+        }));
+    }
+    eventually_within("traffic before the first join", BALANCE, || async {
+        (acked.lock().unwrap().len() >= 50).then_some(())
+    })
+    .await;
+
+    // Grow: a fourth node knows one seed only.
+    let mut steps: Vec<(&str, Duration, Duration)> = Vec::new();
+    let seed: Vec<SocketAddr> = vec![founders[0].cluster];
+    let mut n4 = Member::new("n4");
+    let began = Instant::now();
+    n4.start(&seed).await;
+    let took = until_balanced(
+        "n4 joined",
+        &[&founders[0], &founders[1], &founders[2], &n4],
+        &["n1", "n2", "n3", "n4"],
+    )
+    .await;
+    steps.push((
+        "add n4",
+        took,
+        longest_stall(&acked.lock().unwrap(), began, Instant::now()),
+    ));
+
+    // A fifth, whose only seed is the node that joined last.
+    let mut n5 = Member::new("n5");
+    let began = Instant::now();
+    n5.start(&[n4.cluster]).await;
+    let took = until_balanced(
+        "n5 joined",
+        &[&founders[0], &founders[1], &founders[2], &n4, &n5],
+        &["n1", "n2", "n3", "n4", "n5"],
+    )
+    .await;
+    steps.push((
+        "add n5",
+        took,
+        longest_stall(&acked.lock().unwrap(), began, Instant::now()),
+    ));
+
+    // Drain n1 and stop it once it holds nothing.
+    let began = Instant::now();
+    let (status, body) = admin(&n5, reqwest::Method::POST, "/v1/cluster/nodes/n1/drain").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["membership"], "draining");
+    let live = [&founders[1], &founders[2], &n4, &n5];
+    eventually_within("n1 to be drained", BALANCE, || async {
+        let states = memberships(&n5).await?;
+        (states.get("n1").map(String::as_str) == Some("drained")).then_some(())
+    })
+    .await;
+    until_balanced("n1 drained", &live, &["n2", "n3", "n4", "n5"]).await;
+    let took = began.elapsed();
+    founders[0].stop().await;
+    steps.push((
+        "drain n1",
+        took,
+        longest_stall(&acked.lock().unwrap(), began, Instant::now()),
+    ));
+
+    // n2 dies; an operator removes it, and its replicas are placed anew.
+    let began = Instant::now();
+    founders[1].kill().await;
+    let (status, body) = eventually_within("n2 to be seen down", BALANCE, || async {
+        let (status, body) = admin(&n5, reqwest::Method::DELETE, "/v1/cluster/nodes/n2").await;
+        // Refused while n2 still counts as up; unavailable while the
+        // metadata group elects a leader, if n2 led it.
+        (status != 409 && status != 503).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let live = [&founders[2], &n4, &n5];
+    until_balanced("n2 removed", &live, &["n3", "n4", "n5"]).await;
+    let took = began.elapsed();
+    steps.push((
+        "remove dead n2",
+        took,
+        longest_stall(&acked.lock().unwrap(), began, Instant::now()),
+    ));
+
+    stop.store(true, Ordering::Release);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    // The truth: each conversation's history through every live node.
+    let acked = acked.lock().unwrap().clone();
+    let readers: Vec<Client> = live
+        .iter()
+        .map(|node| rust_client(&writer(0), &[node]))
+        .collect();
+    let mut lost = 0;
+    let mut duplicated = 0;
+    for conv in &convs {
+        let mut seen: Option<Vec<(u64, String)>> = None;
+        for (reader, node) in readers.iter().zip(&live) {
+            let mut events = Vec::new();
+            let mut after = 0;
+            loop {
+                let (_, page) = reader
+                    .history(conv, Some(after), None, Some(200))
+                    .await
+                    .unwrap();
+                let Some(last) = page.last() else { break };
+                after = last.version;
+                events.extend(page);
+            }
+            let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+            assert_eq!(
+                versions,
+                (1..=versions.len() as u64).collect::<Vec<_>>(),
+                "versions of {conv} are contiguous on {}",
+                node.id
+            );
+            let got = messages(&events);
+            match &seen {
+                None => {
+                    let unique: BTreeSet<&String> = got.iter().map(|(_, c)| c).collect();
+                    duplicated += got.len() - unique.len();
+                    for (c, version, cmid, ..) in acked.iter().filter(|(c, ..)| c == conv) {
+                        match got.iter().find(|(_, m)| m == cmid) {
+                            Some((v, _)) => {
+                                assert_eq!(v, version, "{cmid} was acked at {version} in {c}")
+                            }
+                            None => lost += 1,
+                        }
+                    }
+                    seen = Some(got);
+                }
+                Some(first) => assert_eq!(&got, first, "{conv} reads the same on {}", node.id),
+            }
+        }
+    }
+    println!(
+        "acknowledged {}, lost {lost}, duplicated {duplicated}",
+        acked.len()
+    );
+    for (step, took, stall) in &steps {
+        println!("{step}: balanced after {took:?}, longest writer stall {stall:?}");
+    }
+    assert_eq!(lost, 0, "acknowledged messages lost");
+    assert_eq!(duplicated, 0, "messages stored twice");
+    for client in clients.iter().chain(&readers) {
+        client.close();
+    }
+}
