@@ -91,7 +91,7 @@ pub fn raft_id(node: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(node.as_bytes())
 }
 
-/// Timing and log compaction of every group.
+/// Timing and log compaction of every group, and the balancer's clock.
 #[derive(Debug, Clone)]
 pub struct RaftSettings {
     pub heartbeat: Duration,
@@ -103,6 +103,9 @@ pub struct RaftSettings {
     /// its log up to it, keeping the last tenth (at least one entry) for
     /// replicas that are only a little behind.
     pub snapshot_every: u64,
+    /// The balancer removes a node that has been down this long, as if an
+    /// operator had (`--dead-after`); never when `None`.
+    pub dead_after: Option<Duration>,
 }
 
 impl RaftSettings {
@@ -119,6 +122,7 @@ impl Default for RaftSettings {
             election_min: Duration::from_millis(750),
             election_max: Duration::from_millis(1500),
             snapshot_every: 10_000,
+            dead_after: None,
         }
     }
 }
@@ -188,6 +192,10 @@ struct Inner {
     handing_over: Vec<AtomicBool>,
     /// The steps the balancer has under way (on the metadata leader).
     under_way: std::sync::Mutex<BTreeMap<u16, elastic::Task>>,
+    /// `--dead-after`, and since when the metadata leader has seen each
+    /// node down.
+    dead_after: Option<Duration>,
+    down_since: std::sync::Mutex<BTreeMap<String, std::time::Instant>>,
     /// The node names a peer's answer says the groups were formed with,
     /// when this node is not among them: it joins instead of forming.
     formed_without_us: std::sync::Mutex<Option<Vec<String>>>,
@@ -335,6 +343,8 @@ impl Replicator {
                 record: watch::Sender::new(None),
                 handing_over: (0..SHARDS).map(|_| AtomicBool::new(false)).collect(),
                 under_way: std::sync::Mutex::default(),
+                dead_after: settings.dead_after,
+                down_since: std::sync::Mutex::default(),
                 formed_without_us: std::sync::Mutex::new(None),
                 operating: tokio::sync::Mutex::new(()),
                 hints: (0..SHARDS).map(|_| std::sync::Mutex::new(None)).collect(),

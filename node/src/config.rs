@@ -26,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Writes a CA and, for each node, the directory --cluster-certs takes.
     Certs(crate::certs::CertsArgs),
+    /// Shows a running cluster, or drains or removes one of its nodes.
+    Cluster(crate::admin::ClusterArgs),
 }
 
 /// A real-time messaging node.
@@ -177,6 +179,13 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_PEER_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub peer_timeout: Duration,
 
+    /// A node the cluster has seen down for this long is removed as dead,
+    /// as `DELETE /v1/cluster/nodes/{id}` would, and its replicas placed
+    /// on live nodes. Off unless given: a node that is only down for a
+    /// while comes back with everything it held.
+    #[arg(long, env = "TIDINGS_DEAD_AFTER", value_parser = humantime::parse_duration)]
+    pub dead_after: Option<Duration>,
+
     /// Each shard compacts its Raft log every this many entries: it notes a
     /// snapshot and drops the entries before it but the last tenth. A
     /// replica that missed dropped entries is sent the shard's records.
@@ -191,6 +200,10 @@ const MIN_REPLY_BYTES: usize = 32 * 1024;
 /// Longest `--commit-interval` allowed: well inside a Raft heartbeat
 /// (150 ms), since a shard's Raft core waits for each of its log writes.
 const MAX_COMMIT_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Shortest `--dead-after`: a node restarting, or a link dialled again,
+/// must not count as dead.
+const MIN_DEAD_AFTER: Duration = Duration::from_secs(10);
 
 /// Shortest `--auth-secret`: an HS256 key must have at least 256 bits
 /// (RFC 7518, section 3.2).
@@ -212,6 +225,10 @@ pub enum ConfigError {
         "--commit-interval ({0:?}) must be at most {MAX_COMMIT_INTERVAL:?}: a write may wait that long, and Raft's heartbeats with it"
     )]
     CommitIntervalTooLong(Duration),
+    #[error(
+        "--dead-after ({after:?}) must be at least {MIN_DEAD_AFTER:?} and three times --peer-timeout ({peer:?}): a node restarting is not dead"
+    )]
+    DeadAfterTooShort { after: Duration, peer: Duration },
     #[error("--max-frame must be at least 1024 bytes")]
     FrameTooSmall,
     #[error("--max-reply-bytes must be at least {MIN_REPLY_BYTES} bytes, to hold one event of the largest size")]
@@ -325,6 +342,14 @@ impl Config {
                 "--replicas, --peer-timeout, --snapshot-every and --cluster-handshake-timeout",
             ));
         }
+        if let Some(after) = self.dead_after {
+            if after < MIN_DEAD_AFTER.max(self.peer_timeout * 3) {
+                return Err(ConfigError::DeadAfterTooShort {
+                    after,
+                    peer: self.peer_timeout,
+                });
+            }
+        }
         if let Some(listen) = self.cluster_listen {
             if self.cluster_certs.is_none() && !listen.ip().is_loopback() {
                 return Err(ConfigError::ClusterNeedsTls(listen));
@@ -391,6 +416,31 @@ mod tests {
             config.validate(),
             Err(ConfigError::SecretTooShort(5))
         ));
+    }
+
+    #[test]
+    fn dead_after_is_off_by_default_and_never_shorter_than_a_restart() {
+        let dead_after = |args: &[&str]| {
+            let mut all = vec!["tidings", "--dev"];
+            all.extend_from_slice(args);
+            let config = Config::from_args(all).unwrap();
+            config.validate().map(|()| config.dead_after)
+        };
+        assert_eq!(dead_after(&[]).unwrap(), None);
+        assert_eq!(
+            dead_after(&["--dead-after", "10m"]).unwrap(),
+            Some(Duration::from_secs(600))
+        );
+        assert!(matches!(
+            dead_after(&["--dead-after", "5s"]),
+            Err(ConfigError::DeadAfterTooShort { .. })
+        ));
+        // Three peer timeouts at least.
+        assert!(matches!(
+            dead_after(&["--dead-after", "20s", "--peer-timeout", "10s"]),
+            Err(ConfigError::DeadAfterTooShort { .. })
+        ));
+        dead_after(&["--dead-after", "30s", "--peer-timeout", "10s"]).unwrap();
     }
 
     #[test]

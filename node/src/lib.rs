@@ -8,6 +8,7 @@
 //! accepting, close every socket with 1001, then the runtime's shutdown
 //! (the entity actors, the shard groups and links, storage flushed).
 
+pub mod admin;
 pub mod assets;
 pub mod auth;
 pub mod certs;
@@ -46,6 +47,10 @@ pub struct AppState {
     pub storage: Storage,
     /// Cancelled when the node starts shutting down.
     pub shutdown: CancellationToken,
+    /// Cancelled when the cluster starts draining this node: its sockets
+    /// close with 1001, spread over [`ws::LEAVE_SPREAD`], and it takes no
+    /// new ones.
+    pub leaving: CancellationToken,
     /// Every open WebSocket, so shutdown can wait for them to close.
     pub tracker: TaskTracker,
     /// The links to the other nodes, when this node is in a cluster.
@@ -115,11 +120,27 @@ impl Node {
             metrics: runtime.metrics().clone(),
             storage: runtime.storage().clone(),
             shutdown: CancellationToken::new(),
+            leaving: CancellationToken::new(),
             tracker: TaskTracker::new(),
             devices: ws::Devices::default(),
             http_rates: http::UserRates::default(),
             connections: serve::Connections::default(),
         };
+        if let Some(replicator) = state.replicator.clone() {
+            let (leaving, shutdown) = (state.leaving.clone(), state.shutdown.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = replicator.leaving() => {
+                        tracing::info!(
+                            over = ?ws::LEAVE_SPREAD,
+                            "this node is draining: closing its client sockets, taking no new ones"
+                        );
+                        leaving.cancel();
+                    }
+                }
+            });
+        }
         let stop_accepting = CancellationToken::new();
         let app = http::app(state.clone());
         let stop = stop_accepting.clone();
@@ -201,6 +222,7 @@ fn cluster_settings(config: &Config) -> Option<ClusterSettings> {
         replicas: config.replicas,
         raft: RaftSettings {
             snapshot_every: config.snapshot_every,
+            dead_after: config.dead_after,
             ..RaftSettings::default()
         },
     })

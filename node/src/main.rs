@@ -25,6 +25,19 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Cluster(args)) = &cli.command {
+        let key = std::env::var("TIDINGS_API_KEY").ok();
+        match tidings_node::admin::run(args, key.as_deref()).await {
+            Ok(text) => {
+                println!("{}", text.trim_end());
+                return Ok(());
+            }
+            Err(err) => {
+                eprintln!("tidings cluster: {err:#}");
+                std::process::exit(1);
+            }
+        }
+    }
     if let Some(Command::Certs(args)) = cli.command {
         match tidings_node::certs::write(&args) {
             Ok(written) => {

@@ -115,6 +115,13 @@ pub async fn upgrade(
     if state.shutdown.is_cancelled() {
         return ApiError::new(ErrorCode::Unavailable, "the node is shutting down").into_response();
     }
+    if state.leaving.is_cancelled() {
+        return ApiError::new(
+            ErrorCode::Unavailable,
+            "this node is leaving the cluster: connect to another node",
+        )
+        .into_response();
+    }
     let Some(device) = state.devices.admit(&user, state.config.max_devices) else {
         tracing::info!(%user, max = state.config.max_devices, "device refused: too many open sockets");
         return ApiError::new(
@@ -241,11 +248,12 @@ fn serve(
         ping_after: config.ping_interval,
         timeout: config.heartbeat_timeout,
     };
-    let shutdown = state.shutdown.clone();
+    let shutdown = stop_token(&state);
     async move {
         // Held while the socket is open: it counts as one of the user's
         // devices on this node.
         let _device = device;
+        let _unwatch = shutdown.clone().drop_guard();
         let socket = match upgrade.await {
             Ok(upgraded) => TokioIo::new(upgraded),
             Err(err) => {
@@ -411,6 +419,32 @@ struct Heartbeat {
     ping_after: Duration,
     /// Silent this long: closed as dead. Longer than `ping_after`.
     timeout: Duration,
+}
+
+/// A draining node closes its sockets over this long, each at a moment
+/// of its own, so their clients reconnect to other nodes a few at a time.
+pub const LEAVE_SPREAD: Duration = Duration::from_secs(10);
+
+/// What ends a socket from the node's side: the node shutting down, or,
+/// on a node the cluster drains, a random moment within [`LEAVE_SPREAD`]
+/// after the drain begins. Cancelling it ends its watcher.
+fn stop_token(state: &AppState) -> CancellationToken {
+    let stop = state.shutdown.child_token();
+    if state.replicator.is_some() {
+        let (leaving, stopped) = (state.leaving.clone(), stop.clone());
+        let after = LEAVE_SPREAD.mul_f64(rand::random::<f64>());
+        tokio::spawn(async move {
+            let leave = async {
+                leaving.cancelled().await;
+                tokio::time::sleep(after).await;
+            };
+            tokio::select! {
+                () = stopped.cancelled() => {}
+                () = leave => stopped.cancel(),
+            }
+        });
+    }
+    stop
 }
 
 /// Reads client frames until the socket ends, and says why it ended.

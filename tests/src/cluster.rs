@@ -190,7 +190,7 @@ impl Member {
             .args(self.flags(all))
             .env("TIDINGS_AUTH_SECRET", SECRET)
             .env("TIDINGS_API_KEY", API_KEY)
-            .env("TIDINGS_LOG", "warn,openraft=off")
+            .env("TIDINGS_LOG", process::node_log())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -302,6 +302,19 @@ impl Member {
         if let Some(mut child) = self.child.take() {
             child.kill().await.unwrap();
         }
+    }
+
+    /// The running process's peak resident memory (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 
     /// A WebSocket connection to this node as `user`, subscribed: see

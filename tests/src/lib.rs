@@ -5,6 +5,7 @@
 //! Every wait polls with a deadline; nothing sleeps for a condition.
 
 pub mod cluster;
+pub mod elastic;
 pub mod netns;
 pub mod process;
 

@@ -89,7 +89,7 @@ where
         .args(args)
         .env("TIDINGS_AUTH_SECRET", SECRET)
         .env("TIDINGS_API_KEY", API_KEY)
-        .env("TIDINGS_LOG", "warn,openraft=off")
+        .env("TIDINGS_LOG", node_log())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -106,4 +106,9 @@ where
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
     (child, addr)
+}
+
+/// What the nodes log: `TIDINGS_TEST_LOG` (an `EnvFilter`), or warnings.
+pub fn node_log() -> String {
+    std::env::var("TIDINGS_TEST_LOG").unwrap_or_else(|_| "warn,openraft=off".to_owned())
 }

@@ -6,160 +6,25 @@
 //! with contiguous versions, and every live replica holds the same
 //! history.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
 use tidings_protocol::client::{Client, ClientConfig};
 use tidings_protocol::{Cmid, ConvId, Event, EventKind, UserId};
 use tidings_tests::cluster::{one_cluster_at_a_time, start_cluster, Member};
-use tidings_tests::{eventually_within, http, token, API_KEY};
+use tidings_tests::elastic::{admin, memberships, until_balanced, BALANCE};
+use tidings_tests::{eventually_within, token, Closed, Ws};
 use tokio::time::Instant;
 
-const SHARDS: usize = 64;
-const REPLICAS: usize = 3;
 const CONVS: usize = 8;
+/// Sockets held open on the node that is drained.
+const WATCHERS: usize = 6;
 /// Sends per writer at most, and how long the whole run may take.
 const MAX_SENDS: usize = 20_000;
 const RUN: Duration = Duration::from_secs(600);
-/// How long the cluster may take to balance after one step.
-const BALANCE: Duration = Duration::from_secs(180);
-
-/// One shard's group as its leader reports it.
-#[derive(Debug, Clone)]
-struct Group {
-    voters: BTreeSet<String>,
-    learners: BTreeSet<String>,
-    joint: bool,
-    leader: String,
-}
-
-/// Every shard's group, each as the node leading it says, once every shard
-/// has a leader that answers.
-async fn groups(nodes: &[&Member]) -> Option<BTreeMap<u64, Group>> {
-    let mut groups = BTreeMap::new();
-    for node in nodes {
-        let Some(shards) = node.shards().await else {
-            continue;
-        };
-        for shard in shards {
-            if shard["held"] != true || shard["leader"] != node.id {
-                continue;
-            }
-            let names = |key: &str| -> BTreeSet<String> {
-                shard[key]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|n| n.as_str().map(str::to_owned))
-                    .collect()
-            };
-            groups.insert(
-                shard["shard"].as_u64()?,
-                Group {
-                    voters: names("replicas"),
-                    learners: names("learners"),
-                    joint: shard["joint"] == true,
-                    leader: node.id.to_owned(),
-                },
-            );
-        }
-    }
-    (groups.len() == SHARDS).then_some(groups)
-}
-
-/// Replicas and leaderships per node.
-fn shares(groups: &BTreeMap<u64, Group>) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
-    let mut replicas = BTreeMap::new();
-    let mut leaders = BTreeMap::new();
-    for group in groups.values() {
-        for voter in &group.voters {
-            *replicas.entry(voter.clone()).or_default() += 1;
-        }
-        *leaders.entry(group.leader.clone()).or_default() += 1;
-    }
-    (replicas, leaders)
-}
-
-/// Whether `groups` are settled and balanced over exactly `ids`: three
-/// voters each, no learner, no joint configuration, every node within ±3
-/// replicas and ±4 leaderships of its share.
-fn balanced(groups: &BTreeMap<u64, Group>, ids: &[&str]) -> bool {
-    let settled = groups
-        .values()
-        .all(|g| g.voters.len() == REPLICAS && g.learners.is_empty() && !g.joint);
-    let (replicas, leaders) = shares(groups);
-    let n = ids.len() as f64;
-    let within = |count: usize, share: f64, slack: f64| (count as f64 - share).abs() <= slack;
-    settled
-        && replicas.keys().all(|id| ids.contains(&id.as_str()))
-        && ids.iter().all(|id| {
-            within(
-                replicas.get(*id).copied().unwrap_or(0),
-                (SHARDS * REPLICAS) as f64 / n,
-                3.0,
-            ) && within(
-                leaders.get(*id).copied().unwrap_or(0),
-                SHARDS as f64 / n,
-                4.0,
-            )
-        })
-}
-
-/// Each node's membership state, as `node` reports the cluster record.
-async fn memberships(node: &Member) -> Option<BTreeMap<String, String>> {
-    let view = node.cluster_json().await?;
-    view["nodes"]
-        .as_array()?
-        .iter()
-        .map(|n| {
-            Some((
-                n["id"].as_str()?.to_owned(),
-                n["membership"].as_str()?.to_owned(),
-            ))
-        })
-        .collect()
-}
-
-/// Waits until the shards are balanced over `ids` and every one of them
-/// is active; prints how long it took and the shares.
-async fn until_balanced(step: &str, live: &[&Member], ids: &[&str]) -> Duration {
-    let began = Instant::now();
-    let groups = eventually_within(
-        &format!("the cluster to balance after {step}"),
-        BALANCE,
-        || async {
-            let groups = groups(live).await?;
-            if !balanced(&groups, ids) {
-                return None;
-            }
-            let states = memberships(live[0]).await?;
-            ids.iter()
-                .all(|id| states.get(*id).map(String::as_str) == Some("active"))
-                .then_some(groups)
-        },
-    )
-    .await;
-    let took = began.elapsed();
-    let (replicas, leaders) = shares(&groups);
-    println!("{step}: balanced in {took:?}; replicas {replicas:?}; leaders {leaders:?}");
-    took
-}
-
-/// `POST` or `DELETE` on a cluster endpoint of `node` with the API key.
-async fn admin(node: &Member, method: reqwest::Method, path: &str) -> (u16, Value) {
-    let response = http()
-        .request(method, format!("http://{}{path}", node.http))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .expect("the node answers");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
 
 fn rust_client(user: &str, urls: &[&Member]) -> Client {
     let urls: Vec<String> = urls.iter().map(|m| format!("ws://{}", m.http)).collect();
@@ -277,7 +142,12 @@ async fn nodes_join_drain_and_die_while_clients_write_and_nothing_is_lost() {
                         None,
                     )
                     .await
-                    .unwrap_or_else(|e| panic!("{cmid} not acknowledged: {e}"));
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "{cmid} to {conv} not acknowledged (sent {:?} ago): {e}",
+                            began.elapsed()
+                        )
+                    });
                 acked.lock().unwrap().push((
                     conv.clone(),
                     ack.version,
@@ -311,10 +181,41 @@ async fn nodes_join_drain_and_die_while_clients_write_and_nothing_is_lost() {
         longest_stall(&acked.lock().unwrap(), began, Instant::now()),
     ));
 
-    // A fifth, whose only seed is the node that joined last.
+    // A fifth, whose only seed is the node that joined last. While a
+    // replica moves onto it, the leader of the moving shard is SIGKILLed
+    // and restarted with its data.
     let mut n5 = Member::new("n5");
     let began = Instant::now();
     n5.start(&[n4.cluster]).await;
+    let (moving, leader) = eventually_within("a replica move under way", BALANCE, || async {
+        let live = [&founders[0], &founders[1], &founders[2], &n4];
+        for node in live {
+            for shard in node.shards().await? {
+                let learning = shard["learners"].as_array().is_some_and(|l| !l.is_empty());
+                if shard["held"] == true && shard["leader"] == node.id && learning {
+                    return Some((shard["shard"].as_u64()?, node.id));
+                }
+            }
+        }
+        None
+    })
+    .await;
+    let founder_addrs: Vec<SocketAddr> = founders.iter().map(|m| m.cluster).collect();
+    let victim = match founders.iter_mut().find(|m| m.id == leader) {
+        Some(founder) => founder,
+        None => &mut n4,
+    };
+    let rejoin = if victim.id == "n4" {
+        seed.clone()
+    } else {
+        founder_addrs
+    };
+    // Back on the same HTTP port: the writers' clients know the nodes by
+    // their addresses.
+    victim.http_listen = victim.http.parse().ok();
+    victim.kill().await;
+    println!("killed {leader}, leader of shard {moving}, in the middle of a move onto n5");
+    victim.start(&rejoin).await;
     let took = until_balanced(
         "n5 joined",
         &[&founders[0], &founders[1], &founders[2], &n4, &n5],
@@ -327,11 +228,37 @@ async fn nodes_join_drain_and_die_while_clients_write_and_nothing_is_lost() {
         longest_stall(&acked.lock().unwrap(), began, Instant::now()),
     ));
 
-    // Drain n1 and stop it once it holds nothing.
+    // Drain n1 and stop it once it holds nothing. Its sockets close with
+    // 1001, a few at a time, and it takes no new ones.
+    let mut watchers = Vec::new();
+    for i in 0..WATCHERS {
+        watchers.push(founders[0].connect(&format!("watcher{i}")).await);
+    }
     let began = Instant::now();
     let (status, body) = admin(&n5, reqwest::Method::POST, "/v1/cluster/nodes/n1/drain").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["membership"], "draining");
+    let closes =
+        futures_util::future::join_all(watchers.into_iter().map(|mut watcher| async move {
+            let deadline = Instant::now() + BALANCE;
+            while watcher.closed.is_none() && Instant::now() < deadline {
+                watcher.drain_for(Duration::from_millis(100)).await;
+            }
+            assert_eq!(watcher.closed, Some(Closed::Code(1001)), "a socket on n1");
+            began.elapsed()
+        }))
+        .await;
+    let refused = Ws::connect(&format!("ws://{}/v1/ws", founders[0].http), &token("late")).await;
+    let refused = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        refused.contains("503"),
+        "a draining node takes no new socket: {refused:?}"
+    );
+    println!(
+        "n1 draining: its {WATCHERS} sockets closed with 1001 between {:?} and {:?} after the drain began",
+        closes.iter().min().unwrap(),
+        closes.iter().max().unwrap()
+    );
     let live = [&founders[1], &founders[2], &n4, &n5];
     eventually_within("n1 to be drained", BALANCE, || async {
         let states = memberships(&n5).await?;
@@ -424,6 +351,10 @@ async fn nodes_join_drain_and_die_while_clients_write_and_nothing_is_lost() {
         "acknowledged {}, lost {lost}, duplicated {duplicated}",
         acked.len()
     );
+    for node in &live {
+        let peak = node.peak_rss_kib().unwrap_or_default();
+        println!("{}: peak RSS {} MiB", node.id, peak / 1024);
+    }
     for (step, took, stall) in &steps {
         println!("{step}: balanced after {took:?}, longest writer stall {stall:?}");
     }

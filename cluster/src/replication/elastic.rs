@@ -82,6 +82,27 @@ impl Replicator {
         self.inner.record.borrow().clone()
     }
 
+    /// Resolves once the cluster record says this node is leaving
+    /// (draining, drained or removed), or never.
+    pub async fn leaving(&self) {
+        let mut record = self.inner.record.subscribe();
+        let node = self.inner.node.clone();
+        let leaving = |record: &Option<ClusterRecord>| {
+            record
+                .as_ref()
+                .and_then(|r| r.nodes.get(&node))
+                .is_some_and(|n| {
+                    matches!(
+                        n.state,
+                        NodeState::Draining | NodeState::Drained | NodeState::Removed
+                    )
+                })
+        };
+        if record.wait_for(leaving).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// The record as stored now.
     fn stored_record(&self) -> Option<ClusterRecord> {
         self.inner
@@ -357,6 +378,24 @@ impl Replicator {
             })
             .collect();
         let nodes = record.planner_nodes(|node| self.is_up(node));
+        if let Some(dead) = self.down_too_long(&nodes) {
+            match self
+                .operate_here(Operation::Remove { node: dead.clone() })
+                .await
+            {
+                Ok(_) => tracing::warn!(
+                    node = %dead,
+                    after = ?self.inner.dead_after,
+                    "node down longer than --dead-after: removed, its replicas are placed anew"
+                ),
+                Err(err) => tracing::warn!(
+                    node = %dead,
+                    error = %err,
+                    "node down longer than --dead-after, but not removed"
+                ),
+            }
+            return;
+        }
         // A node that is down but not removed may come back with all it
         // holds: nothing moves until it does, or an operator removes it.
         let down: Vec<&str> = nodes
@@ -451,6 +490,27 @@ impl Replicator {
                     .remove(&shard);
             });
         }
+    }
+
+    /// A node this metadata leader has seen down for `--dead-after`, if
+    /// any. The clock starts when this leader first sees the node down, so
+    /// a new leader waits the whole time again. A node whose removal was
+    /// refused starts its clock again: it is tried once per period.
+    fn down_too_long(&self, nodes: &[planner::Node]) -> Option<String> {
+        let after = self.inner.dead_after?;
+        let now = Instant::now();
+        let down = |n: &&planner::Node| !n.up && n.state != NodeState::Removed;
+        let mut since = self.inner.down_since.lock().expect("not poisoned");
+        since.retain(|name, _| nodes.iter().filter(down).any(|n| &n.id == name));
+        for node in nodes.iter().filter(down) {
+            since.entry(node.id.clone()).or_insert(now);
+        }
+        let dead = since
+            .iter()
+            .find(|(_, at)| now.duration_since(**at) >= after)
+            .map(|(name, _)| name.clone())?;
+        since.insert(dead.clone(), now);
+        Some(dead)
     }
 
     /// Runs the balancer for as long as the node runs; only the metadata
