@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 use tidings_protocol::client::{Client, ClientConfig, Pushes};
+use tidings_protocol::{Event, EventKind};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 
@@ -423,4 +424,17 @@ pub fn client(user: &str, nodes: &[Member], first: usize) -> (Client, Pushes) {
     let mut config = ClientConfig::new(urls, token(user));
     config.request_timeout = Duration::from_secs(30);
     Client::connect(config)
+}
+
+/// The messages of a conversation in version order: (version, cmid).
+pub fn messages(events: &[Event]) -> Vec<(u64, String)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Message {
+                cmid: Some(cmid), ..
+            } => Some((e.version, cmid.to_string())),
+            _ => None,
+        })
+        .collect()
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tidings_actors::shard::shard_of;
 use tidings_protocol::client::{Client, Push};
-use tidings_protocol::{Cmid, ConvId, Event, EventKind, UserId};
+use tidings_protocol::{Cmid, ConvId, Event, UserId};
 use tidings_tests::cluster::{
-    all_leaders, busiest, client, one_cluster_at_a_time, start_cluster, Member,
+    all_leaders, busiest, client, messages, one_cluster_at_a_time, start_cluster, Member,
 };
 use tidings_tests::eventually;
 use tokio::time::Instant;
@@ -22,19 +22,6 @@ const ROUNDS: usize = 15;
 const CONVS: usize = 12;
 /// Sends acknowledged before the kill.
 const KILL_AFTER: usize = 120;
-
-/// The messages of a conversation in version order: (version, cmid).
-fn messages(events: &[Event]) -> Vec<(u64, String)> {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::Message {
-                cmid: Some(cmid), ..
-            } => Some((e.version, cmid.to_string())),
-            _ => None,
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_busiest_leader_mid_traffic_loses_and_repeats_nothing() {

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidings_protocol::client::{Client, ClientConfig};
-use tidings_protocol::{Cmid, ConvId, Event, EventKind, UserId};
-use tidings_tests::cluster::{one_cluster_at_a_time, start_cluster, Member};
+use tidings_protocol::{Cmid, ConvId, UserId};
+use tidings_tests::cluster::{messages, one_cluster_at_a_time, start_cluster, Member};
 use tidings_tests::elastic::{admin, memberships, until_balanced, BALANCE};
 use tidings_tests::{eventually_within, token, Closed, Ws};
 use tokio::time::Instant;
@@ -31,19 +31,6 @@ fn rust_client(user: &str, urls: &[&Member]) -> Client {
     let mut config = ClientConfig::new(urls, token(user));
     config.request_timeout = Duration::from_secs(30);
     Client::connect(config).0
-}
-
-/// The messages of a conversation in version order: (version, cmid).
-fn messages(events: &[Event]) -> Vec<(u64, String)> {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::Message {
-                cmid: Some(cmid), ..
-            } => Some((e.version, cmid.to_string())),
-            _ => None,
-        })
-        .collect()
 }
 
 /// (conversation, version, cmid, when the send began, when it was acked)
