@@ -597,12 +597,17 @@ impl Replicator {
             .as_ref()
             .is_some_and(|founders| founders.contains(&(knock.node.clone(), knock.boot)));
         formation.knocked.insert((knock.node, knock.boot));
-        let formed = self
-            .inner
-            .nodes
-            .get()
-            .cloned()
-            .or_else(|| self.record().as_ref().map(elastic::member_names));
+        // The founders and every node admitted since: a node that joined
+        // later and comes back empty is known too.
+        let mut formed = self.inner.nodes.get().cloned();
+        if let Some(record) = self.record() {
+            let names = formed.get_or_insert_with(Vec::new);
+            for name in elastic::member_names(&record) {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
         Answer {
             node: self.inner.node.clone(),
             formed,

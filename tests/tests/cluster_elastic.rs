@@ -350,4 +350,50 @@ async fn nodes_join_drain_and_die_while_clients_write_and_nothing_is_lost() {
     for client in clients.iter().chain(&readers) {
         client.close();
     }
+
+    // n4 joined a running cluster and holds replicas. Back under its name
+    // with its disk lost, it would answer its shards' leaders with an
+    // empty log (openraft's leader stops at that) and vote with nothing it
+    // promised: its peers know it from the cluster record, and it refuses
+    // to run, even when the only peer it reaches is a founder (n5, which
+    // joined later too, is stopped meanwhile).
+    n5.stop().await;
+    n4.stop().await;
+    n4.wipe();
+    let logged = n4.start_logged(&[founders[2].cluster]).await;
+    let status = n4.exited(Duration::from_secs(30)).await;
+    let logged = logged.lock().unwrap().clone();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(3),
+        "n4, a joined node back with an empty disk, stops with exit status 3: {logged}"
+    );
+    let reason = logged
+        .lines()
+        .find(|l| l.starts_with("tidings: "))
+        .unwrap_or_else(|| panic!("n4 says why it stops: {logged}"));
+    for part in [
+        "node n4 has an empty data directory",
+        "start a new node under another --node-id",
+        "DELETE /v1/cluster/nodes/n4",
+    ] {
+        assert!(reason.contains(part), "{reason:?} says {part:?}");
+    }
+    // And with n5 back, the two nodes serve every conversation: n4 took
+    // part in no group on its way out.
+    n5.start(&[founders[2].cluster]).await;
+    let client = rust_client(&writer(0), &[&founders[2], &n5]);
+    for (i, conv) in convs.iter().enumerate() {
+        let cmid = format!("after-{i}");
+        client
+            .send_with(
+                conv,
+                cmid.clone(),
+                Some(Cmid::try_from(cmid).unwrap()),
+                None,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{conv} takes a message with n4 refused: {e}"));
+    }
+    client.close();
 }

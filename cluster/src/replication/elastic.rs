@@ -241,7 +241,19 @@ impl Replicator {
         }
     }
 
+    /// [`Self::change_record`] within the call timeout: a metadata group
+    /// without a majority answers `Unavailable` rather than hanging.
     async fn operate_here(&self, op: Operation) -> Result<ClusterRecord, Refused> {
+        tokio::time::timeout(self.inner.timeout, self.change_record(op))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Refused::Unavailable(
+                    "the metadata group did not answer in time".into(),
+                ))
+            })
+    }
+
+    async fn change_record(&self, op: Operation) -> Result<ClusterRecord, Refused> {
         let _one = self.inner.operating.lock().await;
         let raft = &self.inner.rafts[META as usize];
         raft.ensure_linearizable()
@@ -447,11 +459,17 @@ impl Replicator {
             && views.iter().all(Option::is_some)
             && tasks.is_empty()
             && !plan.short;
-        let next = record.settled(&shards, &meta_voters, balanced);
-        if next != record {
+        {
+            // On the record as it is now: a drain, removal or join may have
+            // been committed while the views were gathered.
             let _one = self.inner.operating.lock().await;
-            if let Err(err) = self.write_record(&next).await {
-                tracing::warn!(error = %err, "noting the shards in the cluster record");
+            if let Some(now) = self.stored_record() {
+                let next = now.settled(&shards, &meta_voters, balanced && now == record);
+                if next != now {
+                    if let Err(err) = self.write_record(&next).await {
+                        tracing::warn!(error = %err, "noting the shards in the cluster record");
+                    }
+                }
             }
         }
         if !plan.stuck.is_empty() {
@@ -613,6 +631,9 @@ impl Replicator {
                 .await
                 .map_err(|e| format!("changing the metadata group's voters: {e}"))?;
         }
+        // Read again: a node admitted during the changes above is in the
+        // stored record, and must stay.
+        let record = self.stored_record().ok_or("no cluster record")?;
         let gone: BTreeSet<u64> = {
             let metrics = raft.metrics();
             let m = metrics.borrow();
@@ -680,9 +701,15 @@ impl Replicator {
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         match task {
             Task::Step(Step::Move { from, to, .. }) => {
-                let from = id_of(&from)
-                    .ok_or_else(|| format!("{from} holds no replica of shard {shard}"))?;
+                let from_name = from;
+                let from = id_of(&from_name)
+                    .ok_or_else(|| format!("{from_name} holds no replica of shard {shard}"))?;
                 let to_id = raft_of(&to);
+                if voters.contains(&to_id) || !voters.contains(&from) {
+                    return Err(format!(
+                        "shard {shard} changed: {to} is a voter or {from_name} is not"
+                    ));
+                }
                 let added = tokio::time::timeout(
                     CATCH_UP,
                     raft.add_learner(to_id, BasicNode::new(&to), true),
@@ -693,9 +720,25 @@ impl Replicator {
                     Ok(Err(err)) => return Err(format!("adding {to} as a learner: {err}")),
                     Err(_) => return Err(format!("{to} did not catch up within {CATCH_UP:?}")),
                 }
-                let mut next = voters.clone();
-                next.remove(&from);
-                next.insert(to_id);
+                // The voters as they are after the catch-up, which may
+                // have taken long: the move replaces one voter, or nothing.
+                let now = {
+                    let metrics = raft.metrics();
+                    let m = metrics.borrow();
+                    let membership = m.membership_config.membership().clone();
+                    (m.state == ServerState::Leader).then_some(membership)
+                };
+                let now = now.ok_or_else(|| {
+                    format!("{} lost shard {shard} during the catch-up", self.inner.node)
+                })?;
+                let mut next: BTreeSet<u64> = now.voter_ids().collect();
+                if now.get_joint_config().len() > 1
+                    || next != voters
+                    || !next.remove(&from)
+                    || !next.insert(to_id)
+                {
+                    return Err(format!("shard {shard} changed during the catch-up"));
+                }
                 raft.change_membership(ChangeMembers::ReplaceAllVoters(next), false)
                     .await
                     .map_err(|e| format!("changing the voters: {e}"))?;

@@ -146,11 +146,15 @@ impl ClusterRecord {
                     });
                 }
                 match self.nodes.get(node) {
-                    // The same node asking again (its first answer lost).
-                    Some(known) if known.addr == *addr && known.raft == *raft => {
-                        if known.state == NodeState::Removed {
-                            return Err(Refused::Retired { node: node.clone() });
-                        }
+                    // The same node asking again (its first answer lost),
+                    // while it is still joining: once active it holds
+                    // replicas, and an empty node under its name must not
+                    // take its place.
+                    Some(known)
+                        if known.addr == *addr
+                            && known.raft == *raft
+                            && known.state == NodeState::Joining =>
+                    {
                         return Ok(next);
                     }
                     Some(known) if known.state == NodeState::Removed => {
@@ -183,10 +187,16 @@ impl ClusterRecord {
                 next.set(node, NodeState::Draining);
             }
             Operation::Remove { node } => {
-                let known = self.member(node)?;
-                if known.state == NodeState::Removed {
+                // Asked again (an answer lost, or --dead-after first):
+                // done already.
+                if self
+                    .nodes
+                    .get(node)
+                    .is_some_and(|n| n.state == NodeState::Removed)
+                {
                     return Ok(next);
                 }
+                let known = self.member(node)?;
                 if up(node) {
                     return Err(Refused::StillUp(node.clone()));
                 }
@@ -305,11 +315,13 @@ impl ClusterRecord {
         (!next.is_empty() && next != *voters).then_some(next)
     }
 
-    /// The cluster addresses of the removed nodes.
+    /// The cluster addresses of the removed nodes, but those a node in
+    /// the cluster uses now (a replacement on the same host and port).
     pub fn removed_addrs(&self) -> Vec<SocketAddr> {
+        let used = self.addrs();
         self.nodes
             .values()
-            .filter(|n| n.state == NodeState::Removed)
+            .filter(|n| n.state == NodeState::Removed && !used.contains(&n.addr))
             .map(|n| n.addr)
             .collect()
     }
@@ -369,7 +381,18 @@ mod tests {
     fn a_new_node_joins_and_asking_again_changes_nothing() {
         let joined = three().apply(&join("n4", 7004, None), DOWN).unwrap();
         assert_eq!(joined.nodes["n4"].state, NodeState::Joining);
-        assert_eq!(joined.apply(&join("n4", 7004, Some(42)), DOWN), Ok(joined));
+        assert_eq!(
+            joined.apply(&join("n4", 7004, Some(42)), DOWN),
+            Ok(joined.clone())
+        );
+        // Once active it holds replicas: the same name, address and Raft
+        // id asking again is a node that lost its disk.
+        let mut active = joined;
+        active.set("n4", NodeState::Active);
+        assert!(matches!(
+            active.apply(&join("n4", 7004, Some(42)), DOWN),
+            Err(Refused::NameTaken { .. })
+        ));
     }
 
     #[test]
@@ -426,6 +449,13 @@ mod tests {
         let removed = four.apply(&remove, DOWN).unwrap();
         assert_eq!(removed.nodes["n3"].state, NodeState::Removed);
         assert!(!removed.addrs().contains(&addr(7003)));
+        assert_eq!(removed.removed_addrs(), [addr(7003)]);
+        // Asking again answers the same record.
+        assert_eq!(removed.apply(&remove, DOWN), Ok(removed.clone()));
+        // A replacement on the removed node's address is dialled.
+        let replaced = removed.apply(&join("n6", 7003, None), DOWN).unwrap();
+        assert!(replaced.addrs().contains(&addr(7003)));
+        assert!(replaced.removed_addrs().is_empty());
         assert_eq!(
             removed.apply(&join("n3", 7003, None), DOWN),
             Err(Refused::Retired { node: "n3".into() })

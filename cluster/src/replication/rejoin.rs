@@ -85,11 +85,12 @@ pub enum Verdict {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "node {node} has an empty data directory, but {known_by} know{s} it as a member of the \
-     cluster formed with nodes {members}: with its votes and entries gone it could vote in a \
-     leader that lacks acknowledged messages, so it does not start. Start it again with the data \
-     directory it last ran with (not an older copy). If that is lost, keep {node} stopped: the \
-     other nodes serve every shard while a majority of its replicas is up, and {node} cannot \
-     rejoin under this id until the cluster supports replacing a node",
+     cluster of nodes {members}: with its votes and entries gone it could vote in a leader that \
+     lacks acknowledged messages, so it does not start. Start it again with the data directory \
+     it last ran with (not an older copy). If that is lost, keep {node} stopped (the other nodes \
+     serve every shard while a majority of its replicas is up), start a new node under another \
+     --node-id with --join naming any member, then remove {node}: \
+     DELETE /v1/cluster/nodes/{node} or `tidings cluster remove --node {node}`",
     known_by = .known_by.join(", "),
     s = if .known_by.len() == 1 { "s" } else { "" },
     members = .members.join(", "),
